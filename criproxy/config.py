@@ -1,0 +1,367 @@
+"""Configuration: a TOML file (containerd's CRI key names where one exists) into frozen dataclasses.
+
+Everything is validated at load time, so a typo or a bad value stops `criproxy serve` with a
+message naming the key and the value instead of surfacing later as a failed pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+DEFAULT_CONFIG_FILE = Path("/etc/criproxy/config.toml")
+
+RestrictOom = bool | Literal["auto"]
+CgroupDriver = Literal["cgroupfs", "systemd"]
+
+
+class ConfigError(Exception):
+    """A configuration file or flag that criproxy cannot start with."""
+
+
+@dataclass(frozen=True)
+class ContainerdSection:
+    address: str = ""
+    """containerd's socket; empty means managed mode (criproxy starts its own containerd)."""
+    namespace: str = "k8s.io"
+    snapshotter: str = "overlayfs"
+    binary: str = "containerd"
+    """The executable managed mode runs."""
+
+
+@dataclass(frozen=True)
+class CniSection:
+    bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
+    conf_dir: str = "/etc/cni/net.d"
+
+
+@dataclass(frozen=True)
+class RegistrySection:
+    config_path: str = "/etc/criproxy/certs.d"
+
+
+@dataclass(frozen=True)
+class StreamServerSection:
+    address: str = "127.0.0.1"
+    port: int = 0
+    """0 picks a free port at start, as containerd's default does."""
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    address: str = ""
+    """`host:port` of the Prometheus endpoint; empty keeps it off."""
+
+
+@dataclass(frozen=True)
+class RuntimeHandler:
+    name: str
+    runtime_type: str = "io.containerd.runc.v2"
+    runtime_path: str = ""
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _default_runtimes() -> Mapping[str, RuntimeHandler]:
+    return MappingProxyType(
+        {
+            "runc": RuntimeHandler("runc"),
+            "crun": RuntimeHandler("crun", options=MappingProxyType({"BinaryName": "crun"})),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path = Path("/var/lib/criproxy")
+    state: Path = Path("/run/criproxy")
+    listen: Path = Path("/run/criproxy/criproxy.sock")
+    sandbox_image: str = "registry.k8s.io/pause:3.10"
+    restrict_oom_score_adj: RestrictOom = "auto"
+    max_container_log_line_size: int = 16 * 1024
+    image_pull_progress_timeout: float = 300.0
+    """Seconds without pull progress before a pull is cancelled; 0 disables the limit."""
+    cgroup_driver: CgroupDriver = "cgroupfs"
+    default_runtime_name: str = "runc"
+    shutdown_grace_period: float = 10.0
+    log_level: str = "info"
+    containerd: ContainerdSection = ContainerdSection()
+    cni: CniSection = CniSection()
+    registry: RegistrySection = RegistrySection()
+    stream_server: StreamServerSection = StreamServerSection()
+    metrics: MetricsSection = MetricsSection()
+    runtimes: Mapping[str, RuntimeHandler] = field(default_factory=_default_runtimes)
+
+    @property
+    def managed(self) -> bool:
+        """True when criproxy starts and owns its containerd."""
+        return not self.containerd.address
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain JSON-able data (Status verbose info, doctor)."""
+        return _plain(self)  # type: ignore[no-any-return]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go duration string (`5m`, `1m30s`, `250ms`, `0`) into seconds."""
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            raise ValueError(f"not a duration: {text!r} (use e.g. '5m', '1m30s', '250ms')")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text:
+        raise ValueError("empty duration")
+    return total
+
+
+def _bad(key: str, value: object, expected: str) -> ConfigError:
+    return ConfigError(f"config key {key!r}: invalid value {value!r} (expected {expected})")
+
+
+def _str(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _bad(key, value, "a string")
+    return value
+
+
+def _nonempty(key: str, value: object) -> str:
+    text = _str(key, value)
+    if not text:
+        raise _bad(key, value, "a non-empty string")
+    return text
+
+
+def _abs_path(key: str, value: object) -> Path:
+    text = _str(key, value)
+    if not text.startswith("/"):
+        raise _bad(key, value, "an absolute path")
+    return Path(text)
+
+
+def _abs_str(key: str, value: object) -> str:
+    return str(_abs_path(key, value))
+
+
+def _socket_address(key: str, value: object) -> str:
+    """An absolute socket path, `unix://` prefix allowed; empty selects managed mode."""
+    text = _str(key, value)
+    path = text.removeprefix("unix://")
+    if text and not path.startswith("/"):
+        raise _bad(key, value, "an absolute socket path (optionally unix://...), or ''")
+    return path
+
+
+def _int_range(low: int, high: int) -> Callable[[str, object], int]:
+    def parse(key: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _bad(key, value, f"an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _duration(key: str, value: object) -> float:
+    if not isinstance(value, str):
+        raise _bad(key, value, "a duration string such as '5m' or '30s'")
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise _bad(key, value, "a duration string such as '5m' or '30s'") from None
+
+
+def _restrict_oom(key: str, value: object) -> RestrictOom:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise _bad(key, value, 'true, false or "auto"')
+
+
+def _cgroup_driver(key: str, value: object) -> CgroupDriver:
+    if value in ("cgroupfs", "systemd"):
+        return value
+    raise _bad(key, value, "'cgroupfs' or 'systemd'")
+
+
+def _log_level(key: str, value: object) -> str:
+    if value not in _LOG_LEVELS:
+        raise _bad(key, value, " or ".join(repr(x) for x in _LOG_LEVELS))
+    return str(value)
+
+
+def _dir_list(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _bad(key, value, "a non-empty list of absolute paths")
+    return tuple(str(_abs_path(f"{key}[{i}]", item)) for i, item in enumerate(value))
+
+
+def _host_port(key: str, value: object) -> str:
+    text = _str(key, value)
+    if text:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _bad(key, value, "'host:port' with a port from 1 to 65535, or ''")
+    return text
+
+
+def _table(key: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(key, value, "a table")
+    return value
+
+
+Parser = Callable[[str, object], Any]
+
+
+def _section(prefix: str, raw: Mapping[str, Any], parsers: Mapping[str, Parser]) -> dict[str, Any]:
+    """Parse the known keys of one table; an unknown key is an error (it is usually a typo)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        parser = parsers.get(key)
+        if parser is None:
+            known = ", ".join(sorted(parsers))
+            raise ConfigError(f"unknown config key {dotted!r} (known keys here: {known})")
+        out[key] = parser(dotted, value)
+    return out
+
+
+def _runtime_handler(name: str, raw: object) -> RuntimeHandler:
+    prefix = f"runtimes.{name}."
+    table = _table(prefix.rstrip("."), raw)
+    fields = _section(
+        prefix,
+        table,
+        {
+            "runtime_type": _nonempty,
+            "runtime_path": _str,
+            "options": lambda k, v: MappingProxyType(dict(_table(k, v))),
+        },
+    )
+    return RuntimeHandler(name=name, **fields)
+
+
+def _runtimes(key: str, value: object) -> Mapping[str, RuntimeHandler]:
+    table = _table(key, value)
+    handlers = dict(_default_runtimes())
+    for name, raw in table.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise _bad(f"runtimes.{name}", name, "a handler name of letters, digits, '_.-'")
+        handlers[name] = _runtime_handler(name, raw)
+    return MappingProxyType(handlers)
+
+
+def _sub(cls: type[_T], parsers: Mapping[str, Parser]) -> Parser:
+    def parse(key: str, value: object) -> _T:
+        return cls(**_section(f"{key}.", _table(key, value), parsers))
+
+    return parse
+
+
+_TOP: Mapping[str, Parser] = {
+    "root": _abs_path,
+    "state": _abs_path,
+    "listen": _abs_path,
+    "sandbox_image": _nonempty,
+    "restrict_oom_score_adj": _restrict_oom,
+    "max_container_log_line_size": _int_range(-1, 1 << 30),
+    "image_pull_progress_timeout": _duration,
+    "cgroup_driver": _cgroup_driver,
+    "default_runtime_name": _nonempty,
+    "shutdown_grace_period": _duration,
+    "log_level": _log_level,
+    "containerd": _sub(
+        ContainerdSection,
+        {
+            "address": _socket_address,
+            "namespace": _nonempty,
+            "snapshotter": _nonempty,
+            "binary": _nonempty,
+        },
+    ),
+    "cni": _sub(CniSection, {"bin_dirs": _dir_list, "conf_dir": _abs_str}),
+    "registry": _sub(RegistrySection, {"config_path": _str}),
+    "stream_server": _sub(
+        StreamServerSection, {"address": _nonempty, "port": _int_range(0, 65535)}
+    ),
+    "metrics": _sub(MetricsSection, {"address": _host_port}),
+    "runtimes": _runtimes,
+}
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a parsed TOML document into a Config."""
+    config = Config(**_section("", raw, _TOP))
+    if config.default_runtime_name not in config.runtimes:
+        raise _bad(
+            "default_runtime_name",
+            config.default_runtime_name,
+            "one of the configured runtimes: " + ", ".join(sorted(config.runtimes)),
+        )
+    return config
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read the file (or the default file when present), then apply command-line overrides.
+
+    Overrides use the file's dotted key names (`listen`, `containerd.address`) and go through
+    the same validation as the file.
+    """
+    raw: dict[str, Any] = {}
+    source = path if path is not None else DEFAULT_CONFIG_FILE
+    if path is not None or DEFAULT_CONFIG_FILE.exists():
+        try:
+            raw = tomllib.loads(source.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(source)!r} does not exist") from None
+        except OSError as err:
+            raise ConfigError(f"config file {str(source)!r} cannot be read: {err}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(source)!r} is not valid TOML: {err}") from None
+    for dotted, value in (overrides or {}).items():
+        table = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[leaf] = value
+    try:
+        return parse_config(raw)
+    except ConfigError as err:
+        if path is not None or DEFAULT_CONFIG_FILE.exists():
+            raise ConfigError(f"{source}: {err}") from None
+        raise

@@ -1,0 +1,103 @@
+"""The one channel to containerd, shared by every service helper.
+
+grpc.aio reconnects a channel by itself, so losing containerd only makes calls fail with
+`Unavailable` until it is back; the reconnect backoff is kept short so that recovery is
+noticed within about a second rather than grpc's default of up to two minutes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import grpc
+import grpc.aio
+
+from criproxy.containerd.errors import from_rpc_error
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+
+_Req_contra = TypeVar("_Req_contra", contravariant=True)
+_Resp_co = TypeVar("_Resp_co", covariant=True)
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+NAMESPACE_HEADER = "containerd-namespace"
+DEFAULT_TIMEOUT = 30.0
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # containerd does not check the authority; a fixed one keeps the socket path out of it.
+    ("grpc.default_authority", "localhost"),
+]
+
+
+class UnaryMethod(Protocol[_Req_contra, _Resp_co]):
+    """A unary-unary stub method as grpc.aio generates it (the part criproxy uses)."""
+
+    def __call__(
+        self,
+        request: _Req_contra,
+        *,
+        timeout: float | None = ...,
+        metadata: tuple[tuple[str, str], ...] | None = ...,
+    ) -> Awaitable[_Resp_co]: ...
+
+
+class StreamMethod(Protocol[_Req_contra, _Resp_co]):
+    """A unary-stream stub method as grpc.aio generates it."""
+
+    def __call__(
+        self,
+        request: _Req_contra,
+        *,
+        timeout: float | None = ...,
+        metadata: tuple[tuple[str, str], ...] | None = ...,
+    ) -> AsyncIterable[_Resp_co]: ...
+
+
+class Channel:
+    """A grpc.aio channel to one containerd socket with the namespace header on every call."""
+
+    def __init__(self, address: str, namespace: str) -> None:
+        self.address = address
+        self.namespace = namespace
+        self.grpc = grpc.aio.insecure_channel(f"unix://{address}", options=_CHANNEL_OPTIONS)
+        self._metadata = ((NAMESPACE_HEADER, namespace),)
+
+    async def unary(
+        self,
+        method: UnaryMethod[_Req, _Resp],
+        request: _Req,
+        *,
+        operation: str,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> _Resp:
+        """Call one unary rpc; a failure raises the project's error type for its code."""
+        try:
+            return await method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err.code(), err.details(), operation) from None
+
+    async def stream(
+        self,
+        method: StreamMethod[_Req, _Resp],
+        request: _Req,
+        *,
+        operation: str,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> AsyncIterator[_Resp]:
+        """Iterate a server-streaming rpc; a failure raises the project's error type."""
+        try:
+            async for item in method(request, timeout=timeout, metadata=self._metadata):
+                yield item
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err.code(), err.details(), operation) from None
+
+    async def close(self) -> None:
+        await self.grpc.close()

@@ -1,0 +1,145 @@
+"""Turns the servicer classes into gRPC method handlers for every rpc of a CRI service.
+
+Every call passes through here once: domain errors become gRPC statuses (never a
+traceback), and each call is logged and measured with its method, duration and status
+code. An rpc the servicer does not define answers UNIMPLEMENTED naming the rpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+import structlog
+from google.protobuf.message_factory import GetMessageClass
+
+from criproxy import errors, metrics
+from criproxy.cri.errors import status_code
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+log = structlog.get_logger("criproxy.cri")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+class _Call:
+    """Bookkeeping for one call: its outcome decides the status code logged and counted."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.started = time.monotonic()
+        self.code = grpc.StatusCode.OK
+        self.error = ""
+
+    async def fail(self, context: Context, exc: Exception) -> None:
+        if isinstance(exc, errors.CriproxyError):
+            self.code, self.error = status_code(exc), exc.message
+        else:
+            self.code = grpc.StatusCode.INTERNAL
+            self.error = f"internal error in {self.method}: {type(exc).__name__}: {exc}"
+            log.error("unexpected error", method=self.method, exc_info=exc)
+        await context.abort(self.code, self.error)
+
+    def aborted(self, context: Context) -> None:
+        code = context.code()
+        self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+    def finish(self) -> None:
+        seconds = time.monotonic() - self.started
+        metrics.observe_call(self.method, self.code.name, seconds)
+        fields: dict[str, Any] = {
+            "method": self.method,
+            "duration_ms": round(seconds * 1000, 3),
+            "code": self.code.name,
+        }
+        if self.error:
+            fields["error"] = self.error
+        log.info("cri call", **fields)
+
+
+def _unary(method: str, inner: UnaryBehavior) -> UnaryBehavior:
+    async def behavior(request: Any, context: Context) -> Any:
+        call = _Call(method)
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            call.aborted(context)
+            raise
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            await call.fail(context, exc)
+        finally:
+            call.finish()
+
+    return behavior
+
+
+def _stream(method: str, inner: StreamBehavior) -> StreamBehavior:
+    async def behavior(request: Any, context: Context) -> AsyncIterator[Any]:
+        call = _Call(method)
+        try:
+            async for item in inner(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            call.aborted(context)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            await call.fail(context, exc)
+        finally:
+            call.finish()
+
+    return behavior
+
+
+def _unimplemented(service: ServiceDescriptor, method: MethodDescriptor) -> Any:
+    text = f"{service.full_name}/{method.name} is not implemented by criproxy yet"
+    if method.server_streaming:
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            raise errors.Unimplemented(text)
+            yield  # pragma: no cover - makes this an async generator
+
+        return stream
+
+    async def unary(request: Any, context: Context) -> Any:
+        raise errors.Unimplemented(text)
+
+    return unary
+
+
+def service_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+    """Handlers for every rpc of `service`: the servicer's method of that name, or UNIMPLEMENTED.
+
+    Client-streaming rpcs do not exist in CRI v1, so only unary and server-streaming are built.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        assert not method.client_streaming, f"{method.full_name} is client-streaming"
+        implementation = getattr(servicer, method.name, None) or _unimplemented(service, method)
+        request_cls = GetMessageClass(method.input_type)
+        response_cls = GetMessageClass(method.output_type)
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        wrap = _stream if method.server_streaming else _unary
+        handlers[method.name] = factory(
+            wrap(method.name, implementation),
+            request_deserializer=request_cls.FromString,
+            response_serializer=response_cls.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,0 +1,66 @@
+"""Facts about the node that decide behaviour: capabilities, cgroups, kernel features."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CAP_SYS_RESOURCE = 24
+
+
+def _status_field(name: str, status: str) -> str | None:
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    return None
+
+
+def capability_mask(kind: str = "CapEff", status_file: Path = Path("/proc/self/status")) -> int:
+    """One capability set of this process (CapEff, CapBnd, ...) as a bit mask."""
+    value = _status_field(kind, status_file.read_text())
+    return int(value, 16) if value else 0
+
+
+def has_capability(cap: int) -> bool:
+    return bool(capability_mask("CapEff") & (1 << cap))
+
+
+def restrict_oom_score_adj(setting: bool | str) -> bool:
+    """Resolve `restrict_oom_score_adj = "auto"`.
+
+    Without CAP_SYS_RESOURCE nothing may lower an oom_score_adj, and runc fails on a
+    negative score, so scores must be clamped to criproxy's own.
+    """
+    if isinstance(setting, bool):
+        return setting
+    return not has_capability(CAP_SYS_RESOURCE)
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    version: int
+    """2 for a pure cgroup v2 host, 1 otherwise (hybrid hosts count as v1)."""
+    controllers: tuple[str, ...]
+
+
+def cgroup_info(root: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
+    unified = root / "cgroup.controllers"
+    if unified.exists():
+        return CgroupInfo(2, tuple(unified.read_text().split()))
+    controllers: list[str] = []
+    for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4 and fields[3] == "1":
+            controllers.append(fields[0])
+    return CgroupInfo(1, tuple(controllers))
+
+
+def overlayfs_available() -> bool:
+    text = Path("/proc/filesystems").read_text()
+    return any(line.split()[-1] == "overlay" for line in text.splitlines() if line.strip())
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,1 @@
+"""Images: pulls, the image index, unpacking, and the image filesystem."""

@@ -1,0 +1,1 @@
+"""CNI invocation and network namespaces."""

@@ -1,0 +1,131 @@
+"""The node-wide answers: readiness conditions, runtime handlers, the kubelet's pod CIDR."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from criproxy import __version__
+from criproxy.errors import CriproxyError
+from criproxy.network.cni import NetworkConfig, NetworkNotReady, load_network_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from criproxy.config import Config
+    from criproxy.containerd import Containerd, ContainerdVersion
+
+log = structlog.get_logger("criproxy.node")
+
+RUNTIME_READY = "RuntimeReady"
+NETWORK_READY = "NetworkReady"
+PING_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    conditions: tuple[Condition, ...]
+    containerd: ContainerdVersion | None
+    network: NetworkConfig | None
+
+
+class Node:
+    """Readiness and node-level settings. Holds the pod CIDR the kubelet gives."""
+
+    def __init__(self, config: Config, containerd: Containerd) -> None:
+        self.config = config
+        self.containerd = containerd
+        self._cidr_file: Path = config.state / "pod-cidr"
+        self._pod_cidr = ""
+        with contextlib.suppress(OSError):
+            self._pod_cidr = self._cidr_file.read_text().strip()
+
+    @property
+    def pod_cidr(self) -> str:
+        return self._pod_cidr
+
+    async def set_pod_cidr(self, cidr: str) -> None:
+        """Keep the CIDR (persisted, so a restarted criproxy still knows it)."""
+        if not cidr or cidr == self._pod_cidr:
+            return
+
+        def write() -> None:
+            tmp = self._cidr_file.with_suffix(".tmp")
+            tmp.write_text(cidr + "\n")
+            os.replace(tmp, self._cidr_file)
+
+        await anyio.to_thread.run_sync(write)
+        self._pod_cidr = cidr
+        log.info("pod CIDR updated", pod_cidr=cidr)
+
+    async def status(self) -> NodeStatus:
+        runtime, version = await self._runtime_condition()
+        network, net_config = await self._network_condition()
+        return NodeStatus((runtime, network), version, net_config)
+
+    async def _runtime_condition(self) -> tuple[Condition, ContainerdVersion | None]:
+        try:
+            version = await self.containerd.version(timeout=PING_TIMEOUT)
+        except CriproxyError as err:
+            return (
+                Condition(
+                    RUNTIME_READY,
+                    False,
+                    "ContainerdUnreachable",
+                    f"containerd at {self.containerd.address} does not answer: {err.message}",
+                ),
+                None,
+            )
+        return Condition(RUNTIME_READY, True), version
+
+    async def _network_condition(self) -> tuple[Condition, NetworkConfig | None]:
+        cni = self.config.cni
+        try:
+            net = await anyio.to_thread.run_sync(load_network_config, cni.conf_dir, cni.bin_dirs)
+        except NetworkNotReady as err:
+            return Condition(NETWORK_READY, False, "NetworkPluginNotReady", str(err)), None
+        return Condition(NETWORK_READY, True), net
+
+    def verbose_info(self, status: NodeStatus) -> dict[str, str]:
+        """Status `verbose` info: JSON values, in the spirit of containerd's CRI keys."""
+        containerd = {
+            "address": self.containerd.address,
+            "namespace": self.containerd.namespace,
+            "managed": self.config.managed,
+            "version": status.containerd.version if status.containerd else "",
+            "revision": status.containerd.revision if status.containerd else "",
+        }
+        return {
+            "config": json.dumps(self.config.to_dict(), sort_keys=True),
+            "containerd": json.dumps(containerd, sort_keys=True),
+            "cniconfig": json.dumps(
+                {"path": str(status.network.path), "config": status.network.raw}
+                if status.network
+                else {},
+                sort_keys=True,
+            ),
+            "podCIDR": json.dumps(self._pod_cidr),
+            "criproxy": json.dumps(
+                {
+                    "version": __version__,
+                    "python": sys.version.split()[0],
+                    "platform": platform.platform(),
+                }
+            ),
+        }

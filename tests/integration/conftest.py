@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import (
+    ContainerdProcess,
+    Criproxy,
+    requirements_missing,
+    write_bridge_conflist,
+)
+
+_missing = requirements_missing()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not _missing:
+        return
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.skip(reason=_missing))
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short private dir: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cpx-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_containerd() -> Iterator[ContainerdProcess]:
+    """One containerd for the tests that only read from it."""
+    base = Path(tempfile.mkdtemp(prefix="cpx-ctd-", dir="/tmp"))
+    ctd = ContainerdProcess(base)
+    ctd.start()
+    yield ctd
+    ctd.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def containerd(short_tmp: Path) -> Iterator[ContainerdProcess]:
+    """A containerd of this test's own, which the test may stop and start."""
+    ctd = ContainerdProcess(short_tmp / "ctd")
+    ctd.start()
+    yield ctd
+    ctd.stop()
+
+
+@pytest.fixture
+def criproxy(short_tmp: Path, shared_containerd: ContainerdProcess) -> Iterator[Criproxy]:
+    """criproxy on the shared containerd, with a CNI config present."""
+    proxy = Criproxy(short_tmp / "cpx", containerd=shared_containerd.socket)
+    write_bridge_conflist(proxy.cni_dir)
+    proxy.start()
+    yield proxy
+    proxy.stop()

@@ -1,0 +1,330 @@
+"""criproxy serving CRI on a unix socket over a real containerd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from criproxy import __version__
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from tests.integration.helpers import (
+    REPO,
+    ContainerdProcess,
+    Criproxy,
+    wait_until,
+    write_bridge_conflist,
+)
+
+IMPLEMENTED = {
+    "RuntimeService": {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"},
+    "ImageService": {"ImageFsInfo"},
+}
+
+
+def conditions(resp: api_pb2.StatusResponse) -> dict[str, api_pb2.RuntimeCondition]:
+    return {c.type: c for c in resp.status.conditions}
+
+
+def test_version_names_criproxy_and_api_v1(criproxy: Criproxy) -> None:
+    resp = criproxy.runtime.Version(api_pb2.VersionRequest(version="0.1.0"))
+    assert resp.version == "0.1.0"
+    assert resp.runtime_name == "criproxy"
+    assert resp.runtime_version == __version__
+    assert resp.runtime_api_version == "v1"
+
+
+def test_status_is_ready_with_containerd_and_cni_config(criproxy: Criproxy) -> None:
+    resp = criproxy.runtime.Status(api_pb2.StatusRequest())
+    conds = conditions(resp)
+    assert conds["RuntimeReady"].status is True
+    assert conds["NetworkReady"].status is True
+    assert not resp.info, "info is only given with verbose"
+    names = [h.name for h in resp.runtime_handlers]
+    assert names[0] == "" and {"runc", "crun"} <= set(names)
+
+
+def test_status_network_not_ready_without_cni_config(
+    short_tmp: Path, shared_containerd: ContainerdProcess
+) -> None:
+    proxy = Criproxy(short_tmp / "cpx", containerd=shared_containerd.socket)
+    proxy.start()
+    try:
+        conds = conditions(proxy.runtime.Status(api_pb2.StatusRequest()))
+        assert conds["RuntimeReady"].status is True
+        network = conds["NetworkReady"]
+        assert network.status is False
+        assert network.reason == "NetworkPluginNotReady"
+        assert str(proxy.cni_dir) in network.message
+        # The config appears later: readiness follows without a restart.
+        write_bridge_conflist(proxy.cni_dir)
+        conds = conditions(proxy.runtime.Status(api_pb2.StatusRequest()))
+        assert conds["NetworkReady"].status is True
+    finally:
+        proxy.stop()
+
+
+def test_status_verbose_info_has_effective_config(criproxy: Criproxy) -> None:
+    resp = criproxy.runtime.Status(api_pb2.StatusRequest(verbose=True))
+    config = json.loads(resp.info["config"])
+    assert config["listen"] == str(criproxy.socket)
+    assert config["cni"]["conf_dir"] == str(criproxy.cni_dir)
+    assert config["containerd"]["address"] == str(criproxy.containerd)
+    containerd = json.loads(resp.info["containerd"])
+    assert containerd["version"].startswith(("1.", "v1.", "2.", "v2."))
+    assert json.loads(resp.info["cniconfig"])["config"]["name"] == "criproxy-test"
+
+
+def test_runtime_config_reports_configured_cgroup_driver(
+    short_tmp: Path, shared_containerd: ContainerdProcess
+) -> None:
+    proxy = Criproxy(
+        short_tmp / "cpx", containerd=shared_containerd.socket, config={"cgroup_driver": "systemd"}
+    )
+    proxy.start()
+    try:
+        resp = proxy.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest())
+        assert resp.linux.cgroup_driver == api_pb2.SYSTEMD
+    finally:
+        proxy.stop()
+
+
+def test_runtime_config_default_is_cgroupfs(criproxy: Criproxy) -> None:
+    resp = criproxy.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest())
+    assert resp.linux.cgroup_driver == api_pb2.CGROUPFS
+
+
+def test_update_runtime_config_keeps_pod_cidr_across_restart(criproxy: Criproxy) -> None:
+    request = api_pb2.UpdateRuntimeConfigRequest(
+        runtime_config=api_pb2.RuntimeConfig(
+            network_config=api_pb2.NetworkConfig(pod_cidr="10.244.3.0/24")
+        )
+    )
+    criproxy.runtime.UpdateRuntimeConfig(request)
+    info = criproxy.runtime.Status(api_pb2.StatusRequest(verbose=True)).info
+    assert json.loads(info["podCIDR"]) == "10.244.3.0/24"
+    criproxy.kill()
+    criproxy.start()
+    info = criproxy.runtime.Status(api_pb2.StatusRequest(verbose=True)).info
+    assert json.loads(info["podCIDR"]) == "10.244.3.0/24"
+
+
+def test_status_follows_containerd_down_and_back(
+    short_tmp: Path, containerd: ContainerdProcess
+) -> None:
+    proxy = Criproxy(short_tmp / "cpx", containerd=containerd.socket)
+    write_bridge_conflist(proxy.cni_dir)
+    proxy.start()
+    try:
+        assert conditions(proxy.runtime.Status(api_pb2.StatusRequest()))["RuntimeReady"].status
+        containerd.stop()
+        runtime = conditions(proxy.runtime.Status(api_pb2.StatusRequest()))["RuntimeReady"]
+        assert runtime.status is False
+        assert runtime.reason == "ContainerdUnreachable"
+        assert str(containerd.socket) in runtime.message
+        # Calls keep working while containerd is gone.
+        assert proxy.runtime.Version(api_pb2.VersionRequest()).runtime_name == "criproxy"
+        containerd.start()
+        wait_until(
+            lambda: (
+                conditions(proxy.runtime.Status(api_pb2.StatusRequest()))["RuntimeReady"].status
+            ),
+            timeout=10,
+            what="RuntimeReady after containerd restart",
+        )
+        assert proxy.proc is not None and proxy.proc.poll() is None
+    finally:
+        proxy.stop()
+
+
+def test_socket_is_0660_and_stale_socket_is_replaced(
+    short_tmp: Path, shared_containerd: ContainerdProcess
+) -> None:
+    proxy = Criproxy(short_tmp / "cpx", containerd=shared_containerd.socket)
+    proxy.base.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(proxy.socket))  # a socket file nobody listens on
+    stale.close()
+    proxy.start()
+    try:
+        mode = os.stat(proxy.socket).st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o660
+        proxy.runtime.Version(api_pb2.VersionRequest())
+    finally:
+        proxy.stop()
+
+
+def test_parent_dir_of_socket_is_created(
+    short_tmp: Path, shared_containerd: ContainerdProcess
+) -> None:
+    proxy = Criproxy(short_tmp / "cpx", containerd=shared_containerd.socket)
+    listen = short_tmp / "new" / "dir" / "c.sock"
+    proxy.extra_args = ["--listen", str(listen)]
+    proxy.start(wait=False)
+    try:
+        wait_until(listen.exists, 30, what="socket in a new dir")
+    finally:
+        proxy.stop()
+
+
+def test_refuses_to_take_over_a_live_socket(criproxy: Criproxy, short_tmp: Path) -> None:
+    second = Criproxy(short_tmp / "second", containerd=criproxy.containerd)
+    second.extra_args = ["--listen", str(criproxy.socket)]
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(30) == 1
+    assert "already serving" in second.tail()
+    criproxy.runtime.Version(api_pb2.VersionRequest())  # the first one is untouched
+
+
+def _all_methods() -> list[tuple[str, str, bool]]:
+    out = []
+    for service in api_pb2.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            out.append((service.name, method.name, method.server_streaming))
+    return out
+
+
+def test_service_declares_41_rpcs() -> None:
+    methods = _all_methods()
+    assert len([m for m in methods if m[0] == "RuntimeService"]) == 35
+    assert len([m for m in methods if m[0] == "ImageService"]) == 6
+
+
+def test_every_other_rpc_is_unimplemented_naming_the_rpc(criproxy: Criproxy) -> None:
+    checked = 0
+    for service, name, streaming in _all_methods():
+        if name in IMPLEMENTED[service]:
+            continue
+        path = f"/runtime.v1.{service}/{name}"
+        desc = api_pb2.DESCRIPTOR.services_by_name[service].methods_by_name[name]
+        request_cls = api_pb2.__dict__[desc.input_type.name]
+        kind = criproxy.channel.unary_stream if streaming else criproxy.channel.unary_unary
+        call = kind(
+            path,
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            result = call(request_cls(), timeout=10)
+            if streaming:
+                list(result)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
+        assert f"runtime.v1.{service}/{name}" in info.value.details()
+        checked += 1
+    assert checked == 41 - sum(len(v) for v in IMPLEMENTED.values())
+
+
+def test_sigterm_shuts_down_gracefully(
+    short_tmp: Path, shared_containerd: ContainerdProcess
+) -> None:
+    proxy = Criproxy(short_tmp / "cpx", containerd=shared_containerd.socket)
+    proxy.start()
+    proxy.signal(signal.SIGTERM)
+    assert proxy.proc is not None
+    assert proxy.proc.wait(30) == 0
+    assert not proxy.socket.exists()
+    assert any(r.get("event") == "stopped" for r in proxy.log_records())
+    assert containerd_still_serving(shared_containerd)
+
+
+def containerd_still_serving(ctd: ContainerdProcess) -> bool:
+    return ctd.proc is not None and ctd.proc.poll() is None
+
+
+def test_one_log_line_per_call_with_method_duration_and_code(criproxy: Criproxy) -> None:
+    criproxy.runtime.Version(api_pb2.VersionRequest())
+    with pytest.raises(grpc.RpcError):
+        criproxy.runtime.ListContainers(api_pb2.ListContainersRequest())
+
+    def calls() -> list[dict[str, object]]:
+        return [r for r in criproxy.log_records() if r.get("event") == "cri call"]
+
+    wait_until(lambda: any(r["method"] == "ListContainers" for r in calls()), 10)
+    by_method = {r["method"]: r for r in calls()}
+    assert by_method["Version"]["code"] == "OK"
+    assert isinstance(by_method["Version"]["duration_ms"], float)
+    assert by_method["ListContainers"]["code"] == "UNIMPLEMENTED"
+
+
+def test_metrics_endpoint_counts_calls_by_code(
+    short_tmp: Path, shared_containerd: ContainerdProcess
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = Criproxy(
+        short_tmp / "cpx",
+        containerd=shared_containerd.socket,
+        config={"metrics": {"address": f"127.0.0.1:{port}"}},
+    )
+    proxy.start()
+    try:
+        proxy.runtime.Version(api_pb2.VersionRequest())
+        with pytest.raises(grpc.RpcError):
+            proxy.runtime.ListContainers(api_pb2.ListContainersRequest())
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        text = body.decode()
+        assert 'criproxy_cri_requests_total{code="OK",method="Version"}' in text
+        assert 'criproxy_cri_requests_total{code="UNIMPLEMENTED",method="ListContainers"}' in text
+        assert 'criproxy_cri_request_duration_seconds_count{method="Version"}' in text
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('cgroup_driver = "sysd"\n', "'cgroup_driver': invalid value 'sysd'"),
+        ("[containerd]\nadress = '/x'\n", "unknown config key 'containerd.adress'"),
+        ("max_container_log_line_size = 'big'\n", "'max_container_log_line_size'"),
+        ("root = [\n", "not valid TOML"),
+    ],
+)
+def test_config_error_stops_start_naming_key_and_value(
+    short_tmp: Path, content: str, expected: str
+) -> None:
+    config = short_tmp / "bad.toml"
+    config.write_text(content)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "criproxy",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            str(short_tmp / "c.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert str(config) in result.stderr
+    assert not (short_tmp / "c.sock").exists()
+
+
+def test_missing_config_file_is_an_error(short_tmp: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "criproxy", "serve", "--config", str(short_tmp / "none.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
