@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.configure(config.log_level)
     if args.command == "serve":
-        from criproxy.server import SocketInUse, serve
+        from criproxy.server import StartError, serve
 
         try:
             anyio.run(serve, config)
-        except SocketInUse as err:
+        except StartError as err:
             print(f"criproxy: {err}", file=sys.stderr)
             return 1
         return 0

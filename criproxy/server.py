@@ -16,6 +16,7 @@ from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
 from criproxy.cri import ImageServicer, RuntimeServicer, service_handler
+from criproxy.errors import CriproxyError
 from criproxy.images.fsinfo import ImageFilesystem
 from criproxy.metrics import MetricsEndpoint
 from criproxy.node import Node
@@ -30,7 +31,11 @@ log = structlog.get_logger("criproxy.server")
 SOCKET_MODE = 0o660
 
 
-class SocketInUse(Exception):
+class StartError(Exception):
+    """criproxy cannot start serving; the message says why and what to look at."""
+
+
+class SocketInUse(StartError):
     """Another live process answers on the socket path."""
 
 
@@ -58,64 +63,89 @@ def _bind(server: grpc.aio.Server, path: Path) -> None:
         os.umask(old)
 
 
+def _build_server(config: Config, containerd: Containerd) -> grpc.aio.Server:
+    services = api_pb2.DESCRIPTOR.services_by_name
+    node = Node(config, containerd)
+    image_fs = ImageFilesystem(containerd, config.containerd.snapshotter)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            service_handler(services["RuntimeService"], RuntimeServicer(node)),
+            service_handler(services["ImageService"], ImageServicer(image_fs)),
+        ]
+    )
+    return server
+
+
+async def _start_managed(
+    config: Config, containerd: Containerd, stack: contextlib.AsyncExitStack
+) -> ManagedContainerd:
+    paths = ManagedPaths.under(config.root, config.state)
+    managed = ManagedContainerd(paths, config.containerd.binary, containerd.ping)
+    stack.push_async_callback(managed.stop)  # also when the start fails half-way
+    try:
+        await managed.start_or_adopt()
+    except (CriproxyError, OSError) as err:
+        raise StartError(f"cannot start the managed containerd: {err}") from None
+    return managed
+
+
 async def serve(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM/SIGINT, then shut down gracefully.
+
+    Calls in flight get `shutdown_grace_period` to finish. The managed containerd is stopped
+    last; its shims, and so the pods, keep running.
+    """
     for directory in (config.root, config.state):
         directory.mkdir(parents=True, exist_ok=True, mode=0o711)
     prepare_socket(config.listen)
 
-    managed: ManagedContainerd | None = None
-    address = config.containerd.address
-    if config.managed:
-        paths = ManagedPaths.under(config.root, config.state)
-        address = str(paths.socket)
-    containerd = Containerd(address, config.containerd.namespace)
-    metrics_endpoint = MetricsEndpoint(config.metrics.address) if config.metrics.address else None
-
-    async with anyio.create_task_group() as tg:
-        try:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with contextlib.AsyncExitStack() as stack:
+            address = config.containerd.address
             if config.managed:
-                managed = ManagedContainerd(paths, config.containerd.binary, containerd.ping)
-                await managed.start_or_adopt()
-                tg.start_soon(managed.supervise)
+                address = str(ManagedPaths.under(config.root, config.state).socket)
+            containerd = Containerd(address, config.containerd.namespace)
+            stack.push_async_callback(containerd.close)
+            managed = await _start_managed(config, containerd, stack) if config.managed else None
 
-            services = api_pb2.DESCRIPTOR.services_by_name
-            node = Node(config, containerd)
-            image_fs = ImageFilesystem(containerd, config.containerd.snapshotter)
-            server = grpc.aio.server()
-            server.add_generic_rpc_handlers(
-                [
-                    service_handler(services["RuntimeService"], RuntimeServicer(node)),
-                    service_handler(services["ImageService"], ImageServicer(image_fs)),
-                ]
-            )
-            _bind(server, config.listen)
+            server = _build_server(config, containerd)
+            try:
+                _bind(server, config.listen)
+            except RuntimeError as err:
+                raise StartError(f"cannot listen on {config.listen}: {err}") from None
             await server.start()
+            stack.callback(_remove, config.listen)
             os.chmod(config.listen, SOCKET_MODE)
-            if metrics_endpoint is not None:
-                metrics_endpoint.start()
+            if config.metrics.address:
+                endpoint = MetricsEndpoint(config.metrics.address)
+                try:
+                    endpoint.start()
+                except OSError as err:
+                    await server.stop(None)
+                    raise StartError(
+                        f"cannot serve metrics on {config.metrics.address}: {err}"
+                    ) from None
+                stack.callback(endpoint.stop)
             log.info(
                 "serving",
                 listen=str(config.listen),
                 containerd=address,
-                managed=config.managed,
+                managed=managed is not None,
                 metrics=config.metrics.address or None,
             )
 
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+                if managed is not None:
+                    tg.start_soon(managed.supervise)
                 async for signum in signals:
                     log.info("shutting down", signal=signal.Signals(signum).name)
                     break
-
-            await server.stop(config.shutdown_grace_period)
-            with contextlib.suppress(FileNotFoundError):
-                config.listen.unlink()
-        finally:
-            tg.cancel_scope.cancel()
-            if metrics_endpoint is not None:
-                metrics_endpoint.stop()
-            with anyio.CancelScope(shield=True):
-                await containerd.close()
-                if managed is not None:
-                    await managed.stop()
+                await server.stop(config.shutdown_grace_period)
+                tg.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -148,7 +148,7 @@ class ManagedContainerd:
         with contextlib.suppress(FileNotFoundError):
             self.paths.socket.unlink()
         with self.paths.log.open("ab") as logfile:
-            self._child = subprocess.Popen(
+            self._child = subprocess.Popen(  # raises OSError when the binary is missing
                 [self.binary, "--config", str(self.paths.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -225,12 +226,13 @@ def test_every_other_rpc_is_unimplemented_naming_the_rpc(criproxy: Criproxy) -> 
     assert checked == 41 - sum(len(v) for v in IMPLEMENTED.values())
 
 
-def test_sigterm_shuts_down_gracefully(
-    short_tmp: Path, shared_containerd: ContainerdProcess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_gracefully(
+    short_tmp: Path, shared_containerd: ContainerdProcess, signum: int
 ) -> None:
     proxy = Criproxy(short_tmp / "cpx", containerd=shared_containerd.socket)
     proxy.start()
-    proxy.signal(signal.SIGTERM)
+    proxy.signal(signum)
     assert proxy.proc is not None
     assert proxy.proc.wait(30) == 0
     assert not proxy.socket.exists()
@@ -328,3 +330,37 @@ def test_missing_config_file_is_an_error(short_tmp: Path) -> None:
     )
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+def test_call_in_flight_finishes_during_graceful_shutdown(
+    short_tmp: Path, containerd: ContainerdProcess
+) -> None:
+    """A Status call waiting on a frozen containerd still gets its answer after SIGTERM."""
+    proxy = Criproxy(short_tmp / "cpx", containerd=containerd.socket)
+    proxy.start()
+    assert conditions(proxy.runtime.Status(api_pb2.StatusRequest()))["RuntimeReady"].status
+    assert containerd.proc is not None
+    os.kill(containerd.proc.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        future = proxy.runtime.Status.future(api_pb2.StatusRequest(), timeout=30)
+        time.sleep(0.5)  # the frozen containerd holds Status for its 2 s ping timeout
+        assert not future.done(), "Status must still be in flight when SIGTERM arrives"
+        proxy.signal(signal.SIGTERM)
+        resp = future.result()  # raises if the call was cut off
+        runtime = conditions(resp)["RuntimeReady"]
+        assert runtime.status is False
+        assert proxy.proc is not None
+        assert proxy.proc.wait(30) == 0
+    finally:
+        os.kill(containerd.proc.pid, signal.SIGCONT)
+
+
+def test_managed_start_failure_exits_cleanly(short_tmp: Path) -> None:
+    proxy = Criproxy(short_tmp / "cpx", config={"containerd": {"binary": "/nonexistent/ctd"}})
+    proxy.start(wait=False)
+    assert proxy.proc is not None
+    assert proxy.proc.wait(60) == 1
+    assert "cannot start the managed containerd" in proxy.tail()
+    assert "/nonexistent/ctd" in proxy.tail()
+    assert "Traceback" not in proxy.tail()
+    assert not proxy.socket.exists()
