@@ -67,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from criproxy.server import StartError, serve
 
+        failures: list[BaseException] = []
         try:
             anyio.run(serve, config)
-        except StartError as err:
-            print(f"criproxy: {err}", file=sys.stderr)
-            return 1
-        return 0
+        except* StartError as group:
+            failures.extend(group.exceptions)
+        for failure in failures:
+            print(f"criproxy: {failure}", file=sys.stderr)
+        return 1 if failures else 0
     if args.command == "doctor":
         from criproxy.doctor import run_doctor
 

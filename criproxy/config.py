@@ -42,8 +42,20 @@ class CniSection:
 
 
 @dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one registry host, as containerd's `registry.configs.<host>.auth`."""
+
+    username: str = ""
+    password: str = ""
+    auth: str = ""
+    identitytoken: str = ""
+
+
+@dataclass(frozen=True)
 class RegistrySection:
     config_path: str = "/etc/criproxy/certs.d"
+    configs: Mapping[str, RegistryAuth] = field(default_factory=lambda: MappingProxyType({}))
+    """Credentials by registry host, from `[registry.configs."<host>".auth]`."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class Config:
     max_container_log_line_size: int = 16 * 1024
     image_pull_progress_timeout: float = 300.0
     """Seconds without pull progress before a pull is cancelled; 0 disables the limit."""
+    max_concurrent_downloads: int = 3
     cgroup_driver: CgroupDriver = "cgroupfs"
     default_runtime_name: str = "runc"
     shutdown_grace_period: float = 10.0
@@ -103,8 +116,13 @@ class Config:
         return not self.containerd.address
 
     def to_dict(self) -> dict[str, Any]:
-        """The effective configuration as plain JSON-able data (Status verbose info, doctor)."""
-        return _plain(self)  # type: ignore[no-any-return]
+        """The effective configuration as plain JSON-able data, secrets redacted."""
+        data: dict[str, Any] = _plain(self)
+        for host in data["registry"]["configs"].values():
+            for key in ("password", "auth", "identitytoken"):
+                if host[key]:
+                    host[key] = "<redacted>"
+        return data
 
 
 def _plain(value: Any) -> Any:
@@ -286,6 +304,27 @@ def _runtimes(key: str, value: object) -> Mapping[str, RuntimeHandler]:
     return MappingProxyType(handlers)
 
 
+def _registry_configs(key: str, value: object) -> Mapping[str, RegistryAuth]:
+    auths = {}
+    for host, raw in _table(key, value).items():
+        table = _section(f"{key}.{host}.", _table(f"{key}.{host}", raw), {"auth": _table})
+        if "auth" in table:
+            fields = _section(
+                f"{key}.{host}.auth.",
+                table["auth"],
+                {"username": _str, "password": _str, "auth": _str, "identitytoken": _str},
+            )
+            auths[host] = RegistryAuth(**fields)
+    return MappingProxyType(auths)
+
+
+def _registry(key: str, value: object) -> RegistrySection:
+    fields = _section(
+        f"{key}.", _table(key, value), {"config_path": _str, "configs": _registry_configs}
+    )
+    return RegistrySection(**fields)
+
+
 def _sub(cls: type[_T], parsers: Mapping[str, Parser]) -> Parser:
     def parse(key: str, value: object) -> _T:
         return cls(**_section(f"{key}.", _table(key, value), parsers))
@@ -301,6 +340,7 @@ _TOP: Mapping[str, Parser] = {
     "restrict_oom_score_adj": _restrict_oom,
     "max_container_log_line_size": _int_range(-1, 1 << 30),
     "image_pull_progress_timeout": _duration,
+    "max_concurrent_downloads": _int_range(1, 64),
     "cgroup_driver": _cgroup_driver,
     "default_runtime_name": _nonempty,
     "shutdown_grace_period": _duration,
@@ -315,7 +355,7 @@ _TOP: Mapping[str, Parser] = {
         },
     ),
     "cni": _sub(CniSection, {"bin_dirs": _dir_list, "conf_dir": _abs_str}),
-    "registry": _sub(RegistrySection, {"config_path": _str}),
+    "registry": _registry,
     "stream_server": _sub(
         StreamServerSection, {"address": _nonempty, "port": _int_range(0, 65535)}
     ),

@@ -42,5 +42,13 @@ class Unimplemented(CriproxyError):
     """The call is not built yet; the honest answer instead of a fake success."""
 
 
+class Unauthenticated(CriproxyError):
+    """A registry refused the credentials (or asked for some and none were given)."""
+
+
+class DataLoss(CriproxyError):
+    """Content did not match its digest: corrupt data from a registry or an archive."""
+
+
 class Internal(CriproxyError):
     """A failure of criproxy or of a dependency that retrying will not fix."""

@@ -17,7 +17,8 @@ from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
 from criproxy.cri import ImageServicer, RuntimeServicer, service_handler
 from criproxy.errors import CriproxyError
-from criproxy.images.fsinfo import ImageFilesystem
+from criproxy.events import EventLoop
+from criproxy.images.service import ImageService
 from criproxy.metrics import MetricsEndpoint
 from criproxy.node import Node
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("criproxy.server")
 
 SOCKET_MODE = 0o660
+RECOVERY_WAIT = 10.0
 
 
 class StartError(Exception):
@@ -63,15 +65,13 @@ def _bind(server: grpc.aio.Server, path: Path) -> None:
         os.umask(old)
 
 
-def _build_server(config: Config, containerd: Containerd) -> grpc.aio.Server:
+def _build_server(config: Config, node: Node, images: ImageService) -> grpc.aio.Server:
     services = api_pb2.DESCRIPTOR.services_by_name
-    node = Node(config, containerd)
-    image_fs = ImageFilesystem(containerd, config.containerd.snapshotter)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers(
         [
             service_handler(services["RuntimeService"], RuntimeServicer(node)),
-            service_handler(services["ImageService"], ImageServicer(image_fs)),
+            service_handler(services["ImageService"], ImageServicer(images)),
         ]
     )
     return server
@@ -109,35 +109,46 @@ async def serve(config: Config) -> None:
             stack.push_async_callback(containerd.close)
             managed = await _start_managed(config, containerd, stack) if config.managed else None
 
-            server = _build_server(config, containerd)
-            try:
-                _bind(server, config.listen)
-            except RuntimeError as err:
-                raise StartError(f"cannot listen on {config.listen}: {err}") from None
-            await server.start()
-            stack.callback(_remove, config.listen)
-            os.chmod(config.listen, SOCKET_MODE)
-            if config.metrics.address:
-                endpoint = MetricsEndpoint(config.metrics.address)
-                try:
-                    endpoint.start()
-                except OSError as err:
-                    await server.stop(None)
-                    raise StartError(
-                        f"cannot serve metrics on {config.metrics.address}: {err}"
-                    ) from None
-                stack.callback(endpoint.stop)
-            log.info(
-                "serving",
-                listen=str(config.listen),
-                containerd=address,
-                managed=managed is not None,
-                metrics=config.metrics.address or None,
-            )
+            node = Node(config, containerd)
+            images = ImageService(config, containerd)
+            stack.push_async_callback(images.close)
+            events = EventLoop(containerd, recover=[images.recover], handlers=[images.on_event])
 
             async with anyio.create_task_group() as tg:
                 if managed is not None:
                     tg.start_soon(managed.supervise)
+                tg.start_soon(events.run)
+                # Answer List/Status from a filled index right away, unless containerd is
+                # down: then serve anyway (Status says so) and fill it when it is back.
+                with anyio.move_on_after(RECOVERY_WAIT):
+                    await events.ready.wait()
+                if not events.ready.is_set():
+                    log.warning("serving before the first recovery; containerd is not answering")
+                server = _build_server(config, node, images)
+                try:
+                    _bind(server, config.listen)
+                except RuntimeError as err:
+                    raise StartError(f"cannot listen on {config.listen}: {err}") from None
+                await server.start()
+                stack.callback(_remove, config.listen)
+                os.chmod(config.listen, SOCKET_MODE)
+                if config.metrics.address:
+                    endpoint = MetricsEndpoint(config.metrics.address)
+                    try:
+                        endpoint.start()
+                    except OSError as err:
+                        await server.stop(None)
+                        raise StartError(
+                            f"cannot serve metrics on {config.metrics.address}: {err}"
+                        ) from None
+                    stack.callback(endpoint.stop)
+                log.info(
+                    "serving",
+                    listen=str(config.listen),
+                    containerd=address,
+                    managed=managed is not None,
+                    metrics=config.metrics.address or None,
+                )
                 async for signum in signals:
                     log.info("shutting down", signal=signal.Signals(signum).name)
                     break

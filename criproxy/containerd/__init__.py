@@ -6,22 +6,51 @@ Callers get the project's dataclasses and error types, never containerd's protob
 from __future__ import annotations
 
 from criproxy.containerd.client import Channel
+from criproxy.containerd.content import ContentInfo, ContentService, ContentWriter
+from criproxy.containerd.diff import DiffService
+from criproxy.containerd.events import Event, EventsService, ImageEvent
+from criproxy.containerd.images import ImageRecord, ImagesService
 from criproxy.containerd.introspection import IntrospectionService, Plugin, ServerInfo
+from criproxy.containerd.leases import LeasesService
 from criproxy.containerd.snapshots import SnapshotInfo, SnapshotsService, Usage
+from criproxy.containerd.types import Descriptor, Mount
 from criproxy.containerd.version import ContainerdVersion, VersionService
 from criproxy.errors import CriproxyError
 
-__all__ = ["Containerd", "ContainerdVersion", "Plugin", "ServerInfo", "SnapshotInfo", "Usage"]
+__all__ = [
+    "Containerd",
+    "ContainerdVersion",
+    "ContentInfo",
+    "ContentWriter",
+    "Descriptor",
+    "Event",
+    "ImageEvent",
+    "ImageRecord",
+    "Mount",
+    "Plugin",
+    "ServerInfo",
+    "SnapshotInfo",
+    "Usage",
+]
 
 
 class Containerd:
     """One channel to one containerd, in one namespace, with a helper per service."""
 
-    def __init__(self, address: str, namespace: str) -> None:
-        self._channel = Channel(address, namespace)
+    def __init__(self, address: str, namespace: str, *, _channel: Channel | None = None) -> None:
+        self._channel = _channel or Channel(address, namespace)
         self._version = VersionService(self._channel)
         self.introspection = IntrospectionService(self._channel)
         self.snapshots = SnapshotsService(self._channel)
+        self.content = ContentService(self._channel)
+        self.images = ImagesService(self._channel)
+        self.leases = LeasesService(self._channel)
+        self.diff = DiffService(self._channel)
+        self.events = EventsService(self._channel)
+
+    def with_lease(self, lease: str) -> Containerd:
+        """A view whose every call is made under `lease`; shares this connection."""
+        return Containerd(self.address, self.namespace, _channel=self._channel.with_lease(lease))
 
     @property
     def address(self) -> str:

@@ -23,6 +23,7 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 NAMESPACE_HEADER = "containerd-namespace"
+LEASE_HEADER = "containerd-lease"
 DEFAULT_TIMEOUT = 30.0
 _MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -64,11 +65,29 @@ class StreamMethod(Protocol[_Req_contra, _Resp_co]):
 class Channel:
     """A grpc.aio channel to one containerd socket with the namespace header on every call."""
 
-    def __init__(self, address: str, namespace: str) -> None:
+    def __init__(
+        self, address: str, namespace: str, *, _parent: Channel | None = None, lease: str = ""
+    ) -> None:
         self.address = address
         self.namespace = namespace
-        self.grpc = grpc.aio.insecure_channel(f"unix://{address}", options=_CHANNEL_OPTIONS)
-        self._metadata = ((NAMESPACE_HEADER, namespace),)
+        self._owner = _parent is None
+        self.grpc: grpc.aio.Channel = (
+            _parent.grpc
+            if _parent is not None
+            else grpc.aio.insecure_channel(f"unix://{address}", options=_CHANNEL_OPTIONS)
+        )
+        self.lease = lease
+        self._metadata: tuple[tuple[str, str], ...] = ((NAMESPACE_HEADER, namespace),)
+        if lease:
+            self._metadata += ((LEASE_HEADER, lease),)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def with_lease(self, lease: str) -> Channel:
+        """The same connection, with every call made under `lease` (protected from GC)."""
+        return Channel(self.address, self.namespace, _parent=self, lease=lease)
 
     async def unary(
         self,
@@ -100,4 +119,5 @@ class Channel:
             raise from_rpc_error(err.code(), err.details(), operation) from None
 
     async def close(self) -> None:
-        await self.grpc.close()
+        if self._owner:
+            await self.grpc.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -9,8 +10,13 @@ from criproxy._generated.containerd.services.snapshots.v1 import (
     snapshots_pb2,
     snapshots_pb2_grpc,
 )
+from criproxy.containerd.types import Mount
+from criproxy.errors import NotFound
 
 if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Mapping
+
     from criproxy.containerd.client import Channel
 
 
@@ -41,8 +47,8 @@ class SnapshotsService:
         self._channel = channel
         self._stub = snapshots_pb2_grpc.SnapshotsStub(channel.grpc)
 
-    async def list(self, snapshotter: str, *filters: str) -> list[SnapshotInfo]:
-        out: list[SnapshotInfo] = []
+    async def list(self, snapshotter: str, *filters: str) -> builtins.list[SnapshotInfo]:
+        out: builtins.list[SnapshotInfo] = []
         request = snapshots_pb2.ListSnapshotsRequest(snapshotter=snapshotter, filters=filters)
         async for page in self._channel.stream(
             self._stub.List, request, operation=f"list {snapshotter} snapshots"
@@ -60,3 +66,47 @@ class SnapshotsService:
             operation=f"usage of {snapshotter} snapshot {key}",
         )
         return Usage(resp.size, resp.inodes)
+
+    async def stat(self, snapshotter: str, key: str) -> SnapshotInfo | None:
+        try:
+            resp = await self._channel.unary(
+                self._stub.Stat,
+                snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=key),
+                operation=f"stat {snapshotter} snapshot {key}",
+            )
+        except NotFound:
+            return None
+        i = resp.info
+        return SnapshotInfo(i.name, i.parent, _KINDS.get(i.kind, "unknown"), dict(i.labels))
+
+    async def prepare(
+        self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Mount]:
+        resp = await self._channel.unary(
+            self._stub.Prepare,
+            snapshots_pb2.PrepareSnapshotRequest(
+                snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
+            ),
+            operation=f"prepare {snapshotter} snapshot {key}",
+        )
+        return [Mount.from_proto(m) for m in resp.mounts]
+
+    async def commit(
+        self, snapshotter: str, name: str, key: str, labels: Mapping[str, str] | None = None
+    ) -> None:
+        await self._channel.unary(
+            self._stub.Commit,
+            snapshots_pb2.CommitSnapshotRequest(
+                snapshotter=snapshotter, name=name, key=key, labels=dict(labels or {})
+            ),
+            operation=f"commit {snapshotter} snapshot {key} as {name}",
+        )
+
+    async def remove(self, snapshotter: str, key: str) -> None:
+        """Remove a snapshot; one that is gone already is fine."""
+        with contextlib.suppress(NotFound):
+            await self._channel.unary(
+                self._stub.Remove,
+                snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
+                operation=f"remove {snapshotter} snapshot {key}",
+            )

@@ -14,6 +14,8 @@ _CODES: dict[type[errors.CriproxyError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.Internal: grpc.StatusCode.INTERNAL,
 }
 

@@ -40,6 +40,7 @@ class _Call:
         self.error = ""
 
     async def fail(self, context: Context, exc: Exception) -> None:
+        exc = _unwrap(exc)
         if isinstance(exc, errors.CriproxyError):
             self.code, self.error = status_code(exc), exc.message
         else:
@@ -63,6 +64,14 @@ class _Call:
         if self.error:
             fields["error"] = self.error
         log.info("cri call", **fields)
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """The error that matters inside task-group exception groups: the first domain error."""
+    while isinstance(exc, ExceptionGroup):
+        leaves = list(exc.exceptions)
+        exc = next((e for e in leaves if isinstance(_unwrap(e), errors.CriproxyError)), leaves[0])
+    return exc
 
 
 def _unary(method: str, inner: UnaryBehavior) -> UnaryBehavior:

@@ -28,7 +28,9 @@ from tests.integration.helpers import (
 
 IMPLEMENTED = {
     "RuntimeService": {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"},
-    "ImageService": {"ImageFsInfo"},
+    "ImageService": {
+        "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo",
+    },
 }
 
 

@@ -1,0 +1,403 @@
+"""The OCI distribution protocol: resolve a reference, fetch manifests and blobs.
+
+One `Registry` per process keeps HTTP connections (one client per TLS set-up) and bearer
+tokens; a `Repository` is one repository of one registry, tried host by host: mirrors in
+order, then the registry itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+import structlog
+
+from criproxy.containerd.types import Descriptor
+from criproxy.errors import CriproxyError, DataLoss, NotFound, Unauthenticated, Unavailable
+from criproxy.images.auth import (
+    Challenge,
+    Credentials,
+    TokenCache,
+    basic_header,
+    parse_challenges,
+)
+from criproxy.images.hosts import (
+    DOCKER_HUB,
+    DOCKER_HUB_SERVER,
+    PULL,
+    RESOLVE,
+    HostsConfig,
+    RegistryHost,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from criproxy.images.reference import Reference
+
+log = structlog.get_logger("criproxy.images.registry")
+
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
+INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
+MAX_MANIFEST_SIZE = 8 * 1024 * 1024
+DOCKER_HUB_HOST = DOCKER_HUB_SERVER.removeprefix("https://")
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+
+
+@dataclass
+class _TlsKey:
+    skip_verify: bool
+    ca_files: tuple[str, ...]
+    client_certs: tuple[tuple[str, str], ...]
+
+    def __hash__(self) -> int:
+        return hash((self.skip_verify, self.ca_files, self.client_certs))
+
+
+def _ssl_context(key: _TlsKey) -> ssl.SSLContext | bool:
+    if key.skip_verify and not key.client_certs:
+        return False
+    context = ssl.create_default_context()  # the system store, as containerd uses it
+    if key.skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    for ca in key.ca_files:
+        context.load_verify_locations(cafile=ca)
+    for cert, keyfile in key.client_certs:
+        context.load_cert_chain(cert, keyfile)
+    return context
+
+
+@dataclass
+class Registry:
+    """Process-wide registry access: HTTP clients, token cache, hosts and config credentials."""
+
+    hosts: HostsConfig
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    """Credentials from the config, by registry host."""
+    tokens: TokenCache = field(default_factory=TokenCache)
+    _clients: dict[_TlsKey, httpx.AsyncClient] = field(default_factory=dict)
+    _plain_http: set[str] = field(default_factory=set)
+
+    def client(self, host: RegistryHost) -> httpx.AsyncClient:
+        key = _TlsKey(host.skip_verify, host.ca_files, host.client_certs)
+        client = self._clients.get(key)
+        if client is None:
+            try:
+                verify = _ssl_context(key)
+            except (OSError, ssl.SSLError) as err:
+                raise Unavailable(f"TLS set-up for {host.host} failed: {err}") from None
+            client = httpx.AsyncClient(
+                verify=verify,
+                follow_redirects=True,
+                timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+                headers={"User-Agent": "criproxy"},
+            )
+            self._clients[key] = client
+        return client
+
+    def repository(self, ref: Reference, credentials: Credentials | None = None) -> Repository:
+        creds = credentials if credentials and not credentials.anonymous else None
+        return Repository(self, ref, creds or self.credentials.get(ref.domain, Credentials()))
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+class Repository:
+    """One repository, reached through its hosts in order (mirrors, then the registry)."""
+
+    def __init__(self, registry: Registry, ref: Reference, credentials: Credentials) -> None:
+        self._registry = registry
+        self.ref = ref
+        self._credentials = credentials
+        self._hosts = registry.hosts.hosts(ref.domain)
+        self._challenges: dict[str, Challenge] = {}
+        self.scope = f"repository:{ref.path}:pull"
+
+    # --- one request, with auth -----------------------------------------------------
+
+    def _url(self, host: RegistryHost, scheme: str, kind: str, obj: str) -> str:
+        url = f"{scheme}://{host.host}{host.path}/{self.ref.path}/{kind}/{obj}"
+        if host.host != self.ref.domain and not (
+            self.ref.domain == DOCKER_HUB and host.host == DOCKER_HUB_HOST
+        ):
+            url += f"?ns={self.ref.domain}"  # tells a mirror which registry is meant
+        return url
+
+    async def _auth_header(self, host: RegistryHost) -> dict[str, str]:
+        challenge = self._challenges.get(host.host)
+        if challenge is None:
+            return {}
+        if challenge.scheme == "basic":
+            if self._credentials.username:
+                return dict(basic_header(self._credentials))
+            return {}
+        if self._credentials.registry_token:
+            return {"Authorization": f"Bearer {self._credentials.registry_token}"}
+        client = self._registry.client(host)
+        token = await self._registry.tokens.fetch(client, challenge, self.scope, self._credentials)
+        return {"Authorization": f"Bearer {token}"}
+
+    def _remember_challenge(self, host: RegistryHost, response: httpx.Response) -> bool:
+        """Keep what the 401 asks for; False when it asks for nothing criproxy can answer."""
+        for challenge in parse_challenges(response.headers.get("www-authenticate", "")):
+            if challenge.scheme == "bearer" or (
+                challenge.scheme == "basic" and self._credentials.username
+            ):
+                self._challenges[host.host] = challenge
+                return True
+        return False
+
+    @contextlib.asynccontextmanager
+    async def _send(
+        self,
+        host: RegistryHost,
+        method: str,
+        kind: str,
+        obj: str,
+        headers: Mapping[str, str],
+    ) -> AsyncIterator[httpx.Response]:
+        """One request to one host; answers a 401 challenge once; the body streams."""
+        client = self._registry.client(host)
+        schemes = [host.scheme]
+        if host.fallback_http and host.host not in self._registry._plain_http:
+            schemes.append("http")
+        elif host.host in self._registry._plain_http:
+            schemes = ["http"]
+        for attempt in range(2):
+            all_headers = {**dict(host.headers), **headers, **await self._auth_header(host)}
+            response = None
+            for scheme in schemes:
+                request = client.build_request(
+                    method, self._url(host, scheme, kind, obj), headers=all_headers
+                )
+                try:
+                    response = await client.send(request, stream=True)
+                except httpx.ConnectError as err:
+                    if scheme == "https" and len(schemes) > 1 and _tls_refused(err):
+                        continue
+                    raise
+                if scheme == "http" and host.scheme == "https":
+                    self._registry._plain_http.add(host.host)
+                break
+            assert response is not None
+            if response.status_code == 401 and attempt == 0:
+                await response.aclose()
+                if self._remember_challenge(host, response):
+                    continue
+                raise Unauthenticated(
+                    f"registry {host.host} requires credentials for {self.ref.name} and none "
+                    "were given"
+                )
+            if response.status_code in (401, 403):
+                await response.aclose()
+                raise Unauthenticated(
+                    f"registry {host.host} refused the credentials for {self.ref.name} "
+                    f"(HTTP {response.status_code})"
+                )
+            try:
+                yield response
+            finally:
+                await response.aclose()
+            return
+
+    async def _each_host(self, capability: str) -> AsyncIterator[RegistryHost]:
+        hosts = [h for h in self._hosts if h.can(capability)]
+        if not hosts:
+            raise Unavailable(f"no host of {self.ref.domain} may {capability} (hosts.toml)")
+        for host in hosts:
+            yield host
+
+    # --- the protocol ----------------------------------------------------------------
+
+    async def resolve(self) -> Descriptor:
+        """Resolve the tag or digest to the descriptor of its manifest (or index)."""
+        errors: list[str] = []
+        async for host in self._each_host(RESOLVE):
+            try:
+                desc = await self._resolve_at(host)
+            except _HostMiss as miss:
+                errors.append(str(miss))
+                continue
+            if desc is not None:
+                return desc
+            errors.append(f"{host.host}: not found")
+        raise _summarise(self.ref, errors, "resolve")
+
+    async def _resolve_at(self, host: RegistryHost) -> Descriptor | None:
+        accept = {"Accept": ", ".join(MANIFEST_TYPES)}
+        obj = self.ref.object
+        try:
+            for method in ("HEAD", "GET"):
+                async with self._send(host, method, "manifests", obj, accept) as resp:
+                    if resp.status_code == 404:
+                        return None
+                    if resp.status_code != 200:
+                        if method == "HEAD":
+                            continue  # some registries do not answer HEAD; try GET
+                        raise _HostMiss(f"{host.host}: HTTP {resp.status_code}")
+                    media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+                    digest = resp.headers.get("docker-content-digest", "")
+                    size = int(resp.headers.get("content-length", "0") or 0)
+                    if method == "HEAD" and (not digest or not size) and not self.ref.digest:
+                        continue
+                    if method == "GET":
+                        body = await _read_limited(resp, MAX_MANIFEST_SIZE)
+                        computed = "sha256:" + hashlib.sha256(body).hexdigest()
+                        if self.ref.digest and computed != self.ref.digest:
+                            raise DataLoss(
+                                f"manifest {self.ref} from {host.host} has digest {computed}"
+                            )
+                        digest, size = computed, len(body)
+                    digest = self.ref.digest or digest
+                    if media_type not in MANIFEST_TYPES:
+                        media_type = _sniff_media_type(media_type)
+                    return Descriptor(media_type, digest, size)
+        except httpx.HTTPError as err:
+            raise _HostMiss(f"{host.host}: {_describe(err)}") from None
+        return None
+
+    async def fetch_manifest(self, desc: Descriptor) -> bytes:
+        """A manifest or index by digest, verified."""
+        accept = {"Accept": ", ".join(MANIFEST_TYPES)}
+        chunks: list[bytes] = []
+        async for chunk in self._fetch("manifests", desc, 0, accept):
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        _verify(body, desc, "manifest")
+        return body
+
+    async def fetch_blob(
+        self, desc: Descriptor, offset: int = 0, urls: tuple[str, ...] = ()
+    ) -> AsyncIterator[bytes]:
+        """The bytes of a blob from `offset` on (a Range request when resuming).
+
+        A non-distributable layer names `urls`; they are tried first, without credentials,
+        then the registry (as containerd's fetcher does).
+        """
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                continue
+            try:
+                async for chunk in self._fetch_url(url, offset):
+                    yield chunk
+                return
+            except _HostMiss as miss:
+                log.info("foreign layer URL failed; trying the registry", url=url, error=str(miss))
+        async for chunk in self._fetch("blobs", desc, offset, {}):
+            yield chunk
+
+    async def _fetch_url(self, url: str, offset: int) -> AsyncIterator[bytes]:
+        client = self._registry.client(RegistryHost("https", "", ""))
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        started = False
+        try:
+            async with client.stream("GET", url, headers=headers) as resp:
+                if resp.status_code not in (200, 206):
+                    raise _HostMiss(f"HTTP {resp.status_code}")
+                skip = offset if (offset and resp.status_code == 200) else 0
+                started = True
+                async for raw in resp.aiter_raw(1024 * 1024):
+                    chunk = raw[skip:] if skip else raw
+                    skip = max(0, skip - len(raw))
+                    if chunk:
+                        yield chunk
+        except httpx.HTTPError as err:
+            if started:
+                raise Unavailable(f"download from {url} broke off: {_describe(err)}") from None
+            raise _HostMiss(_describe(err)) from None
+
+    async def _fetch(
+        self, kind: str, desc: Descriptor, offset: int, headers: Mapping[str, str]
+    ) -> AsyncIterator[bytes]:
+        errors: list[str] = []
+        async for host in self._each_host(PULL):
+            request_headers = dict(headers)
+            if offset:
+                request_headers["Range"] = f"bytes={offset}-"
+            started = False
+            try:
+                async with self._send(host, "GET", kind, desc.digest, request_headers) as resp:
+                    if resp.status_code == 404:
+                        errors.append(f"{host.host}: not found")
+                        continue
+                    if resp.status_code not in (200, 206):
+                        errors.append(f"{host.host}: HTTP {resp.status_code}")
+                        continue
+                    skip = offset if (offset and resp.status_code == 200) else 0
+                    started = True
+                    async for raw in resp.aiter_raw(1024 * 1024):
+                        chunk = raw
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                            if not chunk:
+                                continue
+                        yield chunk
+                    return
+            except httpx.HTTPError as err:
+                if started:
+                    raise Unavailable(
+                        f"download of {desc.digest} from {host.host} broke off: {_describe(err)}"
+                    ) from None
+                errors.append(f"{host.host}: {_describe(err)}")
+        raise _summarise(self.ref, errors, f"fetch {desc.digest} of")
+
+
+class _HostMiss(Exception):
+    """This host did not work out; the next one may."""
+
+
+def _summarise(ref: Reference, errors: list[str], what: str) -> CriproxyError:
+    if errors and all(e.endswith("not found") for e in errors):
+        return NotFound(f"failed to {what} {ref}: not found ({'; '.join(errors)})")
+    return Unavailable(f"failed to {what} {ref}: {'; '.join(errors)}")
+
+
+def _describe(err: httpx.HTTPError) -> str:
+    if isinstance(err, httpx.TimeoutException):
+        return f"timed out ({type(err).__name__})"
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _tls_refused(err: httpx.ConnectError) -> bool:
+    text = str(err).lower()
+    return "ssl" in text or "wrong version" in text or "record layer" in text
+
+
+def _sniff_media_type(header: str) -> str:
+    return header or MEDIA_DOCKER_MANIFEST
+
+
+async def _read_limited(resp: httpx.Response, limit: int) -> bytes:
+    chunks, total = [], 0
+    async for chunk in resp.aiter_raw():
+        total += len(chunk)
+        if total > limit:
+            raise DataLoss(f"manifest larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _verify(body: bytes, desc: Descriptor, what: str) -> None:
+    algorithm, _, _ = desc.digest.partition(":")
+    if algorithm != "sha256":
+        raise DataLoss(f"{what} {desc.digest}: unsupported digest algorithm")
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    if digest != desc.digest or (desc.size and len(body) != desc.size):
+        raise DataLoss(
+            f"{what} {desc.digest}: registry sent {len(body)} bytes with digest {digest}"
+        )

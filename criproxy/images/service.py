@@ -1,0 +1,172 @@
+"""The image domain service: pull, status, list, remove, and the index kept in memory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from criproxy.errors import CriproxyError, NotFound
+from criproxy.images import labels, reference
+from criproxy.images.auth import Credentials
+from criproxy.images.fsinfo import FilesystemUsage, ImageFilesystem
+from criproxy.images.hosts import HostsConfig
+from criproxy.images.manifest import (
+    chain_ids,
+    host_platform,
+    parse_config,
+    parse_index,
+    parse_manifest,
+    select_manifest,
+)
+from criproxy.images.pull import Puller
+from criproxy.images.registry import INDEX_TYPES, Registry
+from criproxy.images.store import Image, ImageContent, ImageStore
+
+if TYPE_CHECKING:
+    from criproxy.config import Config
+    from criproxy.containerd import Containerd, Event
+    from criproxy.containerd.images import ImageRecord
+    from criproxy.containerd.types import Descriptor
+
+log = structlog.get_logger("criproxy.images")
+
+
+def _config_credentials(config: Config) -> dict[str, Credentials]:
+    return {
+        host: Credentials.from_auth_config(
+            username=auth.username,
+            password=auth.password,
+            auth=auth.auth,
+            identity_token=auth.identitytoken,
+        )
+        for host, auth in config.registry.configs.items()
+    }
+
+
+class ImageService:
+    def __init__(self, config: Config, containerd: Containerd) -> None:
+        self._containerd = containerd
+        self._snapshotter = config.containerd.snapshotter
+        self.sandbox_image = str(reference.parse_docker_ref(config.sandbox_image))
+        self.store = ImageStore(pinned_refs=frozenset({self.sandbox_image}))
+        self.registry = Registry(
+            HostsConfig(config.registry.config_path), _config_credentials(config)
+        )
+        self.puller = Puller(
+            containerd,
+            config.containerd.snapshotter,
+            progress_timeout=config.image_pull_progress_timeout,
+            max_concurrent_downloads=config.max_concurrent_downloads,
+        )
+        self.filesystem = ImageFilesystem(containerd, config.containerd.snapshotter)
+
+    async def close(self) -> None:
+        await self.registry.close()
+
+    # --- queries (from memory) --------------------------------------------------------
+
+    def status(self, ref_or_id: str) -> Image | None:
+        return self.store.resolve(ref_or_id)
+
+    def list(self, ref_or_id: str = "") -> list[Image]:
+        if ref_or_id:
+            image = self.store.resolve(ref_or_id)
+            return [image] if image else []
+        return self.store.list()
+
+    async def fs_usage(self) -> FilesystemUsage:
+        return await self.filesystem.usage()
+
+    # --- changes --------------------------------------------------------------------
+
+    async def pull(self, image: str, credentials: Credentials | None = None) -> Image:
+        ref = reference.parse_docker_ref(image)
+        repo = self.registry.repository(ref, credentials)
+        result = await self.puller.pull(ref, repo, pinned=str(ref) == self.sandbox_image)
+        for name in result.names:
+            self.store.add(name, result.content, pinned=str(ref) == self.sandbox_image)
+        found = self.store.get(result.content.id)
+        assert found is not None
+        return found
+
+    async def remove(self, ref_or_id: str) -> None:
+        """Remove every name of the image; a missing image is not an error."""
+        image = self.store.resolve(ref_or_id)
+        if image is None:
+            return
+        names = list(image.references)
+        for i, name in enumerate(names):
+            # The last delete waits for containerd's GC, so that the space is really freed.
+            await self._containerd.images.delete(name, sync=i == len(names) - 1)
+            self.store.remove_reference(name)
+        log.info("removed image", id=image.id, references=names)
+
+    # --- the index, from containerd ---------------------------------------------------
+
+    async def recover(self) -> None:
+        """Rebuild the index from containerd's image records (start, reconnect)."""
+        records = await self._containerd.images.list()
+        contents: dict[str, ImageContent | None] = {}
+        entries = []
+        for record in records:
+            key = record.target.digest
+            if key not in contents:
+                contents[key] = await self._content_or_none(record)
+            content = contents[key]
+            if content is not None:
+                pinned = record.labels.get(labels.CRI_PINNED) == labels.CRI_PINNED_VALUE
+                entries.append((record.name, content, pinned))
+        self.store.replace_all(entries)
+        log.info("image index rebuilt", images=len(self.store.list()), records=len(records))
+
+    async def on_event(self, event: Event) -> None:
+        """Keep the index current when anyone (criproxy, ctr) changes an image record."""
+        payload = event.payload
+        if payload is None or not event.topic.startswith("/images/"):
+            return
+        if payload.action == "delete":
+            self.store.remove_reference(payload.name)
+            return
+        record = await self._containerd.images.get(payload.name)
+        if record is None:
+            self.store.remove_reference(payload.name)
+            return
+        content = await self._content_or_none(record)
+        if content is not None:
+            pinned = record.labels.get(labels.CRI_PINNED) == labels.CRI_PINNED_VALUE
+            self.store.add(record.name, content, pinned=pinned)
+
+    async def _content_or_none(self, record: ImageRecord) -> ImageContent | None:
+        try:
+            return await self.read_content(record.target)
+        except (CriproxyError, ValueError) as err:
+            message = getattr(err, "message", str(err))
+            log.warning("image record skipped", name=record.name, error=message)
+            return None
+
+    async def read_content(self, target: Descriptor) -> ImageContent:
+        """What a record's target is, read from the content store (index -> manifest -> config)."""
+        content = self._containerd.content
+        size = 0
+        manifest_desc = target
+        if target.media_type in INDEX_TYPES:
+            index = parse_index(await content.read_all(target.digest))
+            manifest_desc = select_manifest(index, host_platform())
+            size += target.size
+        info = await content.info(manifest_desc.digest)
+        if info is None:
+            raise NotFound(f"manifest {manifest_desc.digest} is not in the content store")
+        manifest = parse_manifest(await content.read_all(manifest_desc.digest))
+        config = parse_config(await content.read_all(manifest.config.digest))
+        chains = chain_ids(config.diff_ids)
+        size += info.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
+        return ImageContent(
+            id=manifest.config.digest,
+            target=target,
+            manifest_digest=manifest_desc.digest,
+            config=config,
+            size=size,
+            chain_id=chains[-1] if chains else "",
+            layers=manifest.layers,
+        )
