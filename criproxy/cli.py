@@ -31,6 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", help="persistent state dir (default /var/lib/criproxy)")
     serve.add_argument("--state", help="runtime state dir (default /run/criproxy)")
 
+    images = sub.add_parser("images", help="work with containerd's image store")
+    images_sub = images.add_subparsers(dest="images_command", required=True)
+    image_import = images_sub.add_parser(
+        "import", help="load an OCI image layout or docker save tar (offline nodes)"
+    )
+    image_import.add_argument("file", type=Path, help="the archive")
+    image_import.add_argument("--config", type=Path, help="TOML config")
+    image_import.add_argument("--containerd", help="containerd socket (default: the managed one)")
+    image_import.add_argument("--root", help="criproxy's root dir (managed containerd)")
+    image_import.add_argument("--state", help="criproxy's state dir (managed containerd)")
+
     doctor = sub.add_parser("doctor", help="check what this node needs and say how to fix it")
     doctor.add_argument(
         "--config", type=Path, help="TOML config (default /etc/criproxy/config.toml)"
@@ -69,17 +80,54 @@ def main(argv: list[str] | None = None) -> int:
 
         failures: list[BaseException] = []
         try:
-            anyio.run(serve, config)
+            anyio.run(serve, config, backend_options={"use_uvloop": True})
         except* StartError as group:
             failures.extend(group.exceptions)
         for failure in failures:
             print(f"criproxy: {failure}", file=sys.stderr)
         return 1 if failures else 0
+    if args.command == "images":
+        return anyio.run(_import_images, config, args.file)
     if args.command == "doctor":
         from criproxy.doctor import run_doctor
 
         return anyio.run(run_doctor, config)
     return 2
+
+
+async def _import_images(config: Config, path: Path) -> int:
+    from criproxy.containerd import Containerd
+    from criproxy.containerd.managed import ManagedPaths
+    from criproxy.errors import CriproxyError
+    from criproxy.images.archive import Importer
+    from criproxy.images.reference import parse_docker_ref
+
+    address = config.containerd.address or str(
+        ManagedPaths.under(config.root, config.state).socket
+    )
+    containerd = Containerd(address, config.containerd.namespace)
+    try:
+        if not await containerd.ping(timeout=5):
+            print(
+                f"criproxy: containerd at {address} does not answer "
+                "(in managed mode, criproxy serve must be running)",
+                file=sys.stderr,
+            )
+            return 1
+        importer = Importer(
+            containerd,
+            config.containerd.snapshotter,
+            str(parse_docker_ref(config.sandbox_image)),
+        )
+        for image in await importer.import_file(path):
+            names = ", ".join(image.names) or "(no name)"
+            print(f"imported {image.id} {names}")
+    except CriproxyError as err:
+        print(f"criproxy: import of {path} failed: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        await containerd.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ apt_install() {
 }
 
 apt_install containerd runc crun containernetworking-plugins docker-registry busybox-static \
-  iptables iproute2 python3-venv ${CRIPROXY_EXTRA_PACKAGES:-}
+  iptables iproute2 openssl python3-venv ${CRIPROXY_EXTRA_PACKAGES:-}
 
 stamp="$VENV/.criproxy-installed"
 want=$(sha256sum "$CRIPROXY_SRC/pyproject.toml" | cut -d' ' -f1)

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.support.fixtures"]
+
 _skipped: list[str] = []
 
 

@@ -10,10 +10,8 @@ resumes from what was written. A pull with no progress, downloading or unpacking
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -24,8 +22,6 @@ import structlog
 
 from criproxy.containerd.images import ImageRecord
 from criproxy.errors import (
-    AlreadyExists,
-    CriproxyError,
     DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
@@ -44,6 +40,7 @@ from criproxy.images.manifest import (
 )
 from criproxy.images.registry import INDEX_TYPES, MANIFEST_TYPES
 from criproxy.images.store import ImageContent
+from criproxy.images.unpack import Unpacker
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -105,6 +102,17 @@ class _Flight(Generic[_V]):
     error: Exception | None = None
 
 
+async def write_records(
+    cd: Containerd, names: list[str], target: Descriptor, *, pinned: bool = False
+) -> None:
+    """The image records CRI keeps: the id, the tag and the repo digest, one target."""
+    record_labels = {labels.CRI_IMAGE: labels.CRI_IMAGE_MANAGED}
+    if pinned:
+        record_labels[labels.CRI_PINNED] = labels.CRI_PINNED_VALUE
+    for name in names:
+        await cd.images.put(ImageRecord(name, target, record_labels))
+
+
 @dataclass
 class Progress:
     """When the pull last moved; an unpack in flight counts as moving."""
@@ -145,7 +153,7 @@ class Puller:
         self._containerd = containerd
         self.snapshotter = snapshotter
         self._progress_timeout = progress_timeout
-        self.download_limit = anyio.CapacityLimiter(max(1, max_concurrent_downloads))
+        self.max_concurrent_downloads = max(1, max_concurrent_downloads)
         self._pulls: SingleFlight[str, PullResult] = SingleFlight()
         self.blobs: SingleFlight[str, None] = SingleFlight()
         self.downloads = 0
@@ -234,6 +242,8 @@ class _PullJob:
         # containerd's key names the registry host without its port.
         host = urlsplit(f"//{ref.domain}").hostname or ref.domain
         self.source_key = labels.DISTRIBUTION_SOURCE.format(host=host)
+        # Per image, as containerd's max_concurrent_downloads.
+        self.download_slots = anyio.Semaphore(puller.max_concurrent_downloads)
 
     async def run(self, pinned: bool) -> PullResult:
         target = await self.repo.resolve()
@@ -265,18 +275,31 @@ class _PullJob:
         size += manifest_desc.size + manifest.config.size + sum(x.size for x in manifest.layers)
 
         chains = chain_ids(config.diff_ids)
-        first_missing = await self._first_missing(chains)
+        unpacker = Unpacker(self.cd, self.snapshotter, self.progress)
+        first_missing = await unpacker.first_missing(chains)
         downloaded = [anyio.Event() for _ in manifest.layers]
+        for event in downloaded[:first_missing]:
+            event.set()  # unpacked already: containerd does not fetch these either
+
+        async def dispatch() -> None:
+            """Start downloads in layer order, so the bottom layers arrive (and unpack) first."""
+            async with anyio.create_task_group() as downloads:
+                for i in range(first_missing, len(manifest.layers)):
+                    await self.download_slots.acquire()
+                    urls = manifest.layer_urls[i] if manifest.layer_urls else ()
+                    downloads.start_soon(
+                        self._download_layer,
+                        manifest.layers[i],
+                        urls,
+                        config.diff_ids[i],
+                        downloaded[i],
+                    )
+
         async with anyio.create_task_group() as tg:
-            for i, layer in enumerate(manifest.layers):
-                if i < first_missing:
-                    downloaded[i].set()  # unpacked already: containerd does not fetch it
-                    continue
-                urls = manifest.layer_urls[i] if manifest.layer_urls else ()
-                tg.start_soon(self._download_layer, layer, urls, config.diff_ids[i], downloaded[i])
+            tg.start_soon(dispatch)
             for i in range(first_missing, len(chains)):
                 await downloaded[i].wait()
-                await self._apply(
+                await unpacker.apply(
                     manifest.layers[i], config.diff_ids[i], chains[i], chains[i - 1] if i else ""
                 )
         top_chain = chains[-1] if chains else ""
@@ -299,19 +322,8 @@ class _PullJob:
         if self.ref.tag:
             names.append(str(self.ref))
         names.append(f"{self.ref.name}@{target.digest}")
-        record_labels = {labels.CRI_IMAGE: labels.CRI_IMAGE_MANAGED}
-        if pinned:
-            record_labels[labels.CRI_PINNED] = labels.CRI_PINNED_VALUE
-        for name in names:
-            await self.cd.images.put(ImageRecord(name, target, record_labels))
+        await write_records(self.cd, names, target, pinned=pinned)
         return PullResult(content, tuple(names))
-
-    async def _first_missing(self, chains: list[str]) -> int:
-        """The first layer whose chain is not unpacked yet (len(chains) when all are)."""
-        for i, chain in enumerate(chains):
-            if await self.cd.snapshots.stat(self.snapshotter, chain) is None:
-                return i
-        return len(chains)
 
     # --- content ----------------------------------------------------------------------
 
@@ -363,6 +375,7 @@ class _PullJob:
                 lambda: self._download_blob(layer, urls, {labels.UNCOMPRESSED: diff_id}),
             )
         finally:
+            self.download_slots.release()
             done.set()
 
     async def _download_blob(
@@ -375,18 +388,17 @@ class _PullJob:
             )
             return
         ref = _ingest_ref(desc)
-        async with self.puller.download_limit:
-            for attempt in range(_CHUNK_RETRIES + 1):
-                try:
-                    await self._write_blob(desc, urls, ref, self._with_source({}, blob_labels))
-                    break
-                except Unavailable as err:
-                    if attempt == _CHUNK_RETRIES:
-                        raise
-                    self.log.warning(
-                        "layer download broke off; resuming", layer=desc.digest, error=err.message
-                    )
-                    await anyio.sleep(0.5 * (attempt + 1))
+        for attempt in range(_CHUNK_RETRIES + 1):
+            try:
+                await self._write_blob(desc, urls, ref, self._with_source({}, blob_labels))
+                break
+            except Unavailable as err:
+                if attempt == _CHUNK_RETRIES:
+                    raise
+                self.log.warning(
+                    "layer download broke off; resuming", layer=desc.digest, error=err.message
+                )
+                await anyio.sleep(0.5 * (attempt + 1))
         self.puller.downloads += 1
         self.log.info("layer downloaded", layer=desc.digest, size=desc.size)
 
@@ -397,7 +409,6 @@ class _PullJob:
         async with cd.content.writer(ref, desc.size, desc.digest) as writer:
             if writer.offset > desc.size:
                 writer.offset = 0
-            hasher = hashlib.sha256() if writer.offset == 0 else None
             progress.done[desc.digest] = writer.offset
             async for chunk in self.repo.fetch_blob(desc, writer.offset, urls):
                 if writer.offset + len(chunk) > desc.size:
@@ -406,8 +417,6 @@ class _PullJob:
                         f"layer {desc.digest} of {self.repo.ref}: registry sent more than "
                         f"{desc.size} bytes"
                     )
-                if hasher is not None:
-                    hasher.update(chunk)
                 await writer.write(chunk)
                 progress.add(desc.digest, len(chunk))
             if writer.offset != desc.size:
@@ -415,61 +424,12 @@ class _PullJob:
                     f"layer {desc.digest} of {self.repo.ref}: download ended at "
                     f"{writer.offset} of {desc.size} bytes"
                 )
-            if hasher is not None and "sha256:" + hasher.hexdigest() != desc.digest:
-                await cd.content.abort(ref)
-                raise DataLoss(
-                    f"layer {desc.digest} of {self.repo.ref}: registry sent content with "
-                    f"digest sha256:{hasher.hexdigest()}"
-                )
+            # containerd verifies size and digest at commit (the whole blob, resumed or not).
             try:
                 await writer.commit(blob_labels)
             except FailedPrecondition as err:
                 await cd.content.abort(ref)
                 raise DataLoss(f"layer {desc.digest} of {self.repo.ref}: {err.message}") from None
-
-    # --- unpack ---------------------------------------------------------------------
-
-    async def _apply(self, layer: Descriptor, diff_id: str, chain: str, parent: str) -> None:
-        """Prepare, apply and commit one layer as snapshot `chain` on top of `parent`."""
-        cd, progress = self.cd, self.progress
-        snapshot_labels = {labels.SNAPSHOT_REF: chain}
-        for _attempt in range(3):
-            key = f"extract-{time.time_ns()}-{secrets.token_hex(4)} {chain}"
-            try:
-                mounts = await cd.snapshots.prepare(self.snapshotter, key, parent, snapshot_labels)
-                break
-            except AlreadyExists:
-                # The chain was committed meanwhile (another pull): nothing to do.
-                if await cd.snapshots.stat(self.snapshotter, chain) is not None:
-                    return
-        else:
-            raise Unavailable(f"unable to prepare extraction snapshot for {chain}")
-        committed = False
-        progress.unpacking += 1
-        try:
-            if await cd.content.info(layer.digest) is None:
-                raise FailedPrecondition(
-                    f"layer {layer.digest} ({layer.media_type}) is not available to unpack"
-                )
-            applied = await cd.diff.apply(layer, mounts)
-            if applied.digest != diff_id:
-                raise DataLoss(
-                    f"wrong diff id {applied.digest} calculated on extraction of layer "
-                    f"{layer.digest}; the image config says {diff_id}"
-                )
-            # AlreadyExists: another pull committed the same chain meanwhile; that is fine.
-            with contextlib.suppress(AlreadyExists):
-                await cd.snapshots.commit(self.snapshotter, chain, key, snapshot_labels)
-            committed = True
-        finally:
-            progress.unpacking -= 1
-            progress.touch()
-            if not committed:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await cd.snapshots.remove(self.snapshotter, key)
-                    except CriproxyError as err:
-                        log.warning("could not remove unpack snapshot", key=key, error=err.message)
 
 
 def _check_layers(manifest: Manifest, config: ImageConfig) -> None:

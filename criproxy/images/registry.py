@@ -48,6 +48,7 @@ MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
 MAX_MANIFEST_SIZE = 8 * 1024 * 1024
+_CHUNK = 256 * 1024
 DOCKER_HUB_HOST = DOCKER_HUB_SERVER.removeprefix("https://")
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
@@ -310,7 +311,7 @@ class Repository:
                     raise _HostMiss(f"HTTP {resp.status_code}")
                 skip = offset if (offset and resp.status_code == 200) else 0
                 started = True
-                async for raw in resp.aiter_raw(1024 * 1024):
+                async for raw in resp.aiter_raw(_CHUNK):
                     chunk = raw[skip:] if skip else raw
                     skip = max(0, skip - len(raw))
                     if chunk:
@@ -339,7 +340,7 @@ class Repository:
                         continue
                     skip = offset if (offset and resp.status_code == 200) else 0
                     started = True
-                    async for raw in resp.aiter_raw(1024 * 1024):
+                    async for raw in resp.aiter_raw(_CHUNK):
                         chunk = raw
                         if skip:
                             cut = min(skip, len(chunk))
@@ -374,8 +375,18 @@ def _describe(err: httpx.HTTPError) -> str:
 
 
 def _tls_refused(err: httpx.ConnectError) -> bool:
+    """The server does not speak TLS at all (not: its certificate is bad)."""
     text = str(err).lower()
-    return "ssl" in text or "wrong version" in text or "record layer" in text
+    return any(
+        sign in text
+        for sign in (
+            "wrong version number",
+            "record layer failure",
+            "unknown protocol",
+            "http request",
+            "packet length too long",
+        )
+    )
 
 
 def _sniff_media_type(header: str) -> str:

@@ -13,6 +13,7 @@ from tests.integration.helpers import (
     requirements_missing,
     write_bridge_conflist,
 )
+from tests.integration.images_env import ImageEnv
 
 _missing = requirements_missing()
 
@@ -61,3 +62,24 @@ def criproxy(short_tmp: Path, shared_containerd: ContainerdProcess) -> Iterator[
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def image_env() -> Iterator[ImageEnv]:
+    """A containerd and a criproxy of the module's own, for image tests."""
+    base = Path(tempfile.mkdtemp(prefix="cpx-img-", dir="/tmp"))
+    ctd = ContainerdProcess(base / "ctd")
+    ctd.start()
+    certs_d = base / "certs.d"
+    certs_d.mkdir()
+    proxy = Criproxy(
+        base / "cpx",
+        containerd=ctd.socket,
+        config={"registry": {"config_path": str(certs_d)}},
+    )
+    write_bridge_conflist(proxy.cni_dir)
+    proxy.start()
+    yield ImageEnv(ctd, proxy, certs_d)
+    proxy.stop()
+    ctd.stop()
+    shutil.rmtree(base, ignore_errors=True)

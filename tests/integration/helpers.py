@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,7 +267,8 @@ def write_bridge_conflist(directory: Path, name: str = "10-test.conflist") -> Pa
 def _toml(data: dict[str, object], prefix: str = "") -> str:
     """Just enough TOML for test configs: scalars, lists of strings, nested tables."""
     lines, tables = [], []
-    for key, value in data.items():
+    for raw_key, value in data.items():
+        key = raw_key if re.fullmatch(r"[A-Za-z0-9_-]+", raw_key) else json.dumps(raw_key)
         if isinstance(value, dict):
             tables.append((f"{prefix}{key}", value))
         else:

@@ -29,7 +29,12 @@ from tests.integration.helpers import (
 IMPLEMENTED = {
     "RuntimeService": {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"},
     "ImageService": {
-        "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo",
+        "PullImage",
+        "ImageStatus",
+        "ListImages",
+        "StreamImages",
+        "RemoveImage",
+        "ImageFsInfo",
     },
 }
 

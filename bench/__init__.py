@@ -1,0 +1,1 @@
+"""Benchmarks that compare criproxy with containerd's built-in CRI plugin on this machine."""

@@ -1,0 +1,192 @@
+"""Pull paths that need a criproxy of their own: timeouts, resumes, config credentials,
+the sandbox image, foreign layers, and `criproxy images import`."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from tests.integration.helpers import REPO, ContainerdProcess, Criproxy
+from tests.integration.images_env import ImageEnv
+from tests.support.faultproxy import FaultProxy
+from tests.support.images import (
+    Compression,
+    busybox_image,
+    docker_save_archive,
+    file_layer,
+    oci_archive,
+    random_layer,
+)
+from tests.support.registry import Registry
+
+
+@pytest.fixture
+def own_env(short_tmp: Path, image_env: ImageEnv) -> Iterator[ImageEnv]:
+    """A second criproxy on the image tests' containerd; tests set its config first."""
+    env = ImageEnv(
+        image_env.containerd,
+        Criproxy(short_tmp / "cpx", containerd=image_env.containerd.socket),
+        short_tmp / "certs.d",
+    )
+    env.certs_d.mkdir()
+    env.proxy.config = {"registry": {"config_path": str(env.certs_d)}}
+    yield env
+    env.proxy.stop()
+
+
+def test_a_stalled_download_is_cancelled_after_the_progress_timeout(
+    own_env: ImageEnv, registry_http: Registry, repo_name: str
+) -> None:
+    image = busybox_image(extra_layers=[random_layer(2 * 1024 * 1024, seed="stall")])
+    registry_http.push(repo_name, image, "v1")
+    proxy = FaultProxy(registry_http.port, mode="stall", after_bytes=128 * 1024).start()
+    try:
+        own_env.proxy.config["image_pull_progress_timeout"] = "2s"
+        own_env.proxy.start()
+        own_env.write_hosts(registry_http.host, f'server = "http://{proxy.host}"\n')
+        err = own_env.pull_error(registry_http.reference(repo_name, "v1"), timeout=60)
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no progress for 2s" in err.details()
+        assert "image_pull_progress_timeout" in err.details()
+        assert own_env.ctr("leases", "ls", "-q").stdout.strip() == ""
+    finally:
+        proxy.stop()
+
+
+def test_a_broken_download_resumes_where_it_stopped(
+    own_env: ImageEnv, registry_http: Registry, repo_name: str
+) -> None:
+    size = 3 * 1024 * 1024
+    image = busybox_image(extra_layers=[random_layer(size, seed="resume")])
+    registry_http.push(repo_name, image, "v1")
+    layer = image.layer_descriptors[-1].digest
+    proxy = FaultProxy(registry_http.port, mode="cut_once", after_bytes=1536 * 1024).start()
+    try:
+        own_env.proxy.start()
+        own_env.write_hosts(registry_http.host, f'server = "http://{proxy.host}"\n')
+        assert own_env.pull(registry_http.reference(repo_name, "v1")) == image.id
+        assert proxy.cuts == 1
+        ranged = [r for r in proxy.requests if layer in r.path and r.range]
+        assert ranged, f"the retry must ask for the rest only: {proxy.requests}"
+        start = int(ranged[0].range.removeprefix("bytes=").split("-")[0])
+        assert 0 < start < size
+        assert own_env.layer_downloads(layer) == 1
+    finally:
+        proxy.stop()
+
+
+def test_credentials_from_config_and_the_pinned_sandbox_image(
+    own_env: ImageEnv, registry_basic_auth: Registry, repo_name: str
+) -> None:
+    image = busybox_image(extra_layers=[file_layer({"/pause": b"1"})])
+    registry_basic_auth.push(repo_name, image, "3.10")
+    ref = registry_basic_auth.reference(repo_name, "3.10")
+    own_env.trust(registry_basic_auth)
+    own_env.proxy.config["sandbox_image"] = ref
+    own_env.proxy.config["registry"]["configs"] = {  # type: ignore[index]
+        registry_basic_auth.host: {
+            "auth": {
+                "username": registry_basic_auth.username,
+                "password": registry_basic_auth.password,
+            }
+        }
+    }
+    own_env.proxy.start()
+    assert own_env.pull(ref) == image.id  # no credentials in the request
+    assert own_env.status(ref).image.pinned is True
+    verbose = own_env.proxy.runtime.Status(api_pb2.StatusRequest(verbose=True)).info["config"]
+    assert registry_basic_auth.password not in verbose
+
+
+def test_foreign_layer_is_fetched_from_its_url(
+    image_env: ImageEnv,
+    registry_http: Registry,
+    registry_factory,
+    repo_name: str,  # type: ignore[no-untyped-def]
+) -> None:
+    elsewhere = registry_factory()
+    base = file_layer({"/foreign": b"from elsewhere\n"})
+    blob = base.blob(Compression.GZIP)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    elsewhere.push_blob(repo_name, digest, blob)
+    url = f"{elsewhere.url}/v2/{repo_name}/blobs/{digest}"
+    image = busybox_image(extra_layers=[base.with_urls(url)])
+    registry_http.push(repo_name, image, "v1")  # the registry itself lacks that blob
+    ref = registry_http.reference(repo_name, "v1")
+    assert image_env.pull(ref) == image.id
+    out = image_env.ctr("run", "--rm", ref, "foreign-run", "cat", "/foreign")
+    assert out.stdout == "from elsewhere\n", out.stderr
+
+
+def _import(
+    proxy: Criproxy, containerd: ContainerdProcess, archive: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "criproxy",
+            "images",
+            "import",
+            str(archive),
+            "--config",
+            str(proxy.write_config()),
+            "--containerd",
+            str(containerd.socket),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("kind", ["oci", "docker"])
+def test_images_import_loads_an_archive_with_its_names(
+    image_env: ImageEnv, short_tmp: Path, kind: str
+) -> None:
+    image = busybox_image(extra_layers=[file_layer({"/imported": kind.encode()})])
+    name = f"registry.example.com/offline/{kind}:v1"
+    archive = short_tmp / f"{kind}.tar"
+    if kind == "oci":
+        archive.write_bytes(oci_archive(image, [name]))
+    else:
+        archive.write_bytes(docker_save_archive(image, [name]))
+    result = _import(image_env.proxy, image_env.containerd, archive)
+    assert result.returncode == 0, result.stderr
+    assert image.id in result.stdout and name in result.stdout
+    status = image_env.status(name)  # the running criproxy saw containerd's events
+    for _ in range(100):
+        if status.image.id:
+            break
+        import time
+
+        time.sleep(0.05)
+        status = image_env.status(name)
+    assert status.image.id == image.id
+    assert list(status.image.repo_tags) == [name]
+    out = image_env.ctr("run", "--rm", name, f"import-{kind}", "cat", "/imported")
+    assert out.stdout == kind, out.stderr
+
+
+def test_images_import_rejects_a_corrupt_archive(image_env: ImageEnv, short_tmp: Path) -> None:
+    image = busybox_image(extra_layers=[file_layer({"/corrupt": b"x"})])
+    data = bytearray(oci_archive(image, ["registry.example.com/offline/bad:v1"]))
+    # flip a byte inside the last layer's data (gzip payload, far from the tar headers)
+    blob = image.blobs[image.layer_descriptors[-1].digest]
+    offset = bytes(data).find(blob) + len(blob) // 2
+    data[offset] ^= 0xFF
+    archive = short_tmp / "bad.tar"
+    archive.write_bytes(bytes(data))
+    result = _import(image_env.proxy, image_env.containerd, archive)
+    assert result.returncode == 1
+    assert "does not match its digest" in result.stderr
+    assert image.id not in image_env.ctr("images", "ls", "-q").stdout
