@@ -102,9 +102,7 @@ async def _import_images(config: Config, path: Path) -> int:
     from criproxy.images.archive import Importer
     from criproxy.images.reference import parse_docker_ref
 
-    address = config.containerd.address or str(
-        ManagedPaths.under(config.root, config.state).socket
-    )
+    address = config.containerd.address or str(ManagedPaths.under(config.root, config.state).socket)
     containerd = Containerd(address, config.containerd.namespace)
     try:
         if not await containerd.ping(timeout=5):

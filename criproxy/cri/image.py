@@ -68,6 +68,7 @@ class ImageServicer:
                 auth=auth.auth,
                 identity_token=auth.identity_token,
                 registry_token=auth.registry_token,
+                server_address=auth.server_address,
             )
         pulled = await self._images.pull(image, credentials)
         return api_pb2.PullImageResponse(image_ref=pulled.id)

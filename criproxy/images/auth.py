@@ -14,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -34,6 +35,8 @@ class Credentials:
     password: str = ""
     identity_token: str = ""
     registry_token: str = ""
+    server_address: str = ""
+    """Where the credentials belong (CRI `server_address`); empty: the image's registry."""
 
     @classmethod
     def from_auth_config(
@@ -44,6 +47,7 @@ class Credentials:
         auth: str = "",
         identity_token: str = "",
         registry_token: str = "",
+        server_address: str = "",
     ) -> Credentials:
         """CRI AuthConfig: `auth` is base64 `user:password` and fills what is not given."""
         if auth and not (username or password):
@@ -54,7 +58,21 @@ class Credentials:
             username, sep, password = decoded.partition(":")
             if not sep:
                 raise InvalidArgument("auth.auth is not base64 of 'user:password'")
-        return cls(username, password, identity_token, registry_token)
+        return cls(username, password, identity_token, registry_token, server_address)
+
+    def for_host(self, registry: str, host: str) -> Credentials:
+        """These credentials if they belong to `registry` or to the `host` asked (a mirror),
+        else none, so that a secret for one registry never reaches another."""
+        if not self.server_address:
+            return self
+        wanted = urlsplit(
+            self.server_address if "://" in self.server_address else f"//{self.server_address}"
+        ).netloc
+        if wanted in (registry, host) or (
+            registry == "docker.io" and wanted in ("index.docker.io", "registry-1.docker.io")
+        ):
+            return self
+        return Credentials()
 
     @property
     def anonymous(self) -> bool:

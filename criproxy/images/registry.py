@@ -138,25 +138,30 @@ class Repository:
             url += f"?ns={self.ref.domain}"  # tells a mirror which registry is meant
         return url
 
+    def _credentials_for(self, host: RegistryHost) -> Credentials:
+        return self._credentials.for_host(self.ref.domain, host.host)
+
     async def _auth_header(self, host: RegistryHost) -> dict[str, str]:
         challenge = self._challenges.get(host.host)
         if challenge is None:
             return {}
+        credentials = self._credentials_for(host)
         if challenge.scheme == "basic":
-            if self._credentials.username:
-                return dict(basic_header(self._credentials))
+            if credentials.username:
+                return dict(basic_header(credentials))
             return {}
-        if self._credentials.registry_token:
-            return {"Authorization": f"Bearer {self._credentials.registry_token}"}
+        if credentials.registry_token:
+            return {"Authorization": f"Bearer {credentials.registry_token}"}
         client = self._registry.client(host)
-        token = await self._registry.tokens.fetch(client, challenge, self.scope, self._credentials)
+        token = await self._registry.tokens.fetch(client, challenge, self.scope, credentials)
         return {"Authorization": f"Bearer {token}"}
 
     def _remember_challenge(self, host: RegistryHost, response: httpx.Response) -> bool:
         """Keep what the 401 asks for; False when it asks for nothing criproxy can answer."""
+        credentials = self._credentials_for(host)
         for challenge in parse_challenges(response.headers.get("www-authenticate", "")):
             if challenge.scheme == "bearer" or (
-                challenge.scheme == "basic" and self._credentials.username
+                challenge.scheme == "basic" and credentials.username
             ):
                 self._challenges[host.host] = challenge
                 return True

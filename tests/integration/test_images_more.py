@@ -190,3 +190,41 @@ def test_images_import_rejects_a_corrupt_archive(image_env: ImageEnv, short_tmp:
     assert result.returncode == 1
     assert "does not match its digest" in result.stderr
     assert image.id not in image_env.ctr("images", "ls", "-q").stdout
+
+
+def test_kubelet_style_pull_of_a_private_image_through_a_mirror(
+    image_env: ImageEnv, registry_basic_auth: Registry, repo_name: str
+) -> None:
+    """The kubelet sends the pull secret of the image's registry; the mirror that serves the
+    image asks for it. The registry named in the image is down."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        origin = f"127.0.0.1:{s.getsockname()[1]}"  # nobody listens there
+    image = busybox_image(extra_layers=[file_layer({"/private": b"secret data\n"})])
+    registry_basic_auth.push(repo_name, image, "v1")
+    image_env.write_hosts(
+        origin,
+        f'server = "http://{origin}"\n'
+        f'[host."{registry_basic_auth.url}"]\n'
+        f'  capabilities = ["pull", "resolve"]\n  ca = "{registry_basic_auth.ca_path}"\n',
+    )
+    ref = f"{origin}/{repo_name}:v1"
+    secret = api_pb2.AuthConfig(
+        username=registry_basic_auth.username,
+        password=registry_basic_auth.password,
+        server_address=origin,
+    )
+    assert image_env.pull(ref, auth=secret) == image.id
+    out = image_env.ctr("run", "--rm", ref, "private-run", "cat", "/private")
+    assert out.stdout == "secret data\n", out.stderr
+    # a secret for another registry is not handed to this one
+    image_env.remove(ref)
+    elsewhere = api_pb2.AuthConfig(
+        username=registry_basic_auth.username,
+        password=registry_basic_auth.password,
+        server_address="registry.example.com",
+    )
+    err = image_env.pull_error(ref, auth=elsewhere)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -48,3 +48,13 @@ def test_identity_keeps_secrets_out_and_tells_credentials_apart() -> None:
     assert "secret" not in a.identity()
     assert Credentials().anonymous
     assert not Credentials(registry_token="t").anonymous
+
+
+def test_credentials_go_only_to_their_registry_or_a_mirror_asked_for_them() -> None:
+    creds = Credentials("u", "p", server_address="https://reg.example.com")
+    assert creds.for_host("reg.example.com", "reg.example.com") == creds
+    assert creds.for_host("reg.example.com", "mirror.example.com") == creds
+    assert creds.for_host("other.example.com", "other.example.com").anonymous
+    hub = Credentials("u", "p", server_address="https://index.docker.io/v1/")
+    assert hub.for_host("docker.io", "registry-1.docker.io") == hub
+    assert Credentials("u", "p").for_host("x", "y").username == "u"
