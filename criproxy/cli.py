@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# criproxy forks only to exec (CNI plugins, containerd); gRPC's fork handlers are for fork
+# without exec, and with gRPC threads busy they crash the child before its exec.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from pathlib import Path
 from typing import Any
 

@@ -52,3 +52,11 @@ class DataLoss(CriproxyError):
 
 class Internal(CriproxyError):
     """A failure of criproxy or of a dependency that retrying will not fix."""
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The error that matters inside task-group exception groups: the first domain error."""
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = list(exc.exceptions)
+        exc = next((e for e in leaves if isinstance(unwrap(e), CriproxyError)), leaves[0])
+    return exc

@@ -21,6 +21,7 @@ from criproxy.events import EventLoop
 from criproxy.images.service import ImageService
 from criproxy.metrics import MetricsEndpoint
 from criproxy.node import Node
+from criproxy.sandbox.service import SandboxService
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,12 +66,14 @@ def _bind(server: grpc.aio.Server, path: Path) -> None:
         os.umask(old)
 
 
-def _build_server(config: Config, node: Node, images: ImageService) -> grpc.aio.Server:
+def _build_server(
+    config: Config, node: Node, images: ImageService, sandboxes: SandboxService
+) -> grpc.aio.Server:
     services = api_pb2.DESCRIPTOR.services_by_name
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers(
         [
-            service_handler(services["RuntimeService"], RuntimeServicer(node)),
+            service_handler(services["RuntimeService"], RuntimeServicer(node, sandboxes)),
             service_handler(services["ImageService"], ImageServicer(images)),
         ]
     )
@@ -112,11 +115,17 @@ async def serve(config: Config) -> None:
             node = Node(config, containerd)
             images = ImageService(config, containerd)
             stack.push_async_callback(images.close)
-            events = EventLoop(containerd, recover=[images.recover], handlers=[images.on_event])
+            sandboxes = SandboxService(config, containerd, images)
+            events = EventLoop(
+                containerd,
+                recover=[images.recover, sandboxes.recover],
+                handlers=[images.on_event, sandboxes.on_event],
+            )
 
             async with anyio.create_task_group() as tg:
                 if managed is not None:
                     tg.start_soon(managed.supervise)
+                tg.start_soon(sandboxes.run)
                 tg.start_soon(events.run)
                 # Answer List/Status from a filled index right away, unless containerd is
                 # down: then serve anyway (Status says so) and fill it when it is back.
@@ -124,7 +133,7 @@ async def serve(config: Config) -> None:
                     await events.ready.wait()
                 if not events.ready.is_set():
                     log.warning("serving before the first recovery; containerd is not answering")
-                server = _build_server(config, node, images)
+                server = _build_server(config, node, images, sandboxes)
                 try:
                     _bind(server, config.listen)
                 except RuntimeError as err:

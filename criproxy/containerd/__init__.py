@@ -6,18 +6,22 @@ Callers get the project's dataclasses and error types, never containerd's protob
 from __future__ import annotations
 
 from criproxy.containerd.client import Channel
+from criproxy.containerd.containers import ContainerRecord, ContainersService
 from criproxy.containerd.content import ContentInfo, ContentService, ContentWriter
 from criproxy.containerd.diff import DiffService
-from criproxy.containerd.events import Event, EventsService, ImageEvent
+from criproxy.containerd.events import Event, EventsService, ImageEvent, TaskEvent
 from criproxy.containerd.images import ImageRecord, ImagesService
 from criproxy.containerd.introspection import IntrospectionService, Plugin, ServerInfo
 from criproxy.containerd.leases import LeasesService
+from criproxy.containerd.runtime_options import RuncOptions
 from criproxy.containerd.snapshots import SnapshotInfo, SnapshotsService, Usage
+from criproxy.containerd.tasks import TaskExitInfo, TasksService, TaskState
 from criproxy.containerd.types import Descriptor, Mount
 from criproxy.containerd.version import ContainerdVersion, VersionService
 from criproxy.errors import CriproxyError
 
 __all__ = [
+    "ContainerRecord",
     "Containerd",
     "ContainerdVersion",
     "ContentInfo",
@@ -28,8 +32,12 @@ __all__ = [
     "ImageRecord",
     "Mount",
     "Plugin",
+    "RuncOptions",
     "ServerInfo",
     "SnapshotInfo",
+    "TaskEvent",
+    "TaskExitInfo",
+    "TaskState",
     "Usage",
 ]
 
@@ -47,6 +55,8 @@ class Containerd:
         self.leases = LeasesService(self._channel)
         self.diff = DiffService(self._channel)
         self.events = EventsService(self._channel)
+        self.containers = ContainersService(self._channel)
+        self.tasks = TasksService(self._channel)
 
     def with_lease(self, lease: str) -> Containerd:
         """A view whose every call is made under `lease`; shares this connection."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from criproxy._generated.containerd.events import image_pb2
+from criproxy._generated.containerd.events import image_pb2, task_pb2
 from criproxy._generated.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 
 if TYPE_CHECKING:
@@ -30,11 +30,28 @@ class ImageEvent:
 
 
 @dataclass(frozen=True)
+class TaskEvent:
+    """A task (or exec process) changed: `create`, `start`, `exit`, `oom`, `delete`."""
+
+    action: str
+    container_id: str
+    process_id: str = ""
+    """The exec id, or the container id for the task's main process."""
+    pid: int = 0
+    exit_status: int = 0
+    exited_at_ns: int = 0
+
+    @property
+    def main_process(self) -> bool:
+        return not self.process_id or self.process_id == self.container_id
+
+
+@dataclass(frozen=True)
 class Event:
     topic: str
     namespace: str
     timestamp_ns: int
-    payload: ImageEvent | None
+    payload: ImageEvent | TaskEvent | None
     """None for events criproxy does not decode (yet)."""
 
 
@@ -42,8 +59,32 @@ def _type_name(payload: Any) -> str:
     return payload.type_url.rsplit("/", 1)[-1]
 
 
-def _decode(payload: Any) -> ImageEvent | None:
+def _decode_task(name: str, value: bytes) -> TaskEvent | None:
+    if name == "containerd.events.TaskExit":
+        e = task_pb2.TaskExit.FromString(value)
+        return TaskEvent(
+            "exit", e.container_id, e.id, e.pid, e.exit_status, e.exited_at.ToNanoseconds()
+        )
+    if name == "containerd.events.TaskStart":
+        s = task_pb2.TaskStart.FromString(value)
+        return TaskEvent("start", s.container_id, pid=s.pid)
+    if name == "containerd.events.TaskCreate":
+        c = task_pb2.TaskCreate.FromString(value)
+        return TaskEvent("create", c.container_id, pid=c.pid)
+    if name == "containerd.events.TaskOOM":
+        return TaskEvent("oom", task_pb2.TaskOOM.FromString(value).container_id)
+    if name == "containerd.events.TaskDelete":
+        d = task_pb2.TaskDelete.FromString(value)
+        return TaskEvent(
+            "delete", d.container_id, d.id, d.pid, d.exit_status, d.exited_at.ToNanoseconds()
+        )
+    return None
+
+
+def _decode(payload: Any) -> ImageEvent | TaskEvent | None:
     name = _type_name(payload)
+    if name.startswith("containerd.events.Task"):
+        return _decode_task(name, payload.value)
     if name == "containerd.services.images.v1.ImageCreate":
         return ImageEvent("create", image_pb2.ImageCreate.FromString(payload.value).name)
     if name == "containerd.services.images.v1.ImageUpdate":

@@ -40,9 +40,9 @@ class _Call:
         self.error = ""
 
     async def fail(self, context: Context, exc: Exception) -> None:
-        exc = _unwrap(exc)
-        if isinstance(exc, errors.CriproxyError):
-            self.code, self.error = status_code(exc), exc.message
+        leaf = errors.unwrap(exc)
+        if isinstance(leaf, errors.CriproxyError):
+            self.code, self.error = status_code(leaf), leaf.message
         else:
             self.code = grpc.StatusCode.INTERNAL
             self.error = f"internal error in {self.method}: {type(exc).__name__}: {exc}"
@@ -64,14 +64,6 @@ class _Call:
         if self.error:
             fields["error"] = self.error
         log.info("cri call", **fields)
-
-
-def _unwrap(exc: Exception) -> Exception:
-    """The error that matters inside task-group exception groups: the first domain error."""
-    while isinstance(exc, ExceptionGroup):
-        leaves = list(exc.exceptions)
-        exc = next((e for e in leaves if isinstance(_unwrap(e), errors.CriproxyError)), leaves[0])
-    return exc
 
 
 def _unary(method: str, inner: UnaryBehavior) -> UnaryBehavior:

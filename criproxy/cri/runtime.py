@@ -2,28 +2,92 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.cri import sandbox as sandbox_cri
+from criproxy.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from criproxy.cri.handlers import Context
     from criproxy.node import Node
+    from criproxy.sandbox.service import SandboxService
 
 CRI_VERSION = "0.1.0"
 """The kubelet runtime API version string every CRI runtime reports."""
 RUNTIME_NAME = "criproxy"
 RUNTIME_API_VERSION = "v1"
 
+_STREAM_BATCH = 256
 _CGROUP_DRIVERS = {"systemd": api_pb2.SYSTEMD, "cgroupfs": api_pb2.CGROUPFS}
 
 
 class RuntimeServicer:
     """The rpcs of runtime.v1.RuntimeService built so far; the rest answer UNIMPLEMENTED."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, sandboxes: SandboxService) -> None:
         self._node = node
+        self._sandboxes = sandboxes
+
+    async def RunPodSandbox(  # noqa: N802
+        self, request: api_pb2.RunPodSandboxRequest, context: Context
+    ) -> api_pb2.RunPodSandboxResponse:
+        if not request.HasField("config"):
+            raise InvalidArgument("config is required")
+        pod = sandbox_cri.pod_config(request.config)
+        sandbox_id = await self._sandboxes.run_pod(pod, request.runtime_handler)
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def StopPodSandbox(  # noqa: N802
+        self, request: api_pb2.StopPodSandboxRequest, context: Context
+    ) -> api_pb2.StopPodSandboxResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        await self._sandboxes.stop_pod(request.pod_sandbox_id)
+        return api_pb2.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(  # noqa: N802
+        self, request: api_pb2.RemovePodSandboxRequest, context: Context
+    ) -> api_pb2.RemovePodSandboxResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        await self._sandboxes.remove_pod(request.pod_sandbox_id)
+        return api_pb2.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(  # noqa: N802
+        self, request: api_pb2.PodSandboxStatusRequest, context: Context
+    ) -> api_pb2.PodSandboxStatusResponse:
+        sandbox = self._sandboxes.get(request.pod_sandbox_id)
+        return api_pb2.PodSandboxStatusResponse(
+            status=sandbox_cri.to_status(sandbox),
+            info=sandbox_cri.verbose_info(sandbox) if request.verbose else {},
+            timestamp=time.time_ns(),
+        )
+
+    async def ListPodSandbox(  # noqa: N802
+        self, request: api_pb2.ListPodSandboxRequest, context: Context
+    ) -> api_pb2.ListPodSandboxResponse:
+        return api_pb2.ListPodSandboxResponse(items=self._pods(request.filter))
+
+    async def StreamPodSandboxes(  # noqa: N802
+        self, request: api_pb2.StreamPodSandboxesRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
+        pods = self._pods(request.filter)
+        for start in range(0, max(len(pods), 1), _STREAM_BATCH):
+            yield api_pb2.StreamPodSandboxesResponse(
+                pod_sandboxes=pods[start : start + _STREAM_BATCH]
+            )
+
+    def _pods(self, flt: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
+        return [
+            sandbox_cri.to_pod_sandbox(s)
+            for s in self._sandboxes.pods()
+            if sandbox_cri.matches(s, flt)
+        ]
 
     async def Version(  # noqa: N802 (gRPC method names)
         self, request: api_pb2.VersionRequest, context: Context

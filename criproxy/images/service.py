@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from criproxy.containerd.events import ImageEvent
 from criproxy.errors import CriproxyError, NotFound
 from criproxy.images import labels, reference
 from criproxy.images.auth import Credentials
@@ -90,6 +91,16 @@ class ImageService:
         assert found is not None
         return found
 
+    async def ensure_sandbox_image(self) -> Image:
+        """The pause image, pulled (and pinned) if it is not here yet."""
+        image = self.store.resolve(self.sandbox_image)
+        if image is not None:
+            return image
+        try:
+            return await self.pull(self.sandbox_image)
+        except CriproxyError as err:
+            raise type(err)(f"sandbox image {self.sandbox_image}: {err.message}") from None
+
     async def remove(self, ref_or_id: str) -> None:
         """Remove every name of the image; a missing image is not an error."""
         image = self.store.resolve(ref_or_id)
@@ -123,7 +134,7 @@ class ImageService:
     async def on_event(self, event: Event) -> None:
         """Keep the index current when anyone (criproxy, ctr) changes an image record."""
         payload = event.payload
-        if payload is None or not event.topic.startswith("/images/"):
+        if not isinstance(payload, ImageEvent):
             return
         if payload.action == "delete":
             self.store.remove_reference(payload.name)

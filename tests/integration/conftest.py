@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from tests.integration.helpers import (
     write_bridge_conflist,
 )
 from tests.integration.images_env import ImageEnv
+from tests.integration.pods_env import BRIDGE, PodEnv, write_pod_network
 
 _missing = requirements_missing()
 
@@ -82,4 +85,44 @@ def image_env() -> Iterator[ImageEnv]:
     yield ImageEnv(ctd, proxy, certs_d)
     proxy.stop()
     ctd.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pod_env(registry_http) -> Iterator[PodEnv]:  # type: ignore[no-untyped-def]
+    """criproxy with a pause image from a local registry and a bridge CNI network."""
+    from tests.support.images import ImageConfig, busybox_image
+
+    base = Path(tempfile.mkdtemp(prefix="cpx-pod-", dir="/tmp"))
+    pause = busybox_image(config=ImageConfig(entrypoint=("/bin/sleep",), cmd=("2147483647",)))
+    registry_http.push("test/pause", pause, "3.10")
+    certs_d = base / "certs.d"
+    (certs_d / registry_http.host).mkdir(parents=True)
+    (certs_d / registry_http.host / "hosts.toml").write_text(f'server = "{registry_http.url}"\n')
+    ctd = ContainerdProcess(base / "ctd")
+    ctd.start()
+    proxy = Criproxy(
+        base / "cpx",
+        containerd=ctd.socket,
+        config={
+            "sandbox_image": registry_http.reference("test/pause", "3.10"),
+            "registry": {"config_path": str(certs_d)},
+        },
+    )
+    cni_data = base / "cni-data"
+    write_pod_network(proxy.cni_dir, cni_data)
+    proxy.start()
+    env = PodEnv(ctd, proxy, cni_data)
+    yield env
+    env.cleanup()
+    proxy.stop()
+    ctd.stop()
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    if os.environ.get("CRIPROXY_KEEP_LOGS"):
+        shutil.copytree(
+            base,
+            os.environ["CRIPROXY_KEEP_LOGS"],
+            ignore=shutil.ignore_patterns("root", "state", "run"),
+            dirs_exist_ok=True,
+        )
     shutil.rmtree(base, ignore_errors=True)

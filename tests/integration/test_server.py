@@ -27,7 +27,18 @@ from tests.integration.helpers import (
 )
 
 IMPLEMENTED = {
-    "RuntimeService": {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"},
+    "RuntimeService": {
+        "Version",
+        "Status",
+        "RuntimeConfig",
+        "UpdateRuntimeConfig",
+        "RunPodSandbox",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+        "PodSandboxStatus",
+        "ListPodSandbox",
+        "StreamPodSandboxes",
+    },
     "ImageService": {
         "PullImage",
         "ImageStatus",

@@ -1,0 +1,140 @@
+"""containerd's tasks: the running process of a container, through its shim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from criproxy._generated.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from criproxy._generated.containerd.types.task import task_pb2
+from criproxy.errors import NotFound
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Sequence
+
+    from criproxy.containerd.client import Channel
+    from criproxy.containerd.types import Mount
+
+_STATUS = {
+    task_pb2.UNKNOWN: "unknown",
+    task_pb2.CREATED: "created",
+    task_pb2.RUNNING: "running",
+    task_pb2.STOPPED: "stopped",
+    task_pb2.PAUSED: "paused",
+    task_pb2.PAUSING: "pausing",
+}
+
+
+@dataclass(frozen=True)
+class TaskState:
+    container_id: str
+    pid: int
+    status: str
+    """`created`, `running`, `stopped`, `paused`, `pausing` or `unknown`."""
+    exit_status: int
+    exited_at_ns: int
+
+
+@dataclass(frozen=True)
+class TaskExitInfo:
+    pid: int
+    exit_status: int
+    exited_at_ns: int
+
+
+def _state(p: task_pb2.Process) -> TaskState:
+    return TaskState(
+        p.container_id or p.id,
+        p.pid,
+        _STATUS.get(p.status, "unknown"),
+        p.exit_status,
+        p.exited_at.ToNanoseconds(),
+    )
+
+
+class TasksService:
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._stub = tasks_pb2_grpc.TasksStub(channel.grpc)
+
+    async def create(
+        self,
+        container_id: str,
+        rootfs: Sequence[Mount],
+        *,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        runtime_path: str = "",
+    ) -> int:
+        """Create the task (the shim starts; the process is not running yet); its pid."""
+        resp = await self._channel.unary(
+            self._stub.Create,
+            tasks_pb2.CreateTaskRequest(
+                container_id=container_id,
+                rootfs=[m.to_proto() for m in rootfs],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                terminal=terminal,
+                runtime_path=runtime_path,
+            ),
+            operation=f"create task {container_id}",
+            timeout=None,
+        )
+        return resp.pid
+
+    async def start(self, container_id: str) -> int:
+        resp = await self._channel.unary(
+            self._stub.Start,
+            tasks_pb2.StartRequest(container_id=container_id),
+            operation=f"start task {container_id}",
+        )
+        return resp.pid
+
+    async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+        await self._channel.unary(
+            self._stub.Kill,
+            tasks_pb2.KillRequest(container_id=container_id, signal=signal, all=all_processes),
+            operation=f"kill task {container_id}",
+        )
+
+    async def get(self, container_id: str) -> TaskState | None:
+        try:
+            resp = await self._channel.unary(
+                self._stub.Get,
+                tasks_pb2.GetRequest(container_id=container_id),
+                operation=f"get task {container_id}",
+            )
+        except NotFound:
+            return None
+        return _state(resp.process)
+
+    async def list(self) -> builtins.list[TaskState]:
+        resp = await self._channel.unary(
+            self._stub.List, tasks_pb2.ListTasksRequest(), operation="list tasks"
+        )
+        return [_state(p) for p in resp.tasks]
+
+    async def wait(self, container_id: str) -> TaskExitInfo:
+        resp = await self._channel.unary(
+            self._stub.Wait,
+            tasks_pb2.WaitRequest(container_id=container_id),
+            operation=f"wait for task {container_id}",
+            timeout=None,
+        )
+        return TaskExitInfo(0, resp.exit_status, resp.exited_at.ToNanoseconds())
+
+    async def delete(self, container_id: str) -> TaskExitInfo | None:
+        """Delete a stopped (or never started) task; None when there is none."""
+        try:
+            resp = await self._channel.unary(
+                self._stub.Delete,
+                tasks_pb2.DeleteTaskRequest(container_id=container_id),
+                operation=f"delete task {container_id}",
+            )
+        except NotFound:
+            return None
+        return TaskExitInfo(resp.pid, resp.exit_status, resp.exited_at.ToNanoseconds())

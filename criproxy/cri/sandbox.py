@@ -1,0 +1,255 @@
+"""CRI pod sandbox messages <-> the sandbox domain: validation on the way in, views out.
+
+Validation happens here, before anything is created: a bad request is INVALID_ARGUMENT
+naming the field and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import TYPE_CHECKING
+
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.errors import InvalidArgument
+from criproxy.sandbox.model import (
+    DnsSettings,
+    NamespaceMode,
+    PodConfig,
+    PodMetadata,
+    PodSecurity,
+    PortMappingConfig,
+)
+
+if TYPE_CHECKING:
+    from criproxy.sandbox.model import Sandbox
+
+_MODES: dict[int, NamespaceMode] = {
+    api_pb2.POD: "pod",
+    api_pb2.CONTAINER: "container",
+    api_pb2.NODE: "node",
+    api_pb2.TARGET: "target",
+}
+_MODE_VALUES = {mode: value for value, mode in _MODES.items()}
+_PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
+_SYSCTL = re.compile(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$")
+_IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
+_IPC_SYSCTL_NAMES = (
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+)
+_NAMESPACED_PREFIXES = ("net.", "fs.mqueue.")
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return value
+
+
+def _sysctls(raw: dict[str, str], network: NamespaceMode, ipc: NamespaceMode) -> dict[str, str]:
+    out = {}
+    for name, value in raw.items():
+        if not _SYSCTL.match(name):
+            raise InvalidArgument(f"config.linux.sysctls: {name!r} is not a sysctl name")
+        key = name.replace("/", ".")
+        ipc_sysctl = key in _IPC_SYSCTL_NAMES or key.startswith("fs.mqueue.")
+        if not ipc_sysctl and not key.startswith(_NAMESPACED_PREFIXES):
+            raise InvalidArgument(
+                f"config.linux.sysctls: {name!r} is not namespaced; a pod may not set it"
+            )
+        if key.startswith("net.") and network == "node":
+            raise InvalidArgument(
+                f"config.linux.sysctls: {name!r} cannot be set with the host network"
+            )
+        if ipc_sysctl and ipc == "node":
+            raise InvalidArgument(
+                f"config.linux.sysctls: {name!r} cannot be set with the host IPC namespace"
+            )
+        out[name] = value
+    return out
+
+
+def _ports(mappings: list[api_pb2.PortMapping]) -> tuple[PortMappingConfig, ...]:
+    out = []
+    for i, port in enumerate(mappings):
+        field = f"config.port_mappings[{i}]"
+        if not 1 <= port.container_port <= 65535:
+            raise InvalidArgument(f"{field}.container_port {port.container_port} is not 1-65535")
+        if not 0 <= port.host_port <= 65535:
+            raise InvalidArgument(f"{field}.host_port {port.host_port} is not 0-65535")
+        if port.protocol not in _PROTOCOLS:
+            raise InvalidArgument(f"{field}.protocol {port.protocol} is unknown")
+        if port.host_ip:
+            try:
+                ipaddress.ip_address(port.host_ip)
+            except ValueError:
+                raise InvalidArgument(f"{field}.host_ip {port.host_ip!r} is not an IP") from None
+        out.append(
+            PortMappingConfig(
+                _PROTOCOLS[port.protocol], port.container_port, port.host_port, port.host_ip
+            )
+        )
+    return tuple(out)
+
+
+def _dns(config: api_pb2.PodSandboxConfig) -> DnsSettings | None:
+    if not config.HasField("dns_config"):
+        return None
+    dns = config.dns_config
+    for i, server in enumerate(dns.servers):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise InvalidArgument(
+                f"config.dns_config.servers[{i}] {server!r} is not an IP address"
+            ) from None
+    for i, option in enumerate(dns.options):
+        if not option or any(c.isspace() for c in option):
+            raise InvalidArgument(f"config.dns_config.options[{i}] {option!r} is not an option")
+    for i, search in enumerate(dns.searches):
+        if not search or any(c.isspace() for c in search):
+            raise InvalidArgument(f"config.dns_config.searches[{i}] {search!r} is not a domain")
+    return DnsSettings(tuple(dns.servers), tuple(dns.searches), tuple(dns.options))
+
+
+def _seccomp(ctx: api_pb2.LinuxSandboxSecurityContext) -> str:
+    if ctx.HasField("seccomp"):
+        profile = ctx.seccomp
+        if profile.profile_type == api_pb2.SecurityProfile.RuntimeDefault:
+            return "runtime/default"
+        if profile.profile_type == api_pb2.SecurityProfile.Localhost:
+            return f"localhost/{profile.localhost_ref}"
+        return "unconfined"
+    return ctx.seccomp_profile_path or ""
+
+
+def pod_config(config: api_pb2.PodSandboxConfig) -> PodConfig:
+    """Validate a PodSandboxConfig into the domain's PodConfig."""
+    if not config.HasField("metadata"):
+        raise InvalidArgument("config.metadata is required")
+    meta = config.metadata
+    metadata = PodMetadata(
+        _required(meta.name, "config.metadata.name"),
+        _required(meta.uid, "config.metadata.uid"),
+        _required(meta.namespace, "config.metadata.namespace"),
+        meta.attempt,
+    )
+    if config.log_directory and not config.log_directory.startswith("/"):
+        raise InvalidArgument(
+            f"config.log_directory {config.log_directory!r} must be an absolute path"
+        )
+    linux = config.linux
+    ctx = linux.security_context
+    options = ctx.namespace_options
+    network, pid, ipc = _MODES[options.network], _MODES[options.pid], _MODES[options.ipc]
+    if network not in ("pod", "node"):
+        raise InvalidArgument(f"namespace_options.network {network.upper()} is not POD or NODE")
+    if pid not in ("pod", "container", "node"):
+        raise InvalidArgument(f"namespace_options.pid {pid.upper()} is not valid for a pod")
+    if ipc not in ("pod", "node"):
+        raise InvalidArgument(f"namespace_options.ipc {ipc.upper()} is not POD or NODE")
+    if config.hostname and len(config.hostname) > 64:
+        raise InvalidArgument("config.hostname is longer than 64 characters")
+    return PodConfig(
+        metadata=metadata,
+        hostname=config.hostname,
+        log_directory=config.log_directory,
+        dns=_dns(config),
+        port_mappings=_ports(list(config.port_mappings)),
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        cgroup_parent=linux.cgroup_parent,
+        sysctls=_sysctls(dict(linux.sysctls), network, ipc),
+        network=network,
+        pid=pid,
+        ipc=ipc,
+        security=PodSecurity(
+            run_as_user=ctx.run_as_user.value if ctx.HasField("run_as_user") else None,
+            run_as_group=ctx.run_as_group.value if ctx.HasField("run_as_group") else None,
+            supplemental_groups=tuple(ctx.supplemental_groups),
+            privileged=ctx.privileged,
+            readonly_rootfs=ctx.readonly_rootfs,
+            seccomp=_seccomp(ctx),
+        ),
+    )
+
+
+def _metadata(sandbox: Sandbox) -> api_pb2.PodSandboxMetadata:
+    meta = sandbox.config.metadata
+    return api_pb2.PodSandboxMetadata(
+        name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=meta.attempt
+    )
+
+
+def _state(sandbox: Sandbox) -> int:
+    return api_pb2.SANDBOX_READY if sandbox.state == "ready" else api_pb2.SANDBOX_NOTREADY
+
+
+def to_pod_sandbox(sandbox: Sandbox) -> api_pb2.PodSandbox:
+    return api_pb2.PodSandbox(
+        id=sandbox.id,
+        metadata=_metadata(sandbox),
+        state=_state(sandbox),  # type: ignore[arg-type]
+        created_at=sandbox.created_at_ns,
+        labels=sandbox.config.labels,
+        annotations=sandbox.config.annotations,
+        runtime_handler=sandbox.runtime_handler,
+    )
+
+
+def to_status(sandbox: Sandbox) -> api_pb2.PodSandboxStatus:
+    pod = sandbox.config
+    return api_pb2.PodSandboxStatus(
+        id=sandbox.id,
+        metadata=_metadata(sandbox),
+        state=_state(sandbox),  # type: ignore[arg-type]
+        created_at=sandbox.created_at_ns,
+        network=api_pb2.PodSandboxNetworkStatus(
+            ip=sandbox.ip, additional_ips=[api_pb2.PodIP(ip=ip) for ip in sandbox.additional_ips]
+        ),
+        linux=api_pb2.LinuxPodSandboxStatus(
+            namespaces=api_pb2.Namespace(
+                options=api_pb2.NamespaceOption(
+                    network=_MODE_VALUES[pod.network],  # type: ignore[arg-type]
+                    pid=_MODE_VALUES[pod.pid],  # type: ignore[arg-type]
+                    ipc=_MODE_VALUES[pod.ipc],  # type: ignore[arg-type]
+                )
+            )
+        ),
+        labels=pod.labels,
+        annotations=pod.annotations,
+        runtime_handler=sandbox.runtime_handler,
+    )
+
+
+def verbose_info(sandbox: Sandbox) -> dict[str, str]:
+    """containerd's CRI gives one `info` JSON; these are its keys criproxy has."""
+    info = {
+        "pid": sandbox.pid,
+        "processStatus": "running" if sandbox.state == "ready" else "stopped",
+        "netNamespacePath": sandbox.netns,
+        "netNamespaceClosed": not sandbox.netns,
+        "image": sandbox.image,
+        "snapshotKey": sandbox.id,
+        "runtimeHandler": sandbox.runtime_handler,
+        "cniResult": sandbox.cni_result,
+        "sandboxFiles": sandbox.files_dir,
+        "shm": sandbox.shm,
+    }
+    return {"info": json.dumps(info, sort_keys=True)}
+
+
+def matches(sandbox: Sandbox, flt: api_pb2.PodSandboxFilter) -> bool:
+    if flt.id and not sandbox.id.startswith(flt.id):
+        return False
+    if flt.HasField("state") and _state(sandbox) != flt.state.state:
+        return False
+    return all(sandbox.config.labels.get(k) == v for k, v in flt.label_selector.items())

@@ -1,0 +1,165 @@
+"""Network namespaces pinned as files, as containerd's CRI does (`pkg/netns/netns_linux.go`).
+
+A pod's netns must outlive every process in it (the pause container may die and be
+restarted, CNI DEL must still reach it), so it is pinned by bind-mounting the nsfs inode
+onto a plain file. The namespace is made by `unshare(CLONE_NEWNET)` on a dedicated,
+short-lived thread which is put back into its original netns (and exits anyway), so no
+thread that runs other code ever leaves the host's netns. Python 3.11 has no
+`os.unshare`/`os.setns`, hence the few libc calls through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from criproxy.errors import AlreadyExists, Internal
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["create_netns", "is_netns", "remove_netns"]
+
+log = structlog.get_logger("criproxy.network.netns")
+
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 0x1000
+_MNT_DETACH = 0x2
+_NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: which kind of namespace it is (Linux >= 4.11)
+_MAX_UNMOUNTS = 8  # stacked bind mounts on one pin are possible; each umount peels one
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _nsfs_dev() -> int:
+    """The device of the (single) nsfs superblock, which every namespace inode shares."""
+    return os.stat("/proc/self/ns/net").st_dev
+
+
+def is_netns(path: Path) -> bool:
+    """True when `path` is a mounted network namespace (not a bare or missing pin file)."""
+    try:
+        if os.stat(path).st_dev != _nsfs_dev():
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _pin_new_netns(path: Path) -> None:
+    """Create a netns and bind-mount it onto `path`, on a thread that is discarded after."""
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            failure.append(err)
+            return
+        try:
+            _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            try:
+                _check(
+                    _libc.mount(
+                        b"/proc/thread-self/ns/net", os.fsencode(path), b"none", _MS_BIND, None
+                    ),
+                    f"bind mount of the new netns onto {path}",
+                )
+            finally:
+                # If this fails the thread still ends right here and runs nothing else.
+                _check(_libc.setns(original, _CLONE_NEWNET), "setns back to the host netns")
+        except BaseException as err:
+            failure.append(err)
+        finally:
+            os.close(original)
+
+    thread = threading.Thread(target=work, name=f"criproxy-netns-{path.name}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _create(directory: Path, name: str) -> Path:
+    path = directory / name
+    try:
+        directory.mkdir(mode=0o711, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+    except FileExistsError:
+        raise AlreadyExists(f"network namespace pin {path} exists already") from None
+    except OSError as err:
+        raise Internal(f"cannot create network namespace pin {path}: {err}") from None
+    try:
+        _pin_new_netns(path)
+    except OSError as err:
+        _remove(path)
+        hint = " (criproxy needs root: CAP_SYS_ADMIN)" if err.errno == errno.EPERM else ""
+        raise Internal(f"cannot create network namespace at {path}: {err}{hint}") from None
+    except BaseException:
+        _remove(path)
+        raise
+    return path
+
+
+def _remove(path: Path) -> None:
+    for _ in range(_MAX_UNMOUNTS):
+        if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOENT):  # not (or no longer) a mount point; gone
+                break
+            raise Internal(f"cannot unmount network namespace {path}: {os.strerror(err)}")
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise Internal(f"cannot remove network namespace pin {path}: {err}") from None
+
+
+async def create_netns(directory: Path, name: str) -> Path:
+    """Create a network namespace pinned at `directory/name` and return that path.
+
+    Raises `AlreadyExists` if the pin exists, `Internal` if the kernel refuses; either way
+    nothing is left behind. Shielded: a cancelled caller still gets a whole netns or none.
+    """
+    with anyio.CancelScope(shield=True):
+        path = await anyio.to_thread.run_sync(_create, directory, name)
+    log.debug("netns created", netns=str(path))
+    return path
+
+
+async def remove_netns(path: Path) -> None:
+    """Unmount (lazily) and delete a netns pin; a missing or unmounted pin is fine."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(_remove, path)
+    log.debug("netns removed", netns=str(path))

@@ -1,0 +1,531 @@
+"""The sandbox domain service: run, stop, remove, status and list pods; recovery.
+
+RunPodSandbox creates the netns first, then runs CNI ADD beside the pause container's
+snapshot, record and task (the task needs the netns, not the CNI result). Every step
+registers its undo; any failure runs the undos, so nothing is left behind. The setup runs
+in the service's own task group: a kubelet whose call times out and retries gets the same
+sandbox instead of an error, and never a second one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from criproxy.containerd import ContainerRecord, RuncOptions
+from criproxy.errors import (
+    AlreadyExists,
+    CriproxyError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    unwrap,
+)
+from criproxy.network.cni import Cni, CniRequest, DnsConfig, PortMapping
+from criproxy.network.netns import create_netns, remove_netns
+from criproxy.sandbox import files
+from criproxy.sandbox.loop import PodLoop
+from criproxy.sandbox.model import (
+    EXTENSION,
+    KIND_LABEL,
+    PodConfig,
+    Sandbox,
+)
+from criproxy.sandbox.spec import build_spec
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from criproxy.config import Config, RuntimeHandler
+    from criproxy.containerd import Containerd, Event, TaskExitInfo
+    from criproxy.images.service import ImageService
+
+log = structlog.get_logger("criproxy.sandbox")
+
+Undo = Callable[[], Awaitable[None]]
+STOP_TIMEOUT = 10.0
+_SETUP_LEASE = datetime.timedelta(hours=1)
+
+
+@dataclass
+class _Reservation:
+    """A pod name taken by one sandbox, from the first RunPodSandbox on."""
+
+    id: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: CriproxyError | None = None
+    delivered: bool = False
+    """Whether a RunPodSandbox call returned this id; until then a retry gets it too."""
+
+
+class SandboxService:
+    def __init__(self, config: Config, containerd: Containerd, images: ImageService) -> None:
+        self._config = config
+        self._containerd = containerd
+        self._images = images
+        self._cni = Cni(config.cni.conf_dir, config.cni.bin_dirs)
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._reservations: dict[str, _Reservation] = {}
+        self._loops: dict[str, PodLoop] = {}
+        self._tg: TaskGroup | None = None
+        self._started = anyio.Event()
+        self.netns_dir = config.state / "netns"
+        self.state_dir = config.state / "sandboxes"
+        self.files_root = config.root / "sandboxes"
+
+    # --- the owner of background work ------------------------------------------------
+
+    async def run(self) -> None:
+        """Owns pod setups and pod loops; runs until cancelled (server shutdown)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._started.set()
+            await anyio.sleep_forever()
+
+    async def _task_group(self) -> TaskGroup:
+        await self._started.wait()
+        assert self._tg is not None
+        return self._tg
+
+    def _loop(self, sandbox_id: str) -> PodLoop:
+        loop = self._loops.get(sandbox_id)
+        if loop is None:
+            loop = PodLoop(sandbox_id)
+            self._loops[sandbox_id] = loop
+            assert self._tg is not None
+            self._tg.start_soon(loop.run)
+        return loop
+
+    # --- queries (memory only: never wait on containerd or CNI) --------------------
+
+    def resolve(self, sandbox_id: str) -> Sandbox | None:
+        """A sandbox by full id or unique id prefix."""
+        if not sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        found = self._sandboxes.get(sandbox_id)
+        if found is not None:
+            return found
+        matches = [s for i, s in self._sandboxes.items() if i.startswith(sandbox_id)]
+        return matches[0] if len(matches) == 1 else None
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        found = self.resolve(sandbox_id)
+        if found is None:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        return found
+
+    def pods(self) -> list[Sandbox]:
+        return [s for s in self._sandboxes.values() if s.state != "creating"]
+
+    # --- run ---------------------------------------------------------------------
+
+    def handler(self, name: str) -> RuntimeHandler:
+        chosen = name or self._config.default_runtime_name
+        handler = self._config.runtimes.get(chosen)
+        if handler is None:
+            known = ", ".join(sorted(self._config.runtimes))
+            raise InvalidArgument(f"unknown runtime handler {name!r} (configured: {known})")
+        return handler
+
+    async def run_pod(self, pod: PodConfig, runtime_handler: str) -> str:
+        handler = self.handler(runtime_handler)
+        key = pod.metadata.reservation
+        existing = self._reservations.get(key)
+        if existing is not None:
+            if not existing.done.is_set():
+                await existing.done.wait()  # a retry of a call still being set up
+                if existing.error is not None:
+                    raise existing.error
+                existing.delivered = True
+                return existing.id
+            if not existing.delivered and existing.error is None:
+                existing.delivered = True  # the first caller went away before the answer
+                return existing.id
+            raise AlreadyExists(
+                f"pod sandbox name {key!r} is already reserved for sandbox {existing.id}"
+            )
+        reservation = _Reservation(secrets.token_hex(32))
+        self._reservations[key] = reservation
+        tg = await self._task_group()
+        tg.start_soon(self._create, reservation, pod, handler)
+        await reservation.done.wait()
+        if reservation.error is not None:
+            raise reservation.error
+        reservation.delivered = True
+        return reservation.id
+
+    async def _create(
+        self, reservation: _Reservation, pod: PodConfig, handler: RuntimeHandler
+    ) -> None:
+        sandbox_id = reservation.id
+        bound = log.bind(sandbox=sandbox_id, pod=f"{pod.metadata.namespace}/{pod.metadata.name}")
+        undos: list[Undo] = []
+        started = time.monotonic()
+        try:
+            sandbox = await self._setup(sandbox_id, pod, handler, undos)
+            self._sandboxes[sandbox_id] = sandbox
+            self._loop(sandbox_id)
+            bound.info(
+                "pod sandbox ready", ip=sandbox.ip, seconds=round(time.monotonic() - started, 3)
+            )
+        except BaseException as err:
+            with anyio.CancelScope(shield=True):
+                for undo in reversed(undos):
+                    try:
+                        await undo()
+                    except Exception as undo_err:  # keep undoing the rest
+                        bound.warning("clean-up step failed", error=str(undo_err))
+            self._reservations.pop(pod.metadata.reservation, None)
+            leaf = unwrap(err)
+            reservation.error = (
+                leaf if isinstance(leaf, CriproxyError) else Internal(f"pod setup failed: {leaf!r}")
+            )
+            bound.warning("pod sandbox setup failed", error=str(reservation.error))
+            if not isinstance(err, Exception):
+                raise
+        finally:
+            reservation.done.set()
+
+    async def _setup(
+        self, sandbox_id: str, pod: PodConfig, handler: RuntimeHandler, undos: list[Undo]
+    ) -> Sandbox:
+        # Under a lease until the container record references the snapshot: containerd's
+        # GC (which runs after enough mutations) collects an unreferenced fresh snapshot.
+        lease = await self._containerd.leases.create("criproxy-sandbox", _SETUP_LEASE)
+        try:
+            return await self._setup_leased(
+                self._containerd.with_lease(lease), sandbox_id, pod, handler, undos
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._containerd.leases.delete(lease)
+
+    async def _setup_leased(
+        self,
+        cd: Containerd,
+        sandbox_id: str,
+        pod: PodConfig,
+        handler: RuntimeHandler,
+        undos: list[Undo],
+    ) -> Sandbox:
+        image = await self._images.ensure_sandbox_image()
+        state_dir = self.state_dir / sandbox_id
+        files_dir = self.files_root / sandbox_id
+        undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, state_dir))
+        undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, files_dir))
+        netns = ""
+        if not pod.host_network:
+            netns_path = await create_netns(self.netns_dir, sandbox_id)
+            netns = str(netns_path)
+            undos.append(lambda: remove_netns(netns_path))
+        shm = ""
+        if pod.ipc != "node":
+            shm = str(state_dir / "shm")
+            await anyio.to_thread.run_sync(files.mount_shm, Path(shm))
+        hostname = files.pod_hostname(pod.hostname, pod.host_network)
+        sandbox = Sandbox(
+            id=sandbox_id,
+            config=pod,
+            runtime_handler=handler.name,
+            image=self._images.sandbox_image,
+            created_at_ns=time.time_ns(),
+            netns=netns,
+            files_dir=str(files_dir),
+            shm=shm,
+        )
+        resolv = files.resolv_conf(pod.dns)
+        await anyio.to_thread.run_sync(
+            lambda: files.write_files(
+                files_dir,
+                hostname=hostname,
+                hosts=files.hosts_file(pod.host_network, "", hostname),
+                resolv=resolv,
+            )
+        )
+        restrict = self._config.restrict_oom_score_adj
+        spec = build_spec(sandbox, image.content.config, self._config, restrict)
+        cni_request = self._cni_request(sandbox)
+        result_holder: dict[str, object] = {}
+        pid_holder: list[int] = []
+
+        async def network() -> None:
+            if pod.host_network:
+                return
+            result = await self._cni.setup(cni_request)
+            undos.append(lambda: self._cni.teardown(cni_request, result.raw))
+            result_holder["result"] = result
+
+        async def container() -> None:
+            mounts = await cd.snapshots.prepare(
+                self._config.containerd.snapshotter, sandbox_id, image.content.chain_id
+            )
+            undos.append(
+                lambda: cd.snapshots.remove(self._config.containerd.snapshotter, sandbox_id)
+            )
+            record = ContainerRecord(
+                id=sandbox_id,
+                labels={KIND_LABEL: "sandbox", **_cri_labels(pod)},
+                image=self._images.sandbox_image,
+                runtime=handler.runtime_type,
+                runtime_options=_runc_options(handler, self._config.cgroup_driver),
+                spec=spec,
+                snapshotter=self._config.containerd.snapshotter,
+                snapshot_key=sandbox_id,
+                extensions={EXTENSION: sandbox.to_json()},
+            )
+            await cd.containers.create(record)
+            undos.append(lambda: self._delete_record(sandbox_id))
+            await cd.tasks.create(sandbox_id, mounts, runtime_path=handler.runtime_path)
+            undos.append(self._undo_task(sandbox_id))
+            pid_holder.append(await cd.tasks.start(sandbox_id))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(network)
+            tg.start_soon(container)
+
+        ip, additional, raw = "", (), None
+        result = result_holder.get("result")
+        if result is not None:
+            ip = result.primary_ip()  # type: ignore[attr-defined]
+            additional = tuple(result.additional_ips())  # type: ignore[attr-defined]
+            raw = result.raw  # type: ignore[attr-defined]
+        if ip:
+            await anyio.to_thread.run_sync(
+                lambda: files.write_files(
+                    files_dir,
+                    hostname=hostname,
+                    hosts=files.hosts_file(pod.host_network, ip, hostname),
+                    resolv=resolv,
+                )
+            )
+        sandbox = sandbox.with_changes(
+            state="ready", ip=ip, additional_ips=additional, cni_result=raw, pid=pid_holder[0]
+        )
+        await self._persist(sandbox)
+        return sandbox
+
+    def _cni_request(self, sandbox: Sandbox) -> CniRequest:
+        pod = sandbox.config
+        meta = pod.metadata
+        return CniRequest(
+            container_id=sandbox.id,
+            netns=sandbox.netns,
+            args={
+                "IgnoreUnknown": "1",
+                "K8S_POD_NAMESPACE": meta.namespace,
+                "K8S_POD_NAME": meta.name,
+                "K8S_POD_INFRA_CONTAINER_ID": sandbox.id,
+                "K8S_POD_UID": meta.uid,
+            },
+            port_mappings=tuple(
+                PortMapping(p.host_port, p.container_port, p.protocol, p.host_ip)
+                for p in pod.port_mappings
+                if p.host_port > 0
+            ),
+            bandwidth=self._bandwidth(pod),
+            dns=DnsConfig(pod.dns.servers, pod.dns.searches, pod.dns.options) if pod.dns else None,
+        )
+
+    @staticmethod
+    def _bandwidth(pod: PodConfig):  # type: ignore[no-untyped-def]
+        from criproxy.network.cni import parse_bandwidth_annotations
+
+        return parse_bandwidth_annotations(pod.annotations)
+
+    async def _persist(self, sandbox: Sandbox) -> None:
+        await self._containerd.containers.set_extensions(sandbox.id, {EXTENSION: sandbox.to_json()})
+
+    async def _delete_record(self, sandbox_id: str) -> None:
+        await self._containerd.containers.delete(sandbox_id)
+
+    def _undo_task(self, sandbox_id: str) -> Undo:
+        async def undo() -> None:
+            await self._delete_task(sandbox_id)
+
+        return undo
+
+    async def _delete_task(self, sandbox_id: str) -> TaskExitInfo | None:
+        """Kill (if running) and delete the pause task; its exit, or None without a task."""
+        tasks = self._containerd.tasks
+        state = await tasks.get(sandbox_id)
+        if state is None:
+            return None
+        if state.status in ("running", "paused", "pausing"):
+            try:
+                await tasks.kill(sandbox_id, signal.SIGKILL, all_processes=True)
+            except NotFound:
+                return None
+            with anyio.move_on_after(STOP_TIMEOUT):
+                await tasks.wait(sandbox_id)
+        return await tasks.delete(sandbox_id)
+
+    # --- stop and remove -------------------------------------------------------------
+
+    async def stop_pod(self, sandbox_id: str) -> None:
+        """Stop the pod: kill the pause task beside CNI DEL; idempotent, also for unknown ids."""
+        sandbox = self.resolve(sandbox_id)
+        if sandbox is None:
+            return
+        await self._loop(sandbox.id).call(lambda: self._stop(sandbox.id))
+
+    async def _stop(self, sandbox_id: str) -> None:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return
+        if (
+            sandbox.state == "notready"
+            and not sandbox.netns
+            and sandbox.cni_result is None
+            and sandbox.pid == 0
+        ):
+            return  # already stopped and torn down
+        exit_info: list[tuple[int, int]] = []
+
+        async def kill() -> None:
+            exited = await self._delete_task(sandbox.id)
+            if exited is not None:
+                exit_info.append((exited.exit_status, exited.exited_at_ns or time.time_ns()))
+
+        async def network() -> None:
+            torn_down = not sandbox.netns and sandbox.cni_result is None
+            if not sandbox.config.host_network and not torn_down:
+                await self._cni.teardown(self._cni_request(sandbox), sandbox.cni_result)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill)
+            tg.start_soon(network)
+        if sandbox.netns:
+            await remove_netns(Path(sandbox.netns))
+        changes: dict[str, object] = {
+            "state": "notready",
+            "netns": "",
+            "pid": 0,
+            "cni_result": None,
+        }
+        if exit_info and not sandbox.exited_at_ns:
+            changes["exit_code"], changes["exited_at_ns"] = exit_info[0]
+        updated = sandbox.with_changes(**changes)
+        await self._persist(updated)
+        self._sandboxes[sandbox_id] = updated
+        log.info("pod sandbox stopped", sandbox=sandbox_id)
+
+    async def remove_pod(self, sandbox_id: str) -> None:
+        """Remove the pod and everything of it; idempotent, also for unknown ids."""
+        sandbox = self.resolve(sandbox_id)
+        if sandbox is None:
+            return
+        loop = self._loop(sandbox.id)
+        await loop.call(lambda: self._stop(sandbox.id))
+        await loop.call(lambda: self._remove(sandbox.id))
+        loop.close()
+        self._loops.pop(sandbox.id, None)
+
+    async def _remove(self, sandbox_id: str) -> None:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return
+        await self._delete_task(sandbox_id)
+        await self._containerd.containers.delete(sandbox_id)
+        await self._containerd.snapshots.remove(self._config.containerd.snapshotter, sandbox_id)
+        await anyio.to_thread.run_sync(files.remove_dir, self.state_dir / sandbox_id)
+        await anyio.to_thread.run_sync(files.remove_dir, self.files_root / sandbox_id)
+        await remove_netns(self.netns_dir / sandbox_id)
+        self._sandboxes.pop(sandbox_id, None)
+        self._reservations.pop(sandbox.config.metadata.reservation, None)
+        log.info("pod sandbox removed", sandbox=sandbox_id)
+
+    # --- events and recovery -----------------------------------------------------
+
+    async def on_event(self, event: Event) -> None:
+        from criproxy.containerd import TaskEvent
+
+        payload = event.payload
+        if not isinstance(payload, TaskEvent) or payload.action != "exit":
+            return
+        if payload.container_id not in self._sandboxes or not payload.main_process:
+            return
+        self._loop(payload.container_id).post(
+            lambda: self._exited(payload.container_id, payload.exit_status, payload.exited_at_ns)
+        )
+
+    async def _exited(self, sandbox_id: str, exit_code: int, exited_at_ns: int) -> None:
+        """The pause process died: the pod is NOTREADY until the kubelet stops it."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.state == "notready":
+            return
+        updated = sandbox.with_changes(
+            state="notready", exit_code=exit_code, exited_at_ns=exited_at_ns or time.time_ns()
+        )
+        await self._persist(updated)
+        self._sandboxes[sandbox_id] = updated
+        log.warning("pod sandbox exited", sandbox=sandbox_id, exit_code=exit_code)
+
+    async def recover(self) -> None:
+        """Rebuild every sandbox from containerd's records; repair drift with task states."""
+        await self._task_group()
+        records = await self._containerd.containers.list(f'labels."{KIND_LABEL}"==sandbox')
+        tasks = {t.container_id: t for t in await self._containerd.tasks.list()}
+        seen = set()
+        for record in records:
+            raw = record.extensions.get(EXTENSION)
+            if raw is None:
+                continue
+            try:
+                sandbox = Sandbox.from_json(raw)
+            except (ValueError, TypeError, KeyError) as err:
+                log.warning("sandbox record unreadable", sandbox=record.id, error=str(err))
+                continue
+            seen.add(sandbox.id)
+            key = sandbox.config.metadata.reservation
+            current = self._reservations.get(key)
+            if current is not None and not current.done.is_set():
+                continue  # being set up right now by this process
+            task = tasks.get(sandbox.id)
+            half_made = sandbox.state == "creating"  # criproxy died during RunPodSandbox
+            if half_made or (
+                sandbox.state != "notready" and (task is None or task.status != "running")
+            ):
+                sandbox = sandbox.with_changes(
+                    state="notready",
+                    exit_code=task.exit_status if task else sandbox.exit_code,
+                    exited_at_ns=(task.exited_at_ns if task else 0) or time.time_ns(),
+                )
+                await self._persist(sandbox)
+                log.warning("pod sandbox found not running", sandbox=sandbox.id)
+            self._sandboxes[sandbox.id] = sandbox
+            self._reservations.setdefault(key, _Reservation(sandbox.id, delivered=True)).done.set()
+            self._loop(sandbox.id)
+        for gone in set(self._sandboxes) - seen:
+            self._sandboxes.pop(gone, None)
+        log.info("sandboxes recovered", sandboxes=len(seen))
+
+
+def _cri_labels(pod: PodConfig) -> dict[str, str]:
+    return {
+        "io.kubernetes.pod.name": pod.metadata.name,
+        "io.kubernetes.pod.namespace": pod.metadata.namespace,
+        "io.kubernetes.pod.uid": pod.metadata.uid,
+    }
+
+
+def _runc_options(handler: RuntimeHandler, cgroup_driver: str) -> RuncOptions | None:
+    if handler.runtime_type != "io.containerd.runc.v2":
+        return None
+    opts = handler.options
+    return RuncOptions(
+        binary_name=str(opts.get("BinaryName", "")),
+        root=str(opts.get("Root", "")),
+        systemd_cgroup=bool(opts.get("SystemdCgroup", cgroup_driver == "systemd")),
+        no_pivot_root=bool(opts.get("NoPivotRoot", False)),
+        no_new_keyring=bool(opts.get("NoNewKeyring", False)),
+        shim_cgroup=str(opts.get("ShimCgroup", "")),
+    )

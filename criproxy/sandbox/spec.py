@@ -1,0 +1,66 @@
+"""The pause container's OCI spec, from the pod's config and the pause image's config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from criproxy import host
+from criproxy.oci import (
+    DEFAULT_SANDBOX_OOM_SCORE_ADJ,
+    ImageProcess,
+    SandboxSpecInput,
+    restrict_oom_score_adj,
+    sandbox_spec,
+)
+
+if TYPE_CHECKING:
+    from criproxy.config import Config, RestrictOom
+    from criproxy.images.manifest import ImageConfig
+    from criproxy.sandbox.model import Sandbox
+
+
+def _own_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def build_spec(
+    sandbox: Sandbox, image: ImageConfig, config: Config, restrict: RestrictOom
+) -> dict[str, Any]:
+    """containerd's sandbox spec; the pause score is clamped when criproxy may not lower it."""
+    pod = sandbox.config
+    oom = DEFAULT_SANDBOX_OOM_SCORE_ADJ
+    if host.restrict_oom_score_adj(restrict):
+        oom = restrict_oom_score_adj(oom, _own_oom_score_adj())
+    return sandbox_spec(
+        SandboxSpecInput(
+            id=sandbox.id,
+            pod_name=pod.metadata.name,
+            pod_namespace=pod.metadata.namespace,
+            pod_uid=pod.metadata.uid,
+            image=ImageProcess.from_image_config(image.raw.get("config")),
+            image_name=sandbox.image,
+            sandbox_shm_path=sandbox.shm or "/dev/shm",
+            resolv_conf_path=str(Path(sandbox.files_dir) / "resolv.conf"),
+            # runc refuses a hostname without a UTS namespace of the pod's own.
+            hostname="" if pod.host_network else pod.hostname,
+            log_directory=pod.log_directory,
+            netns_path=sandbox.netns,
+            network=pod.network,
+            pid=pod.pid,
+            ipc=pod.ipc,
+            cgroup_parent=pod.cgroup_parent,
+            cgroup_driver=config.cgroup_driver,
+            containerd_namespace=config.containerd.namespace,
+            run_as_user=pod.security.run_as_user,
+            run_as_group=pod.security.run_as_group,
+            supplemental_groups=pod.security.supplemental_groups,
+            privileged=pod.security.privileged,
+            sysctls=pod.sysctls,
+            oom_score_adj=oom,
+            annotations=pod.annotations,
+        )
+    )
