@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from criproxy.containerd.events import ImageEvent
-from criproxy.errors import CriproxyError, NotFound
+from criproxy.errors import CriproxyError, NotFound, unwrap
 from criproxy.images import labels, reference
 from criproxy.images.auth import Credentials
 from criproxy.images.fsinfo import FilesystemUsage, ImageFilesystem
@@ -98,8 +98,11 @@ class ImageService:
             return image
         try:
             return await self.pull(self.sandbox_image)
-        except CriproxyError as err:
-            raise type(err)(f"sandbox image {self.sandbox_image}: {err.message}") from None
+        except Exception as err:
+            leaf = unwrap(err)
+            if not isinstance(leaf, CriproxyError):
+                raise
+            raise type(leaf)(f"sandbox image {self.sandbox_image}: {leaf.message}") from None
 
     async def remove(self, ref_or_id: str) -> None:
         """Remove every name of the image; a missing image is not an error."""

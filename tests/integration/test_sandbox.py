@@ -233,3 +233,129 @@ def test_kill_9_restart_loses_nothing(pod_env: PodEnv) -> None:
     for pod_id in (a, b):
         pod_env.remove(pod_id)
     assert a not in pod_env.netns_files()
+
+
+def test_a_failing_cni_plugin_leaves_nothing_behind(pod_env: PodEnv) -> None:
+    from tests.integration.pods_env import write_pod_network
+
+    conflist = pod_env.proxy.cni_dir / "10-pods.conflist"
+    good = conflist.read_text()
+    before = (pod_env.netns_files(), pod_env.ctr("containers", "ls", "-q").stdout)
+    write_pod_network(
+        pod_env.proxy.cni_dir,
+        pod_env.cni_data,
+        extra=[{"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.no_such_knob": "1"}}],
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            pod_env.run(pod_config("cni-fails"))
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "tuning" in info.value.details()
+        assert pod_env.allocations() == []
+        assert (pod_env.netns_files(), pod_env.ctr("containers", "ls", "-q").stdout) == before
+        assert not [p for p in pod_env.list() if p.metadata.name == "cni-fails"]
+    finally:
+        conflist.write_text(good)
+    pod_id = pod_env.run(pod_config("cni-fails"))  # the name was released
+    pod_env.remove(pod_id)
+
+
+def test_missing_cni_config_is_a_clear_error(pod_env: PodEnv) -> None:
+    conflist = pod_env.proxy.cni_dir / "10-pods.conflist"
+    saved = conflist.read_text()
+    conflist.unlink()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            pod_env.run(pod_config("no-cni"))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert str(pod_env.proxy.cni_dir) in info.value.details()
+        status = pod_env.proxy.runtime.Status(api_pb2.StatusRequest())
+        network = {c.type: c for c in status.status.conditions}["NetworkReady"]
+        assert network.status is False
+    finally:
+        conflist.write_text(saved)
+
+
+def test_sysctls_and_pid_namespace_modes_apply(pod_env: PodEnv) -> None:
+    import subprocess
+
+    config = pod_config("sysctls")
+    config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "1000"
+    pod_id = pod_env.run(config)
+    netns = str(pod_env.info(pod_id)["netNamespacePath"])
+    value = subprocess.run(
+        ["nsenter", f"--net={netns}", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert value == "1000"
+    pod_env.remove(pod_id)
+
+    host_pid = pod_config("hostpid")
+    host_pid.linux.security_context.namespace_options.pid = api_pb2.NODE
+    pod_id = pod_env.run(host_pid)
+    pid = int(pod_env.info(pod_id)["pid"])  # type: ignore[arg-type]
+    assert os.stat(f"/proc/{pid}/ns/pid").st_ino == os.stat("/proc/self/ns/pid").st_ino
+    pod_env.remove(pod_id)
+
+    own_pid = pod_config("podpid")
+    own_pid.linux.security_context.namespace_options.pid = api_pb2.POD
+    pod_id = pod_env.run(own_pid)
+    pid = int(pod_env.info(pod_id)["pid"])  # type: ignore[arg-type]
+    assert os.stat(f"/proc/{pid}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+    pod_env.remove(pod_id)
+
+
+def test_many_lifecycles_leak_nothing(pod_env: PodEnv) -> None:
+    def snapshot() -> tuple[object, ...]:
+        return (
+            pod_env.netns_files(),
+            sorted(pod_env.allocations()),
+            pod_env.ctr("containers", "ls", "-q").stdout,
+            len(pod_env.ctr("snapshots", "ls").stdout.splitlines()),
+            pod_env.ctr("leases", "ls", "-q").stdout,
+            pod_env.mounts_under(pod_env.proxy.state, pod_env.proxy.root),
+        )
+
+    before = snapshot()
+    for i in range(200):
+        pod_id = pod_env.run(pod_config(f"cycle-{i}"))
+        pod_env.stop(pod_id)
+        pod_env.remove(pod_id)
+    assert snapshot() == before
+
+
+def test_unpullable_pause_image_fails_cleanly(
+    short_tmp: Path,
+    pod_env: PodEnv,
+    registry_http,  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.integration.helpers import Criproxy
+
+    proxy = Criproxy(
+        short_tmp / "cpx",
+        containerd=pod_env.containerd.socket,
+        config={
+            "sandbox_image": registry_http.reference("test/no-such-pause", "1"),
+            "registry": {"config_path": str(pod_env.proxy.base.parent / "certs.d")},
+        },
+    )
+    proxy.cni_dir.mkdir(parents=True)
+    (proxy.cni_dir / "10-pods.conflist").write_text(
+        (pod_env.proxy.cni_dir / "10-pods.conflist").read_text()
+    )
+    proxy.start()
+    try:
+        before = pod_env.ctr("containers", "ls", "-q").stdout
+        with pytest.raises(grpc.RpcError) as info:
+            proxy.runtime.RunPodSandbox(
+                api_pb2.RunPodSandboxRequest(config=pod_config("no-pause")), timeout=60
+            )
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "sandbox image" in info.value.details()
+        assert pod_env.ctr("containers", "ls", "-q").stdout == before
+        netns_dir = proxy.state / "netns"
+        assert not netns_dir.exists() or not os.listdir(netns_dir)
+    finally:
+        proxy.stop()
