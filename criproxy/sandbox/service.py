@@ -10,6 +10,7 @@ sandbox instead of an error, and never a second one.
 from __future__ import annotations
 
 import datetime
+import os
 import secrets
 import signal
 import time
@@ -506,7 +507,31 @@ class SandboxService:
             self._loop(sandbox.id)
         for gone in set(self._sandboxes) - seen:
             self._sandboxes.pop(gone, None)
+        await self._clean_orphans(seen)
         log.info("sandboxes recovered", sandboxes=len(seen))
+
+    async def _clean_orphans(self, known: set[str]) -> None:
+        """What a criproxy killed early in RunPodSandbox left with no record: the netns pin
+        (after CNI DEL, which releases the IP), and the pod's directories."""
+        in_flight = {r.id for r in self._reservations.values() if not r.done.is_set()}
+
+        def leftovers(directory: Path) -> list[str]:
+            try:
+                return [n for n in os.listdir(directory) if n not in known | in_flight]
+            except FileNotFoundError:
+                return []
+
+        for name in await anyio.to_thread.run_sync(leftovers, self.netns_dir):
+            path = self.netns_dir / name
+            log.warning("cleaning up the netns of a pod that was never recorded", sandbox=name)
+            try:
+                await self._cni.teardown(CniRequest(container_id=name, netns=str(path)), None)
+            except CriproxyError as err:
+                log.warning("CNI DEL of an orphan failed", sandbox=name, error=err.message)
+            await remove_netns(path)
+        for directory in (self.state_dir, self.files_root):
+            for name in await anyio.to_thread.run_sync(leftovers, directory):
+                await anyio.to_thread.run_sync(files.remove_dir, directory / name)
 
 
 def _cri_labels(pod: PodConfig) -> dict[str, str]:
