@@ -52,9 +52,8 @@ class PodLoop:
         """Run `job` in the loop and return its result (or raise its error)."""
         work = _Work(job)
         self._send.send_nowait(work)
-        with anyio.CancelScope(shield=True):
-            # A caller that goes away does not abandon a state change half-way.
-            await work.done.wait()
+        # The job runs in the loop's task: a caller that goes away does not abandon it.
+        await work.done.wait()
         if work.error is not None:
             raise work.error
         return work.result
