@@ -31,7 +31,7 @@ from criproxy.errors import (
     NotFound,
     unwrap,
 )
-from criproxy.network.cni import Cni, CniRequest, DnsConfig, PortMapping
+from criproxy.network.cni import Cni, CniRequest, CniResult, DnsConfig, PortMapping
 from criproxy.network.netns import create_netns, remove_netns
 from criproxy.sandbox import files
 from criproxy.sandbox.loop import PodLoop
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from criproxy.config import Config, RuntimeHandler
-    from criproxy.containerd import Containerd, Event, TaskExitInfo
+    from criproxy.containerd import Containerd, Event, Mount, TaskExitInfo
     from criproxy.images.service import ImageService
 
 log = structlog.get_logger("criproxy.sandbox")
@@ -219,20 +219,39 @@ class SandboxService:
         undos: list[Undo],
     ) -> Sandbox:
         image = await self._images.ensure_sandbox_image()
+        snapshotter = self._config.containerd.snapshotter
         state_dir = self.state_dir / sandbox_id
         files_dir = self.files_root / sandbox_id
         undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, state_dir))
         undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, files_dir))
-        netns = ""
-        if not pod.host_network:
-            netns_path = await create_netns(self.netns_dir, sandbox_id)
-            netns = str(netns_path)
-            undos.append(lambda: remove_netns(netns_path))
-        shm = ""
-        if pod.ipc != "node":
-            shm = str(state_dir / "shm")
-            await anyio.to_thread.run_sync(files.mount_shm, Path(shm))
+        mounts: list[Mount] = []
         hostname = files.pod_hostname(pod.hostname, pod.host_network)
+        resolv = files.resolv_conf(pod.dns)
+        netns = ""
+        shm = str(state_dir / "shm") if pod.ipc != "node" else ""
+
+        async def snapshot() -> None:
+            mounts.extend(
+                await cd.snapshots.prepare(snapshotter, sandbox_id, image.content.chain_id)
+            )
+            undos.append(lambda: cd.snapshots.remove(snapshotter, sandbox_id))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(snapshot)  # needs only the image; overlaps the host-side steps
+            if not pod.host_network:
+                netns_path = await create_netns(self.netns_dir, sandbox_id)
+                netns = str(netns_path)
+                undos.append(lambda: remove_netns(netns_path))
+            if shm:
+                await anyio.to_thread.run_sync(files.mount_shm, Path(shm))
+            await anyio.to_thread.run_sync(
+                lambda: files.write_files(
+                    files_dir,
+                    hostname=hostname,
+                    hosts=files.hosts_file(pod.host_network, "", hostname),
+                    resolv=resolv,
+                )
+            )
         sandbox = Sandbox(
             id=sandbox_id,
             config=pod,
@@ -243,35 +262,20 @@ class SandboxService:
             files_dir=str(files_dir),
             shm=shm,
         )
-        resolv = files.resolv_conf(pod.dns)
-        await anyio.to_thread.run_sync(
-            lambda: files.write_files(
-                files_dir,
-                hostname=hostname,
-                hosts=files.hosts_file(pod.host_network, "", hostname),
-                resolv=resolv,
-            )
-        )
         restrict = self._config.restrict_oom_score_adj
         spec = build_spec(sandbox, image.content.config, self._config, restrict)
         cni_request = self._cni_request(sandbox)
-        result_holder: dict[str, object] = {}
-        pid_holder: list[int] = []
+        results: list[CniResult] = []
+        pids: list[int] = []
 
         async def network() -> None:
             if pod.host_network:
                 return
             result = await self._cni.setup(cni_request)
             undos.append(lambda: self._cni.teardown(cni_request, result.raw))
-            result_holder["result"] = result
+            results.append(result)
 
         async def container() -> None:
-            mounts = await cd.snapshots.prepare(
-                self._config.containerd.snapshotter, sandbox_id, image.content.chain_id
-            )
-            undos.append(
-                lambda: cd.snapshots.remove(self._config.containerd.snapshotter, sandbox_id)
-            )
             record = ContainerRecord(
                 id=sandbox_id,
                 labels={KIND_LABEL: "sandbox", **_cri_labels(pod)},
@@ -279,7 +283,7 @@ class SandboxService:
                 runtime=handler.runtime_type,
                 runtime_options=_runc_options(handler, self._config.cgroup_driver),
                 spec=spec,
-                snapshotter=self._config.containerd.snapshotter,
+                snapshotter=snapshotter,
                 snapshot_key=sandbox_id,
                 extensions={EXTENSION: sandbox.to_json()},
             )
@@ -287,32 +291,39 @@ class SandboxService:
             undos.append(lambda: self._delete_record(sandbox_id))
             await cd.tasks.create(sandbox_id, mounts, runtime_path=handler.runtime_path)
             undos.append(self._undo_task(sandbox_id))
-            pid_holder.append(await cd.tasks.start(sandbox_id))
+            pids.append(await cd.tasks.start(sandbox_id))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(network)
             tg.start_soon(container)
 
-        ip, additional, raw = "", (), None
-        result = result_holder.get("result")
-        if result is not None:
-            ip = result.primary_ip()  # type: ignore[attr-defined]
-            additional = tuple(result.additional_ips())  # type: ignore[attr-defined]
-            raw = result.raw  # type: ignore[attr-defined]
+        return await self._finish(sandbox, results[0] if results else None, pids[0], resolv)
+
+    async def _finish(
+        self, sandbox: Sandbox, result: CniResult | None, pid: int, resolv: str
+    ) -> Sandbox:
+        """The pod's IP into its hosts file, and the ready sandbox into containerd."""
+        pod = sandbox.config
+        ip = result.primary_ip() if result else ""
         if ip:
+            hostname = files.pod_hostname(pod.hostname, pod.host_network)
             await anyio.to_thread.run_sync(
                 lambda: files.write_files(
-                    files_dir,
+                    Path(sandbox.files_dir),
                     hostname=hostname,
                     hosts=files.hosts_file(pod.host_network, ip, hostname),
                     resolv=resolv,
                 )
             )
-        sandbox = sandbox.with_changes(
-            state="ready", ip=ip, additional_ips=additional, cni_result=raw, pid=pid_holder[0]
+        ready = sandbox.with_changes(
+            state="ready",
+            ip=ip,
+            additional_ips=result.additional_ips() if result else (),
+            cni_result=result.raw if result else None,
+            pid=pid,
         )
-        await self._persist(sandbox)
-        return sandbox
+        await self._persist(ready)
+        return ready
 
     def _cni_request(self, sandbox: Sandbox) -> CniRequest:
         pod = sandbox.config
