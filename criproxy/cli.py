@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         failures: list[BaseException] = []
         try:
-            anyio.run(serve, config, backend_options={"use_uvloop": True})
+            anyio.run(serve, config)
         except* StartError as group:
             failures.extend(group.exceptions)
         for failure in failures:

@@ -71,16 +71,14 @@ def pod_hostname(configured: str, host_network: bool) -> str:
     return configured or (socket.gethostname() if host_network else "")
 
 
-def write_files(
-    directory: Path,
-    *,
-    hostname: str,
-    hosts: str,
-    resolv: str,
-) -> None:
-    """Write the three files atomically (blocking: call from a worker thread)."""
+def write_files(directory: Path, **contents: str) -> None:
+    """Write pod files atomically, e.g. `hosts=...` (blocking: call from a worker thread).
+
+    `resolv_conf` is written as `resolv.conf`.
+    """
     directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-    for name, content in (("hostname", hostname + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
+    for key, content in contents.items():
+        name = "resolv.conf" if key == "resolv_conf" else key
         tmp = directory / f".{name}.tmp"
         tmp.write_text(content)
         os.chmod(tmp, 0o644)
@@ -99,15 +97,14 @@ def mount_shm(path: Path, size: int = DEFAULT_SHM_SIZE) -> None:
         raise Internal(f"cannot mount the pod's /dev/shm at {path}: {os.strerror(errno)}")
 
 
-def remove_dir(path: Path) -> None:
-    """Unmount whatever is mounted at or below `path`, then remove it (blocking)."""
+def remove_dir(path: Path, mounts: tuple[str, ...] = ()) -> None:
+    """Unmount the named mount points below `path` (e.g. `shm`), then remove it (blocking).
+
+    rmtree does not cross into a mount that is still there: it fails instead.
+    """
     if not path.exists():
         return
-    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    prefix = str(path)
-    for mountpoint in sorted(
-        (m for m in mounted if m == prefix or m.startswith(prefix + "/")), reverse=True
-    ):
-        _libc.umount2(mountpoint.encode(), _MNT_DETACH)
+    for name in mounts:
+        _libc.umount2(str(path / name).encode(), _MNT_DETACH)  # not mounted: EINVAL, fine
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)

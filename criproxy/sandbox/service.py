@@ -55,6 +55,8 @@ log = structlog.get_logger("criproxy.sandbox")
 Undo = Callable[[], Awaitable[None]]
 STOP_TIMEOUT = 10.0
 _SETUP_LEASE = datetime.timedelta(hours=1)
+_STATE_MOUNTS = ("shm",)
+"""What criproxy mounts in a sandbox's state dir."""
 
 
 @dataclass
@@ -222,7 +224,7 @@ class SandboxService:
         snapshotter = self._config.containerd.snapshotter
         state_dir = self.state_dir / sandbox_id
         files_dir = self.files_root / sandbox_id
-        undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, state_dir))
+        undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, state_dir, _STATE_MOUNTS))
         undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, files_dir))
         mounts: list[Mount] = []
         hostname = files.pod_hostname(pod.hostname, pod.host_network)
@@ -247,9 +249,9 @@ class SandboxService:
             await anyio.to_thread.run_sync(
                 lambda: files.write_files(
                     files_dir,
-                    hostname=hostname,
+                    hostname=hostname + "\n",
                     hosts=files.hosts_file(pod.host_network, "", hostname),
-                    resolv=resolv,
+                    resolv_conf=resolv,
                 )
             )
         sandbox = Sandbox(
@@ -297,11 +299,9 @@ class SandboxService:
             tg.start_soon(network)
             tg.start_soon(container)
 
-        return await self._finish(sandbox, results[0] if results else None, pids[0], resolv)
+        return await self._finish(sandbox, results[0] if results else None, pids[0])
 
-    async def _finish(
-        self, sandbox: Sandbox, result: CniResult | None, pid: int, resolv: str
-    ) -> Sandbox:
+    async def _finish(self, sandbox: Sandbox, result: CniResult | None, pid: int) -> Sandbox:
         """The pod's IP into its hosts file, and the ready sandbox into containerd."""
         pod = sandbox.config
         ip = result.primary_ip() if result else ""
@@ -309,10 +309,7 @@ class SandboxService:
             hostname = files.pod_hostname(pod.hostname, pod.host_network)
             await anyio.to_thread.run_sync(
                 lambda: files.write_files(
-                    Path(sandbox.files_dir),
-                    hostname=hostname,
-                    hosts=files.hosts_file(pod.host_network, ip, hostname),
-                    resolv=resolv,
+                    Path(sandbox.files_dir), hosts=files.hosts_file(pod.host_network, ip, hostname)
                 )
             )
         ready = sandbox.with_changes(
@@ -448,7 +445,7 @@ class SandboxService:
         await self._delete_task(sandbox_id)
         await self._containerd.containers.delete(sandbox_id)
         await self._containerd.snapshots.remove(self._config.containerd.snapshotter, sandbox_id)
-        await anyio.to_thread.run_sync(files.remove_dir, self.state_dir / sandbox_id)
+        await anyio.to_thread.run_sync(files.remove_dir, self.state_dir / sandbox_id, _STATE_MOUNTS)
         await anyio.to_thread.run_sync(files.remove_dir, self.files_root / sandbox_id)
         await remove_netns(self.netns_dir / sandbox_id)
         self._sandboxes.pop(sandbox_id, None)
@@ -542,7 +539,7 @@ class SandboxService:
             await remove_netns(path)
         for directory in (self.state_dir, self.files_root):
             for name in await anyio.to_thread.run_sync(leftovers, directory):
-                await anyio.to_thread.run_sync(files.remove_dir, directory / name)
+                await anyio.to_thread.run_sync(files.remove_dir, directory / name, _STATE_MOUNTS)
 
 
 def _cri_labels(pod: PodConfig) -> dict[str, str]:
