@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from google.protobuf import json_format
+
 from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.cri import sandbox as sandbox_cri
@@ -12,6 +14,8 @@ from criproxy.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from google.protobuf.message import Message
 
     from criproxy.cri.handlers import Context
     from criproxy.node import Node
@@ -23,6 +27,12 @@ RUNTIME_NAME = "criproxy"
 RUNTIME_API_VERSION = "v1"
 
 _STREAM_BATCH = 256
+
+
+def _as_dict(message: Message) -> dict[str, object]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
 _CGROUP_DRIVERS = {"systemd": api_pb2.SYSTEMD, "cgroupfs": api_pb2.CGROUPFS}
 
 
@@ -81,6 +91,18 @@ class RuntimeServicer:
             yield api_pb2.StreamPodSandboxesResponse(
                 pod_sandboxes=pods[start : start + _STREAM_BATCH]
             )
+
+    async def UpdatePodSandboxResources(  # noqa: N802
+        self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: Context
+    ) -> api_pb2.UpdatePodSandboxResourcesResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        await self._sandboxes.update_resources(
+            request.pod_sandbox_id,
+            _as_dict(request.overhead) if request.HasField("overhead") else None,
+            _as_dict(request.resources) if request.HasField("resources") else None,
+        )
+        return api_pb2.UpdatePodSandboxResourcesResponse()
 
     def _pods(self, flt: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
         return [

@@ -243,6 +243,8 @@ def verbose_info(sandbox: Sandbox) -> dict[str, str]:
         "cniResult": sandbox.cni_result,
         "sandboxFiles": sandbox.files_dir,
         "shm": sandbox.shm,
+        "overhead": sandbox.overhead,
+        "resources": sandbox.resources,
     }
     return {"info": json.dumps(info, sort_keys=True)}
 

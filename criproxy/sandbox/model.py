@@ -101,6 +101,9 @@ class Sandbox:
     exited_at_ns: int = 0
     files_dir: str = ""
     shm: str = ""
+    overhead: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
+    """The pod's overhead and resources as last given by UpdatePodSandboxResources."""
 
     def with_changes(self, **changes: Any) -> Sandbox:
         return replace(self, **changes)

@@ -452,6 +452,26 @@ class SandboxService:
         self._reservations.pop(sandbox.config.metadata.reservation, None)
         log.info("pod sandbox removed", sandbox=sandbox_id)
 
+    async def update_resources(
+        self,
+        sandbox_id: str,
+        overhead: dict[str, object] | None,
+        resources: dict[str, object] | None,
+    ) -> None:
+        """Record the pod's new overhead and resources, as containerd does (the kubelet sizes
+        the pod cgroup itself; containerd records them and tells NRI plugins)."""
+        sandbox = self.get(sandbox_id)
+
+        async def update() -> None:
+            current = self._sandboxes.get(sandbox.id)
+            if current is None:
+                raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+            updated = current.with_changes(overhead=overhead, resources=resources)
+            await self._persist(updated)
+            self._sandboxes[sandbox.id] = updated
+
+        await self._loop(sandbox.id).call(update)
+
     # --- events and recovery -----------------------------------------------------
 
     async def on_event(self, event: Event) -> None:

@@ -367,3 +367,24 @@ def test_unpullable_pause_image_fails_cleanly(
         assert not netns_dir.exists() or not os.listdir(netns_dir)
     finally:
         proxy.stop()
+
+
+def test_update_pod_sandbox_resources_is_recorded_and_survives_a_restart(pod_env: PodEnv) -> None:
+    pod_id = pod_env.run(pod_config("resized"))
+    request = api_pb2.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=pod_id,
+        resources=api_pb2.LinuxContainerResources(cpu_shares=512, memory_limit_in_bytes=1 << 28),
+        overhead=api_pb2.LinuxContainerResources(cpu_shares=10),
+    )
+    pod_env.proxy.runtime.UpdatePodSandboxResources(request)
+    pod_env.proxy.kill()
+    pod_env.proxy.start()
+    info = pod_env.info(pod_id)
+    assert info["resources"] == {"cpu_shares": "512", "memory_limit_in_bytes": "268435456"}
+    assert info["overhead"] == {"cpu_shares": "10"}
+    with pytest.raises(grpc.RpcError) as info:
+        pod_env.proxy.runtime.UpdatePodSandboxResources(
+            api_pb2.UpdatePodSandboxResourcesRequest(pod_sandbox_id="0" * 64)
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    pod_env.remove(pod_id)

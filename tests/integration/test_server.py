@@ -38,6 +38,7 @@ IMPLEMENTED = {
         "PodSandboxStatus",
         "ListPodSandbox",
         "StreamPodSandboxes",
+        "UpdatePodSandboxResources",
     },
     "ImageService": {
         "PullImage",
