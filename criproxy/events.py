@@ -71,8 +71,10 @@ class EventLoop:
                 for handler in self.handlers:
                     try:
                         await handler(event)
-                    except CriproxyError as err:
-                        log.warning("event handler failed", topic=event.topic, error=err.message)
+                    except Exception as err:  # one bad event must not stop the stream
+                        log.warning(
+                            "event handler failed", topic=event.topic, error=str(err), exc_info=err
+                        )
             raise _StreamEnded
 
     async def _read(self, send: ObjectSendStream[Event]) -> None:

@@ -105,10 +105,12 @@ class RuntimeServicer:
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
     def _pods(self, flt: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
+        resolved = self._sandboxes.resolve(flt.id) if flt.id else None
+        resolved_id = resolved.id if resolved else ""
         return [
             sandbox_cri.to_pod_sandbox(s)
             for s in self._sandboxes.pods()
-            if sandbox_cri.matches(s, flt)
+            if sandbox_cri.matches(s, flt, resolved_id)
         ]
 
     async def Version(  # noqa: N802 (gRPC method names)

@@ -212,8 +212,12 @@ def to_status(sandbox: Sandbox) -> api_pb2.PodSandboxStatus:
         metadata=_metadata(sandbox),
         state=_state(sandbox),  # type: ignore[arg-type]
         created_at=sandbox.created_at_ns,
+        # Once the pod's netns is gone (stopped), its IP may already be another pod's.
         network=api_pb2.PodSandboxNetworkStatus(
-            ip=sandbox.ip, additional_ips=[api_pb2.PodIP(ip=ip) for ip in sandbox.additional_ips]
+            ip=sandbox.ip if sandbox.netns else "",
+            additional_ips=[api_pb2.PodIP(ip=ip) for ip in sandbox.additional_ips]
+            if sandbox.netns
+            else [],
         ),
         linux=api_pb2.LinuxPodSandboxStatus(
             namespaces=api_pb2.Namespace(
@@ -249,8 +253,10 @@ def verbose_info(sandbox: Sandbox) -> dict[str, str]:
     return {"info": json.dumps(info, sort_keys=True)}
 
 
-def matches(sandbox: Sandbox, flt: api_pb2.PodSandboxFilter) -> bool:
-    if flt.id and not sandbox.id.startswith(flt.id):
+def matches(sandbox: Sandbox, flt: api_pb2.PodSandboxFilter, resolved_id: str) -> bool:
+    """`resolved_id`: the filter's id (a unique prefix) resolved to a full id, as containerd
+    does; an id filter that resolves to nothing matches nothing."""
+    if flt.id and sandbox.id != resolved_id:
         return False
     if flt.HasField("state") and _state(sandbox) != flt.state.state:
         return False

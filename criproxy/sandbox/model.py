@@ -7,7 +7,7 @@ every state change, so a restarted criproxy rebuilds every sandbox from containe
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 NamespaceMode = Literal["pod", "container", "node", "target"]
@@ -113,7 +113,10 @@ class Sandbox:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Sandbox:
-        data = json.loads(raw)
+        """Keys this version does not know (a newer criproxy wrote them) are ignored."""
+        data = _known(cls, json.loads(raw))
+        data["config"] = _known(PodConfig, data["config"])
+        data["config"]["security"] = _known(PodSecurity, data["config"].get("security") or {})
         config = data.pop("config")
         metadata = PodMetadata(**config.pop("metadata"))
         dns = (
@@ -134,3 +137,8 @@ class Sandbox:
         )
         data["additional_ips"] = tuple(data.get("additional_ips", ()))
         return cls(config=pod, **data)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

@@ -10,6 +10,7 @@ sandbox instead of an error, and never a second one.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import secrets
 import signal
@@ -29,6 +30,7 @@ from criproxy.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    Unavailable,
     unwrap,
 )
 from criproxy.network.cni import Cni, CniRequest, CniResult, DnsConfig, PortMapping
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from criproxy.config import Config, RuntimeHandler
-    from criproxy.containerd import Containerd, Event, Mount, TaskExitInfo
+    from criproxy.containerd import Containerd, Event, Mount, TaskExitInfo, TaskState
     from criproxy.images.service import ImageService
 
 log = structlog.get_logger("criproxy.sandbox")
@@ -81,6 +83,7 @@ class SandboxService:
         self._loops: dict[str, PodLoop] = {}
         self._tg: TaskGroup | None = None
         self._started = anyio.Event()
+        self._recovered = anyio.Event()
         self.netns_dir = config.state / "netns"
         self.state_dir = config.state / "sandboxes"
         self.files_root = config.root / "sandboxes"
@@ -114,6 +117,7 @@ class SandboxService:
         """A sandbox by full id or unique id prefix."""
         if not sandbox_id:
             raise InvalidArgument("pod_sandbox_id is required")
+        self._require_recovered()
         found = self._sandboxes.get(sandbox_id)
         if found is not None:
             return found
@@ -127,6 +131,7 @@ class SandboxService:
         return found
 
     def pods(self) -> list[Sandbox]:
+        self._require_recovered()
         return [s for s in self._sandboxes.values() if s.state != "creating"]
 
     # --- run ---------------------------------------------------------------------
@@ -139,8 +144,16 @@ class SandboxService:
             raise InvalidArgument(f"unknown runtime handler {name!r} (configured: {known})")
         return handler
 
+    def _require_recovered(self) -> None:
+        """Until the first recovery, memory is not the truth: answering from it would make
+        the kubelet think pods are gone, and a retried name would get a second pod."""
+        if not self._recovered.is_set():
+            raise Unavailable("criproxy is still loading the pods from containerd; retry shortly")
+
     async def run_pod(self, pod: PodConfig, runtime_handler: str) -> str:
         handler = self.handler(runtime_handler)
+        self._require_recovered()
+        tg = await self._task_group()
         key = pod.metadata.reservation
         existing = self._reservations.get(key)
         if existing is not None:
@@ -158,7 +171,6 @@ class SandboxService:
             )
         reservation = _Reservation(secrets.token_hex(32))
         self._reservations[key] = reservation
-        tg = await self._task_group()
         tg.start_soon(self._create, reservation, pod, handler)
         await reservation.done.wait()
         if reservation.error is not None:
@@ -176,7 +188,8 @@ class SandboxService:
         try:
             sandbox = await self._setup(sandbox_id, pod, handler, undos)
             self._sandboxes[sandbox_id] = sandbox
-            self._loop(sandbox_id)
+            # An exit before the pod was registered was not routed to it: look once more.
+            self._loop(sandbox_id).post(functools.partial(self._reconcile, sandbox_id))
             bound.info(
                 "pod sandbox ready", ip=sandbox.ip, seconds=round(time.monotonic() - started, 3)
             )
@@ -210,7 +223,10 @@ class SandboxService:
             )
         finally:
             with anyio.CancelScope(shield=True):
-                await self._containerd.leases.delete(lease)
+                try:
+                    await self._containerd.leases.delete(lease)
+                except CriproxyError as err:  # it expires by itself; the pod is fine
+                    log.warning("setup lease not deleted", lease=lease, error=err.message)
 
     async def _setup_leased(
         self,
@@ -291,13 +307,18 @@ class SandboxService:
             )
             await cd.containers.create(record)
             undos.append(lambda: self._delete_record(sandbox_id))
+            undos.append(self._undo_task(sandbox_id))  # before: a cancelled create may still land
             await cd.tasks.create(sandbox_id, mounts, runtime_path=handler.runtime_path)
-            undos.append(self._undo_task(sandbox_id))
             pids.append(await cd.tasks.start(sandbox_id))
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(network)
-            tg.start_soon(container)
+        if _names_an_interface(pod.sysctls):
+            # runc applies eth0's sysctls when the task starts: eth0 must exist by then.
+            await network()
+            await container()
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(network)
+                tg.start_soon(container)
 
         return await self._finish(sandbox, results[0] if results else None, pids[0])
 
@@ -433,10 +454,14 @@ class SandboxService:
         if sandbox is None:
             return
         loop = self._loop(sandbox.id)
-        await loop.call(lambda: self._stop(sandbox.id))
-        await loop.call(lambda: self._remove(sandbox.id))
-        loop.close()
-        self._loops.pop(sandbox.id, None)
+        try:
+            await loop.call(lambda: self._stop(sandbox.id))
+            await loop.call(lambda: self._remove(sandbox.id))
+        except anyio.ClosedResourceError:
+            pass  # a concurrent RemovePodSandbox finished it
+        finally:
+            if sandbox.id not in self._sandboxes and self._loops.get(sandbox.id) is loop:
+                self._loops.pop(sandbox.id).close()
 
     async def _remove(self, sandbox_id: str) -> None:
         sandbox = self._sandboxes.get(sandbox_id)
@@ -450,6 +475,9 @@ class SandboxService:
         await remove_netns(self.netns_dir / sandbox_id)
         self._sandboxes.pop(sandbox_id, None)
         self._reservations.pop(sandbox.config.metadata.reservation, None)
+        loop = self._loops.pop(sandbox_id, None)
+        if loop is not None:
+            loop.close()  # ends the loop after this job
         log.info("pod sandbox removed", sandbox=sandbox_id)
 
     async def update_resources(
@@ -494,16 +522,23 @@ class SandboxService:
         updated = sandbox.with_changes(
             state="notready", exit_code=exit_code, exited_at_ns=exited_at_ns or time.time_ns()
         )
-        await self._persist(updated)
         self._sandboxes[sandbox_id] = updated
+        await self._persist(updated)
         log.warning("pod sandbox exited", sandbox=sandbox_id, exit_code=exit_code)
 
     async def recover(self) -> None:
-        """Rebuild every sandbox from containerd's records; repair drift with task states."""
+        """At start: rebuild every sandbox from containerd's records, then clean up what a
+        killed criproxy left without a record. After a reconnect: reconcile each known pod
+        in its own loop (memory is current; only task states may have drifted)."""
         await self._task_group()
+        if self._recovered.is_set():
+            for sandbox_id in list(self._sandboxes):
+                self._loop(sandbox_id).post(functools.partial(self._reconcile, sandbox_id))
+            log.info("pods queued for reconciliation", sandboxes=len(self._sandboxes))
+            return
         records = await self._containerd.containers.list(f'labels."{KIND_LABEL}"==sandbox')
         tasks = {t.container_id: t for t in await self._containerd.tasks.list()}
-        seen = set()
+        seen = {record.id for record in records}  # unreadable ones too: never orphans
         for record in records:
             raw = record.extensions.get(EXTENSION)
             if raw is None:
@@ -513,30 +548,41 @@ class SandboxService:
             except (ValueError, TypeError, KeyError) as err:
                 log.warning("sandbox record unreadable", sandbox=record.id, error=str(err))
                 continue
-            seen.add(sandbox.id)
-            key = sandbox.config.metadata.reservation
-            current = self._reservations.get(key)
-            if current is not None and not current.done.is_set():
-                continue  # being set up right now by this process
-            task = tasks.get(sandbox.id)
-            half_made = sandbox.state == "creating"  # criproxy died during RunPodSandbox
-            if half_made or (
-                sandbox.state != "notready" and (task is None or task.status != "running")
-            ):
-                sandbox = sandbox.with_changes(
-                    state="notready",
-                    exit_code=task.exit_status if task else sandbox.exit_code,
-                    exited_at_ns=(task.exited_at_ns if task else 0) or time.time_ns(),
-                )
-                await self._persist(sandbox)
-                log.warning("pod sandbox found not running", sandbox=sandbox.id)
+            try:
+                sandbox = await self._repaired(sandbox, tasks.get(sandbox.id))
+            except CriproxyError as err:
+                log.warning("sandbox state not saved", sandbox=sandbox.id, error=err.message)
             self._sandboxes[sandbox.id] = sandbox
+            key = sandbox.config.metadata.reservation
             self._reservations.setdefault(key, _Reservation(sandbox.id, delivered=True)).done.set()
             self._loop(sandbox.id)
-        for gone in set(self._sandboxes) - seen:
-            self._sandboxes.pop(gone, None)
         await self._clean_orphans(seen)
-        log.info("sandboxes recovered", sandboxes=len(seen))
+        self._recovered.set()
+        log.info("sandboxes recovered", sandboxes=len(self._sandboxes))
+
+    async def _repaired(self, sandbox: Sandbox, task: TaskState | None) -> Sandbox:
+        """The sandbox with its pause task's real state; saved when that differs."""
+        half_made = sandbox.state == "creating"  # criproxy died during RunPodSandbox
+        dead = sandbox.state == "ready" and (task is None or task.status != "running")
+        if not (half_made or dead):
+            return sandbox
+        repaired = sandbox.with_changes(
+            state="notready",
+            exit_code=task.exit_status if task else sandbox.exit_code,
+            exited_at_ns=(task.exited_at_ns if task else 0) or time.time_ns(),
+        )
+        log.warning("pod sandbox found not running", sandbox=sandbox.id)
+        await self._persist(repaired)
+        return repaired
+
+    async def _reconcile(self, sandbox_id: str) -> None:
+        """In the pod's loop: compare the pod with its pause task and repair drift."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.state != "ready":
+            return
+        task = await self._containerd.tasks.get(sandbox_id)
+        repaired = await self._repaired(sandbox, task)
+        self._sandboxes[sandbox_id] = repaired
 
     async def _clean_orphans(self, known: set[str]) -> None:
         """What a criproxy killed early in RunPodSandbox left with no record: the netns pin
@@ -560,6 +606,12 @@ class SandboxService:
         for directory in (self.state_dir, self.files_root):
             for name in await anyio.to_thread.run_sync(leftovers, directory):
                 await anyio.to_thread.run_sync(files.remove_dir, directory / name, _STATE_MOUNTS)
+
+
+def _names_an_interface(sysctls: dict[str, str]) -> bool:
+    return any(
+        key.replace("/", ".").startswith(("net.ipv4.conf.", "net.ipv6.conf.")) for key in sysctls
+    )
 
 
 def _cri_labels(pod: PodConfig) -> dict[str, str]:

@@ -388,3 +388,39 @@ def test_update_pod_sandbox_resources_is_recorded_and_survives_a_restart(pod_env
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     pod_env.remove(pod_id)
+
+
+def test_concurrent_removes_all_succeed(pod_env: PodEnv) -> None:
+    pod_id = pod_env.run(pod_config("removed-thrice"))
+    errors: list[BaseException] = []
+
+    def remove() -> None:
+        try:
+            pod_env.remove(pod_id)
+        except grpc.RpcError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=remove) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert pod_id not in [p.id for p in pod_env.list()]
+
+
+def test_drift_while_containerd_was_away_is_repaired_on_reconnect(pod_env: PodEnv) -> None:
+    alive = pod_env.run(pod_config("drift-alive"))
+    doomed = pod_env.run(pod_config("drift-doomed"))
+    pid = int(pod_env.info(doomed)["pid"])  # type: ignore[arg-type]
+    pod_env.containerd.stop()  # shims and pods keep running
+    os.kill(pid, signal.SIGKILL)  # no event can reach criproxy now
+    time.sleep(0.5)
+    pod_env.containerd.start()
+    deadline = time.monotonic() + 20
+    while pod_env.status(doomed).status.state != api_pb2.SANDBOX_NOTREADY:
+        assert time.monotonic() < deadline, "the exit during the outage was never noticed"
+        time.sleep(0.1)
+    assert pod_env.status(alive).status.state == api_pb2.SANDBOX_READY
+    for pod_id in (alive, doomed):
+        pod_env.remove(pod_id)
