@@ -105,7 +105,10 @@ class RuntimeServicer:
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
     def _pods(self, flt: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
-        resolved = self._sandboxes.resolve(flt.id) if flt.id else None
+        try:
+            resolved = self._sandboxes.resolve(flt.id) if flt.id else None
+        except InvalidArgument:
+            return []  # an ambiguous prefix matches nothing, as in containerd
         resolved_id = resolved.id if resolved else ""
         return [
             sandbox_cri.to_pod_sandbox(s)

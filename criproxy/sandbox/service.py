@@ -56,6 +56,7 @@ log = structlog.get_logger("criproxy.sandbox")
 
 Undo = Callable[[], Awaitable[None]]
 STOP_TIMEOUT = 10.0
+RECONCILE_INTERVAL = 60.0
 _SETUP_LEASE = datetime.timedelta(hours=1)
 _STATE_MOUNTS = ("shm",)
 """What criproxy mounts in a sandbox's state dir."""
@@ -91,11 +92,29 @@ class SandboxService:
     # --- the owner of background work ------------------------------------------------
 
     async def run(self) -> None:
-        """Owns pod setups and pod loops; runs until cancelled (server shutdown)."""
+        """Owns pod setups and pod loops; runs until cancelled (server shutdown).
+
+        Every RECONCILE_INTERVAL it also compares each pod with its pause task, so that an
+        exit whose event was lost (between a recovery and the live subscription) is seen.
+        """
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._started.set()
-            await anyio.sleep_forever()
+            while True:
+                await anyio.sleep(RECONCILE_INTERVAL)
+                if self._recovered.is_set():
+                    await self._reconcile_all()
+
+    async def _reconcile_all(self) -> None:
+        try:
+            tasks = {t.container_id: t for t in await self._containerd.tasks.list()}
+        except CriproxyError as err:
+            log.debug("periodic reconcile skipped", error=err.message)
+            return
+        for sandbox_id, sandbox in list(self._sandboxes.items()):
+            task = tasks.get(sandbox_id)
+            if sandbox.state == "ready" and (task is None or task.status != "running"):
+                self._loop(sandbox_id).post(functools.partial(self._reconcile, sandbox_id))
 
     async def _task_group(self) -> TaskGroup:
         await self._started.wait()
@@ -122,7 +141,9 @@ class SandboxService:
         if found is not None:
             return found
         matches = [s for i, s in self._sandboxes.items() if i.startswith(sandbox_id)]
-        return matches[0] if len(matches) == 1 else None
+        if len(matches) > 1:
+            raise InvalidArgument(f"pod sandbox id prefix {sandbox_id!r} is ambiguous")
+        return matches[0] if matches else None
 
     def get(self, sandbox_id: str) -> Sandbox:
         found = self.resolve(sandbox_id)

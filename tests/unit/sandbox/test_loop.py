@@ -59,35 +59,3 @@ async def test_errors_reach_the_caller_and_the_loop_goes_on() -> None:
         loop.post(boom)  # a failing event job is logged, not fatal
         assert await loop.call(fine) == 7
         loop.close()
-
-
-def test_sandbox_record_round_trips_through_json() -> None:
-    from criproxy.sandbox.model import (
-        DnsSettings,
-        PodConfig,
-        PodMetadata,
-        PodSecurity,
-        PortMappingConfig,
-        Sandbox,
-    )
-
-    sandbox = Sandbox(
-        id="x" * 64,
-        config=PodConfig(
-            metadata=PodMetadata("web", "uid", "ns", 2),
-            hostname="web",
-            dns=DnsSettings(("10.0.0.10",), ("svc",), ("ndots:5",)),
-            port_mappings=(PortMappingConfig("tcp", 80, 8080, "127.0.0.1"),),
-            labels={"a": "b"},
-            sysctls={"net.ipv4.ip_forward": "1"},
-            security=PodSecurity(run_as_user=1000, supplemental_groups=(1, 2)),
-        ),
-        runtime_handler="runc",
-        image="registry.k8s.io/pause:3.10",
-        created_at_ns=123,
-        state="ready",
-        ip="10.1.0.2",
-        additional_ips=("fd00::2",),
-        cni_result={"cniVersion": "1.0.0"},
-    )
-    assert Sandbox.from_json(sandbox.to_json()) == sandbox
