@@ -301,6 +301,8 @@ class SandboxService:
             files_dir=str(files_dir),
             shm=shm,
         )
+        # For a criproxy killed before the pause record exists: CNI DEL with the pod's args.
+        await anyio.to_thread.run_sync(_write_intent, state_dir, sandbox)
         restrict = self._config.restrict_oom_score_adj
         spec = build_spec(sandbox, image.content.config, self._config, restrict)
         cni_request = self._cni_request(sandbox)
@@ -619,14 +621,37 @@ class SandboxService:
         for name in await anyio.to_thread.run_sync(leftovers, self.netns_dir):
             path = self.netns_dir / name
             log.warning("cleaning up the netns of a pod that was never recorded", sandbox=name)
+            intent = await anyio.to_thread.run_sync(_read_intent, self.state_dir / name)
+            request = (
+                self._cni_request(intent)
+                if intent is not None
+                else CniRequest(container_id=name, netns=str(path))
+            )
             try:
-                await self._cni.teardown(CniRequest(container_id=name, netns=str(path)), None)
+                await self._cni.teardown(request, None)
             except CriproxyError as err:
                 log.warning("CNI DEL of an orphan failed", sandbox=name, error=err.message)
             await remove_netns(path)
         for directory in (self.state_dir, self.files_root):
             for name in await anyio.to_thread.run_sync(leftovers, directory):
                 await anyio.to_thread.run_sync(files.remove_dir, directory / name, _STATE_MOUNTS)
+
+
+_INTENT = "sandbox.json"
+
+
+def _write_intent(state_dir: Path, sandbox: Sandbox) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = state_dir / f".{_INTENT}.tmp"
+    tmp.write_bytes(sandbox.to_json())
+    tmp.replace(state_dir / _INTENT)
+
+
+def _read_intent(state_dir: Path) -> Sandbox | None:
+    try:
+        return Sandbox.from_json((state_dir / _INTENT).read_bytes())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _names_an_interface(sysctls: dict[str, str]) -> bool:

@@ -58,12 +58,17 @@ def slow_proxy(short_tmp: Path, pod_env: PodEnv) -> Iterator[Criproxy]:
     shutil.rmtree(short_tmp / "cpx", ignore_errors=True)
 
 
-def _run_in_thread(proxy: Criproxy, name: str, results: list[object]) -> threading.Thread:
+def _run_in_thread(
+    proxy: Criproxy, name: str, results: list[object], *, sysctls: dict[str, str] | None = None
+) -> threading.Thread:
+    config = pod_config(name)
+    config.linux.sysctls.update(sysctls or {})
+
     def run() -> None:
         try:
             results.append(
                 proxy.runtime.RunPodSandbox(
-                    api_pb2.RunPodSandboxRequest(config=pod_config(name)), timeout=60
+                    api_pb2.RunPodSandboxRequest(config=config), timeout=60
                 ).pod_sandbox_id
             )
         except grpc.RpcError as err:
@@ -119,6 +124,32 @@ def test_kill_9_during_run_pod_sandbox_leaves_nothing(
         )
     assert sorted(pod_env.allocations()) == allocations_before
     assert pod_env.ctr("containers", "ls", "-q").stdout == containers_before
+    assert not netns_dir.exists() or os.listdir(netns_dir) == []
+    sandbox_dirs = slow_proxy.state / "sandboxes"
+    assert not sandbox_dirs.exists() or os.listdir(sandbox_dirs) == []
+
+
+def test_kill_9_before_the_pause_record_exists_leaves_nothing(
+    slow_proxy: Criproxy, pod_env: PodEnv
+) -> None:
+    """A sysctl naming eth0 makes CNI run before the pause container is created: killed
+    during that ADD, criproxy leaves a netns and an IP but no record to find them by."""
+    allocations_before = sorted(pod_env.allocations())
+    containers_before = pod_env.ctr("containers", "ls", "-q").stdout
+    results: list[object] = []
+    sysctls = {"net.ipv4.conf.eth0.forwarding": "1"}
+    thread = _run_in_thread(slow_proxy, "no-record", results, sysctls=sysctls)
+    time.sleep(1.0)
+    assert len(pod_env.allocations()) == len(allocations_before) + 1
+    assert pod_env.ctr("containers", "ls", "-q").stdout == containers_before  # no record yet
+    slow_proxy.kill()
+    thread.join(30)
+    slow_proxy.start()
+    assert [
+        p for p in slow_proxy.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    ] == []
+    assert sorted(pod_env.allocations()) == allocations_before
+    netns_dir = slow_proxy.state / "netns"
     assert not netns_dir.exists() or os.listdir(netns_dir) == []
     sandbox_dirs = slow_proxy.state / "sandboxes"
     assert not sandbox_dirs.exists() or os.listdir(sandbox_dirs) == []
