@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
-from google.protobuf import empty_pb2
 
 from bench.pull import (
     NAMESPACE,
     BenchError,
     CriContainerd,
+    Endpoint,
     check_hosts_used,
     tail,
     unmount_below,
@@ -49,8 +49,7 @@ from criproxy._generated.containerd.services.containers.v1 import (
     containers_pb2,
     containers_pb2_grpc,
 )
-from criproxy._generated.containerd.services.version.v1 import version_pb2_grpc
-from criproxy._generated.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.helpers import (
     CNI_BIN_DIRS,
     ContainerdProcess,
@@ -202,13 +201,9 @@ class _CallFailed(Exception):
 
 
 @dataclass
-class Runtime:
+class Runtime(Endpoint):
     """A CRI endpoint, the containerd beneath it, its pod network, and what its pods left."""
 
-    name: str
-    cri_socket: Path
-    containerd_socket: Path
-    log: Path
     network: PodNetwork
     logs_dir: Path
     mount_roots: tuple[Path, ...]
@@ -217,23 +212,10 @@ class Runtime:
     netns_seen: set[str] = field(default_factory=set)
     live: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
-    _channels: list[grpc.Channel] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        cri = grpc.insecure_channel(f"unix://{self.cri_socket}")
-        cd = grpc.insecure_channel(f"unix://{self.containerd_socket}")
-        self._channels = [cri, cd]
-        self.images = api_pb2_grpc.ImageServiceStub(cri)
-        self.runtime = api_pb2_grpc.RuntimeServiceStub(cri)
-        self.containers = containers_pb2_grpc.ContainersStub(cd)
-        self.version = version_pb2_grpc.VersionStub(cd)
-
-    _md = (("containerd-namespace", NAMESPACE),)
-
-    def describe(self) -> str:
-        cri = self.runtime.Version(api_pb2.VersionRequest(), timeout=10)
-        cd = self.version.Version(empty_pb2.Empty(), timeout=10)
-        return f"{cri.runtime_name} {cri.runtime_version} on containerd {cd.version}"
+        super().__post_init__()
+        self.containers = containers_pb2_grpc.ContainersStub(self.containerd_channel)
 
     def prepull(self, ref: str) -> None:
         request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
@@ -385,10 +367,6 @@ class Runtime:
             subprocess.run(["umount", path], capture_output=True, check=False)
             with contextlib.suppress(OSError):
                 os.unlink(path)
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
 
 
 def _netns_path(info: dict[str, object]) -> str:

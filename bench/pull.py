@@ -191,25 +191,22 @@ oom_score = 0
 
 
 @dataclass
-class Runtime:
-    """A CRI endpoint and the containerd beneath it, whose stores prove each run starts empty."""
+class Endpoint:
+    """A CRI socket and the containerd beneath it, as gRPC stubs (shared by the benchmarks)."""
 
     name: str
     cri_socket: Path
     containerd_socket: Path
     log: Path
-    samples: list[float] = field(default_factory=list)
-    _channels: list[grpc.Channel] = field(default_factory=list)
+    _channels: list[grpc.Channel] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         cri = grpc.insecure_channel(f"unix://{self.cri_socket}")
-        cd = grpc.insecure_channel(f"unix://{self.containerd_socket}")
-        self._channels = [cri, cd]
+        self.containerd_channel = grpc.insecure_channel(f"unix://{self.containerd_socket}")
+        self._channels = [cri, self.containerd_channel]
         self.images = api_pb2_grpc.ImageServiceStub(cri)
         self.runtime = api_pb2_grpc.RuntimeServiceStub(cri)
-        self.content = content_pb2_grpc.ContentStub(cd)
-        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(cd)
-        self.version = version_pb2_grpc.VersionStub(cd)
+        self.version = version_pb2_grpc.VersionStub(self.containerd_channel)
 
     _md = (("containerd-namespace", NAMESPACE),)
 
@@ -217,6 +214,22 @@ class Runtime:
         cri = self.runtime.Version(api_pb2.VersionRequest(), timeout=10)
         cd = self.version.Version(empty_pb2.Empty(), timeout=10)
         return f"{cri.runtime_name} {cri.runtime_version} on containerd {cd.version}"
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+@dataclass
+class Runtime(Endpoint):
+    """One pulling runtime, whose stores prove each run starts empty."""
+
+    samples: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.content = content_pb2_grpc.ContentStub(self.containerd_channel)
+        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(self.containerd_channel)
 
     def pull(self, ref: str) -> tuple[float, str]:
         """One PullImage, timed by the wall clock around the RPC; returns (seconds, id)."""
@@ -276,10 +289,6 @@ class Runtime:
                 f"{self.name}: {GC_TIMEOUT:.0f}s after RemoveImage, containerd still holds "
                 f"blobs {sorted(left[0])} and snapshots {sorted(left[1])}"
             ) from err
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
 
 
 # ---------------------------------------------------------------- helpers
