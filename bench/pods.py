@@ -70,7 +70,6 @@ Stats = dict[str, object]
 
 PAUSE_REPO = "bench/pause"
 PAUSE_TAG = "3.10"
-PULL_SANDBOX_LINE = 'sandbox_image = "registry.k8s.io/pause:3.6"'  # in bench.pull's config
 RUN_TIMEOUT = 120.0
 CALL_TIMEOUT = 60.0
 CHECK_TIMEOUT = 10.0
@@ -148,22 +147,6 @@ class PodNetwork:
     def delete_bridge(self) -> None:
         if self.bridge_exists():
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
-
-
-@dataclass
-class ReferenceContainerd(CriContainerd):
-    """bench.pull's containerd with its CRI plugin, with the bench's pause image."""
-
-    sandbox_image: str = ""
-
-    def write_config(self) -> Path:
-        config = super().write_config()
-        text = config.read_text()
-        if PULL_SANDBOX_LINE not in text:
-            raise BenchError(f"bench.pull's containerd config has no {PULL_SANDBOX_LINE!r}")
-        line = f'sandbox_image = "{self.sandbox_image}"'
-        config.write_text(text.replace(PULL_SANDBOX_LINE, line))
-        return config
 
 
 # ---------------------------------------------------------------- one runtime under test
@@ -516,7 +499,7 @@ def _start(base: Path, stack: contextlib.ExitStack) -> tuple[list[Runtime], str]
     stack.callback(proxy.stop)
     proxy.start()
 
-    reference = ReferenceContainerd(base / "cd-cri", base / "certs.d", sandbox_image=pause_ref)
+    reference = CriContainerd(base / "cd-cri", certs_d=base / "certs.d", sandbox_image=pause_ref)
     ctd_net.write(reference.base / "net.d")
     stack.callback(reference.stop)
     reference.start()

@@ -80,33 +80,22 @@ def _has_cap_sys_resource() -> bool:
 
 
 @dataclass
-class CriContainerd:
+class CriContainerd(ContainerdProcess):
     """containerd with its built-in CRI plugin on a private root, state and socket.
 
     The config follows /work/shared/conformance/anchor-containerd.sh; nothing points at the
     machine's own containerd paths, and the stream server takes a free port.
     """
 
-    base: Path
-    certs_d: Path
-    proc: subprocess.Popen[bytes] | None = None
+    certs_d: Path = Path()
+    sandbox_image: str = "registry.k8s.io/pause:3.6"
 
-    @property
-    def socket(self) -> Path:
-        return self.base / "state" / "c.sock"
-
-    @property
-    def log(self) -> Path:
-        return self.base / "containerd.log"
-
-    def write_config(self) -> Path:
+    def config_text(self) -> str:
         cni_conf = self.base / "net.d"
         cni_conf.mkdir(parents=True, exist_ok=True)
         restrict_oom = "false" if _has_cap_sys_resource() else "true"
         cri = 'plugins."io.containerd.grpc.v1.cri"'
-        config = self.base / "containerd.toml"
-        config.write_text(
-            f"""version = 2
+        return f"""version = 2
 root = "{self.base}/root"
 state = "{self.base}/state"
 oom_score = 0
@@ -121,7 +110,7 @@ oom_score = 0
   path = "{self.base}/opt"
 
 [{cri}]
-  sandbox_image = "registry.k8s.io/pause:3.6"
+  sandbox_image = "{self.sandbox_image}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   max_concurrent_downloads = {MAX_CONCURRENT_DOWNLOADS}
@@ -146,22 +135,9 @@ oom_score = 0
   [{cri}.registry]
     config_path = "{self.certs_d}"
 """
-        )
-        return config
 
-    def start(self) -> None:
-        (self.base / "state").mkdir(parents=True, exist_ok=True)
-        config = self.write_config()
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["containerd", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_until(self._answers, 60, what=f"containerd's CRI on {self.socket}")
-
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """Its CRI answers (not only containerd): the plugin has loaded."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise BenchError(f"containerd exited with {self.proc.returncode}:\n{tail(self.log)}")
@@ -176,15 +152,8 @@ oom_score = 0
             return False
         return True
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def start(self, timeout: float = 60) -> None:
+        super().start(timeout)
 
 
 # ---------------------------------------------------------------- one runtime under test
@@ -364,7 +333,7 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
     registry: Registry | None = None
     plain = ContainerdProcess(base / "cd-criproxy")
     proxy: Criproxy | None = None
-    reference = CriContainerd(base / "cd-cri", base / "certs.d")
+    reference = CriContainerd(base / "cd-cri", certs_d=base / "certs.d")
     runtimes: list[Runtime] = []
     try:
         registry = start_registry(base / "registry")

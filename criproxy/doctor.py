@@ -124,7 +124,9 @@ def _host_checks(config: Config) -> list[Check]:
 async def _containerd_check(config: Config) -> Check:
     if config.managed:
         paths = ManagedPaths.under(config.root, config.state)
-        path, binary_version = _binary_version(config.containerd.binary)
+        path, binary_version = await anyio.to_thread.run_sync(
+            _binary_version, config.containerd.binary
+        )
         if path is None:
             return Check(
                 "containerd",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,12 +52,11 @@ class RegistryHost:
         return capability in self.capabilities
 
 
-@dataclass
+@dataclass(frozen=True)
 class HostsConfig:
     """The hosts of every registry, read from `config_path` on each pull (files may change)."""
 
     config_path: str = ""
-    _cache: dict[str, tuple[float, list[RegistryHost]]] = field(default_factory=dict)
 
     def hosts(self, registry: str) -> list[RegistryHost]:
         """Hosts to try for `registry` (e.g. `docker.io`, `127.0.0.1:5000`), mirrors first."""

@@ -54,14 +54,11 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class _TlsKey:
     skip_verify: bool
     ca_files: tuple[str, ...]
     client_certs: tuple[tuple[str, str], ...]
-
-    def __hash__(self) -> int:
-        return hash((self.skip_verify, self.ca_files, self.client_certs))
 
 
 def _ssl_context(key: _TlsKey) -> ssl.SSLContext | bool:

@@ -33,7 +33,14 @@ from criproxy.errors import (
     Unavailable,
     unwrap,
 )
-from criproxy.network.cni import Cni, CniRequest, CniResult, DnsConfig, PortMapping
+from criproxy.network.cni import (
+    Cni,
+    CniRequest,
+    CniResult,
+    DnsConfig,
+    PortMapping,
+    parse_bandwidth_annotations,
+)
 from criproxy.network.netns import create_netns, remove_netns
 from criproxy.sandbox import files
 from criproxy.sandbox.loop import PodLoop
@@ -384,15 +391,9 @@ class SandboxService:
                 for p in pod.port_mappings
                 if p.host_port > 0
             ),
-            bandwidth=self._bandwidth(pod),
+            bandwidth=parse_bandwidth_annotations(pod.annotations),
             dns=DnsConfig(pod.dns.servers, pod.dns.searches, pod.dns.options) if pod.dns else None,
         )
-
-    @staticmethod
-    def _bandwidth(pod: PodConfig):  # type: ignore[no-untyped-def]
-        from criproxy.network.cni import parse_bandwidth_annotations
-
-        return parse_bandwidth_annotations(pod.annotations)
 
     async def _persist(self, sandbox: Sandbox) -> None:
         await self._containerd.containers.set_extensions(sandbox.id, {EXTENSION: sandbox.to_json()})

@@ -69,10 +69,8 @@ class ContainerdProcess:
     def log(self) -> Path:
         return self.base / "containerd.log"
 
-    def start(self) -> None:
-        (self.base / "state").mkdir(parents=True, exist_ok=True)
-        config = self.base / "containerd.toml"
-        config.write_text(
+    def config_text(self) -> str:
+        return (
             "version = 2\n"
             f'root = "{self.base}/root"\nstate = "{self.base}/state"\n'
             'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
@@ -80,6 +78,14 @@ class ContainerdProcess:
             f'[ttrpc]\n  address = "{self.socket}.ttrpc"\n'
             f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{self.base}/opt"\n'
         )
+
+    def answers(self) -> bool:
+        return containerd_answers(self.socket)
+
+    def start(self, timeout: float = 30) -> None:
+        (self.base / "state").mkdir(parents=True, exist_ok=True)
+        config = self.base / "containerd.toml"
+        config.write_text(self.config_text())
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 ["containerd", "--config", str(config)],
@@ -87,7 +93,7 @@ class ContainerdProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until(lambda: containerd_answers(self.socket), 30, what="containerd to answer")
+        wait_until(self.answers, timeout, what=f"containerd on {self.socket}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
