@@ -27,6 +27,13 @@ def has_capability(cap: int) -> bool:
     return bool(capability_mask("CapEff") & (1 << cap))
 
 
+def own_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
 def restrict_oom_score_adj(setting: bool | str) -> bool:
     """Resolve `restrict_oom_score_adj = "auto"`.
 
@@ -55,6 +62,14 @@ def cgroup_info(root: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
         if len(fields) >= 4 and fields[3] == "1":
             controllers.append(fields[0])
     return CgroupInfo(1, tuple(controllers))
+
+
+def swap_controller_available(root: Path = Path("/sys/fs/cgroup")) -> bool:
+    """Whether swap limits can be set: memsw on cgroup v1, memory.swap.max on v2 (as
+    containerd checks before it sets `memory.swap`)."""
+    if (root / "cgroup.controllers").exists():
+        return any(root.glob("*/memory.swap.max"))
+    return (root / "memory" / "memory.memsw.limit_in_bytes").exists()
 
 
 def overlayfs_available() -> bool:

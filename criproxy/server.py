@@ -18,6 +18,7 @@ import structlog
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
+from criproxy.containers.service import ContainerService
 from criproxy.cri import ImageServicer, RuntimeServicer, service_handler
 from criproxy.errors import CriproxyError
 from criproxy.events import EventLoop
@@ -70,13 +71,15 @@ def _bind(server: grpc.aio.Server, path: Path) -> None:
 
 
 def _build_server(
-    config: Config, node: Node, images: ImageService, sandboxes: SandboxService
+    node: Node, images: ImageService, sandboxes: SandboxService, containers: ContainerService
 ) -> grpc.aio.Server:
     services = api_pb2.DESCRIPTOR.services_by_name
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers(
         [
-            service_handler(services["RuntimeService"], RuntimeServicer(node, sandboxes)),
+            service_handler(
+                services["RuntimeService"], RuntimeServicer(node, sandboxes, containers)
+            ),
             service_handler(services["ImageService"], ImageServicer(images)),
         ]
     )
@@ -120,16 +123,18 @@ async def serve(config: Config) -> None:
             images = ImageService(config, containerd)
             stack.push_async_callback(images.close)
             sandboxes = SandboxService(config, containerd, images)
+            containers = ContainerService(config, containerd, images, sandboxes)
             events = EventLoop(
                 containerd,
-                recover=[images.recover, sandboxes.recover],
-                handlers=[images.on_event, sandboxes.on_event],
+                recover=[images.recover, sandboxes.recover, containers.recover],
+                handlers=[images.on_event, sandboxes.on_event, containers.on_event],
             )
 
             async with anyio.create_task_group() as tg:
                 if managed is not None:
                     tg.start_soon(managed.supervise)
                 tg.start_soon(sandboxes.run)
+                tg.start_soon(containers.run)
                 tg.start_soon(events.run)
                 # Answer List/Status from a filled index right away, unless containerd is
                 # down: then serve anyway (Status says so) and fill it when it is back.
@@ -137,7 +142,7 @@ async def serve(config: Config) -> None:
                     await events.ready.wait()
                 if not events.ready.is_set():
                     log.warning("serving before the first recovery; containerd is not answering")
-                server = _build_server(config, node, images, sandboxes)
+                server = _build_server(node, images, sandboxes, containers)
                 try:
                     _bind(server, config.listen)
                 except RuntimeError as err:

@@ -5,6 +5,12 @@ Callers get the project's dataclasses and error types, never containerd's protob
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
 from criproxy.containerd.client import Channel
 from criproxy.containerd.containers import ContainerRecord, ContainersService
 from criproxy.containerd.content import ContentInfo, ContentService, ContentWriter
@@ -15,10 +21,16 @@ from criproxy.containerd.introspection import IntrospectionService, Plugin, Serv
 from criproxy.containerd.leases import LeasesService
 from criproxy.containerd.runtime_options import RuncOptions
 from criproxy.containerd.snapshots import SnapshotInfo, SnapshotsService, Usage
-from criproxy.containerd.tasks import TaskExitInfo, TasksService, TaskState
+from criproxy.containerd.tasks import MetricSample, TaskExitInfo, TasksService, TaskState
 from criproxy.containerd.types import Descriptor, Mount
 from criproxy.containerd.version import ContainerdVersion, VersionService
 from criproxy.errors import CriproxyError
+
+if TYPE_CHECKING:
+    import datetime
+    from collections.abc import AsyncIterator
+
+log = structlog.get_logger("criproxy.containerd")
 
 __all__ = [
     "ContainerRecord",
@@ -30,6 +42,7 @@ __all__ = [
     "Event",
     "ImageEvent",
     "ImageRecord",
+    "MetricSample",
     "Mount",
     "Plugin",
     "RuncOptions",
@@ -61,6 +74,25 @@ class Containerd:
     def with_lease(self, lease: str) -> Containerd:
         """A view whose every call is made under `lease`; shares this connection."""
         return Containerd(self.address, self.namespace, _channel=self._channel.with_lease(lease))
+
+    @contextlib.asynccontextmanager
+    async def leased(
+        self, prefix: str, expire_after: datetime.timedelta
+    ) -> AsyncIterator[Containerd]:
+        """A view under a fresh lease, deleted on the way out.
+
+        What is created under it (a snapshot not yet referenced by a record) is safe from
+        containerd's GC until then; a lease that cannot be deleted expires by itself.
+        """
+        lease = await self.leases.create(prefix, expire_after)
+        try:
+            yield self.with_lease(lease)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.leases.delete(lease)
+                except CriproxyError as err:
+                    log.warning("lease not deleted", lease=lease, error=err.message)
 
     @property
     def address(self) -> str:

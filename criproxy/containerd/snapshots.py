@@ -91,6 +91,15 @@ class SnapshotsService:
         )
         return [Mount.from_proto(m) for m in resp.mounts]
 
+    async def mounts(self, snapshotter: str, key: str) -> builtins.list[Mount]:
+        """How to mount an active snapshot (a container's rootfs) again."""
+        resp = await self._channel.unary(
+            self._stub.Mounts,
+            snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key),
+            operation=f"mounts of {snapshotter} snapshot {key}",
+        )
+        return [Mount.from_proto(m) for m in resp.mounts]
+
     async def commit(
         self, snapshotter: str, name: str, key: str, labels: Mapping[str, str] | None = None
     ) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import any_pb2
 
 from criproxy._generated.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from criproxy._generated.containerd.types.task import task_pb2
+from criproxy.containerd.client import DEFAULT_TIMEOUT
 from criproxy.errors import NotFound
 
 if TYPE_CHECKING:
@@ -15,6 +19,9 @@ if TYPE_CHECKING:
 
     from criproxy.containerd.client import Channel
     from criproxy.containerd.types import Mount
+
+_PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+_RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 
 _STATUS = {
     task_pb2.UNKNOWN: "unknown",
@@ -34,6 +41,16 @@ class TaskState:
     """`created`, `running`, `stopped`, `paused`, `pausing` or `unknown`."""
     exit_status: int
     exited_at_ns: int
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """One task's cgroup metrics as containerd sends them (decoded by the caller)."""
+
+    container_id: str
+    timestamp_ns: int
+    type_url: str
+    value: bytes
 
 
 @dataclass(frozen=True)
@@ -86,20 +103,99 @@ class TasksService:
         )
         return resp.pid
 
-    async def start(self, container_id: str) -> int:
+    async def start(self, container_id: str, exec_id: str = "") -> int:
+        """Start the task's process (or the exec process `exec_id`); its pid."""
         resp = await self._channel.unary(
             self._stub.Start,
-            tasks_pb2.StartRequest(container_id=container_id),
-            operation=f"start task {container_id}",
+            tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id),
+            operation=f"start task {container_id} {exec_id}".rstrip(),
         )
         return resp.pid
 
-    async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+    async def kill(
+        self, container_id: str, signal: int, *, all_processes: bool = False, exec_id: str = ""
+    ) -> None:
         await self._channel.unary(
             self._stub.Kill,
-            tasks_pb2.KillRequest(container_id=container_id, signal=signal, all=all_processes),
-            operation=f"kill task {container_id}",
+            tasks_pb2.KillRequest(
+                container_id=container_id, signal=signal, all=all_processes, exec_id=exec_id
+            ),
+            operation=f"kill task {container_id} {exec_id}".rstrip(),
         )
+
+    async def exec(
+        self,
+        container_id: str,
+        exec_id: str,
+        process: dict[str, Any],
+        *,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+    ) -> None:
+        """Add a process (an OCI `process` object) to the running task; start it after."""
+        await self._channel.unary(
+            self._stub.Exec,
+            tasks_pb2.ExecProcessRequest(
+                container_id=container_id,
+                exec_id=exec_id,
+                spec=any_pb2.Any(type_url=_PROCESS_TYPE_URL, value=json.dumps(process).encode()),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                terminal=terminal,
+            ),
+            operation=f"exec in task {container_id}",
+        )
+
+    async def delete_process(self, container_id: str, exec_id: str) -> TaskExitInfo | None:
+        try:
+            resp = await self._channel.unary(
+                self._stub.DeleteProcess,
+                tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
+                operation=f"delete exec {exec_id} of {container_id}",
+            )
+        except NotFound:
+            return None
+        return TaskExitInfo(resp.pid, resp.exit_status, resp.exited_at.ToNanoseconds())
+
+    async def close_io(self, container_id: str, exec_id: str = "") -> None:
+        """Close the process's stdin (stdin_once)."""
+        await self._channel.unary(
+            self._stub.CloseIO,
+            tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True),
+            operation=f"close stdin of {container_id}",
+        )
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """Apply new `linux.resources` (an OCI LinuxResources object) to the running task."""
+        await self._channel.unary(
+            self._stub.Update,
+            tasks_pb2.UpdateTaskRequest(
+                container_id=container_id,
+                resources=any_pb2.Any(
+                    type_url=_RESOURCES_TYPE_URL, value=json.dumps(resources).encode()
+                ),
+            ),
+            operation=f"update task {container_id}",
+        )
+
+    async def metrics(
+        self, container_ids: Sequence[str], timeout: float = DEFAULT_TIMEOUT
+    ) -> builtins.list[MetricSample]:
+        """cgroup metrics of these tasks in one call (all tasks when empty)."""
+        filters = [f"id=={cid}" for cid in container_ids]
+        resp = await self._channel.unary(
+            self._stub.Metrics,
+            tasks_pb2.MetricsRequest(filters=filters),
+            operation="task metrics",
+            timeout=timeout,
+        )
+        return [
+            MetricSample(m.id, m.timestamp.ToNanoseconds(), m.data.type_url, m.data.value)
+            for m in resp.metrics
+        ]
 
     async def get(self, container_id: str) -> TaskState | None:
         try:
@@ -118,12 +214,19 @@ class TasksService:
         )
         return [_state(p) for p in resp.tasks]
 
-    async def wait(self, container_id: str) -> TaskExitInfo:
+    async def wait(
+        self, container_id: str, exec_id: str = "", timeout: float | None = None
+    ) -> TaskExitInfo:
+        """The process's exit; DeadlineExceeded after `timeout` seconds (None: no limit).
+
+        The limit is gRPC's own deadline: cancelling a grpc.aio call from an anyio cancel
+        scope surfaces as a foreign CancelledError that escapes the scope.
+        """
         resp = await self._channel.unary(
             self._stub.Wait,
-            tasks_pb2.WaitRequest(container_id=container_id),
-            operation=f"wait for task {container_id}",
-            timeout=None,
+            tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
+            operation=f"wait for task {container_id} {exec_id}".rstrip(),
+            timeout=timeout,
         )
         return TaskExitInfo(0, resp.exit_status, resp.exited_at.ToNanoseconds())
 

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 
 from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.cri import container as container_cri
 from criproxy.cri import sandbox as sandbox_cri
 from criproxy.errors import InvalidArgument
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
     from google.protobuf.message import Message
 
+    from criproxy.containers.events import ContainerEvent
+    from criproxy.containers.service import ContainerService
     from criproxy.cri.handlers import Context
     from criproxy.node import Node
     from criproxy.sandbox.service import SandboxService
@@ -33,15 +36,142 @@ def _as_dict(message: Message) -> dict[str, object]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+_EVENT_TYPES = {
+    "created": api_pb2.CONTAINER_CREATED_EVENT,
+    "started": api_pb2.CONTAINER_STARTED_EVENT,
+    "stopped": api_pb2.CONTAINER_STOPPED_EVENT,
+    "deleted": api_pb2.CONTAINER_DELETED_EVENT,
+}
+
+
+def _event_response(event: ContainerEvent) -> api_pb2.ContainerEventResponse:
+    return api_pb2.ContainerEventResponse(
+        container_id=event.container_id,
+        container_event_type=_EVENT_TYPES[event.type],
+        created_at=event.created_at_ns,
+        pod_sandbox_status=sandbox_cri.to_status(event.sandbox) if event.sandbox else None,
+        containers_statuses=[container_cri.to_status(c) for c in event.containers],
+    )
+
+
 _CGROUP_DRIVERS = {"systemd": api_pb2.SYSTEMD, "cgroupfs": api_pb2.CGROUPFS}
 
 
 class RuntimeServicer:
     """The rpcs of runtime.v1.RuntimeService built so far; the rest answer UNIMPLEMENTED."""
 
-    def __init__(self, node: Node, sandboxes: SandboxService) -> None:
+    def __init__(self, node: Node, sandboxes: SandboxService, containers: ContainerService) -> None:
         self._node = node
         self._sandboxes = sandboxes
+        self._containers = containers
+
+    # --- containers ------------------------------------------------------------------
+
+    async def CreateContainer(  # noqa: N802
+        self, request: api_pb2.CreateContainerRequest, context: Context
+    ) -> api_pb2.CreateContainerResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        if not request.HasField("config"):
+            raise InvalidArgument("config is required")
+        config = container_cri.container_config(request.config)
+        container_id = await self._containers.create(request.pod_sandbox_id, config)
+        return api_pb2.CreateContainerResponse(container_id=container_id)
+
+    async def StartContainer(  # noqa: N802
+        self, request: api_pb2.StartContainerRequest, context: Context
+    ) -> api_pb2.StartContainerResponse:
+        await self._containers.start(request.container_id)
+        return api_pb2.StartContainerResponse()
+
+    async def StopContainer(  # noqa: N802
+        self, request: api_pb2.StopContainerRequest, context: Context
+    ) -> api_pb2.StopContainerResponse:
+        if request.timeout < 0:
+            raise InvalidArgument(f"timeout {request.timeout} is negative")
+        await self._containers.stop(request.container_id, float(request.timeout))
+        return api_pb2.StopContainerResponse()
+
+    async def RemoveContainer(  # noqa: N802
+        self, request: api_pb2.RemoveContainerRequest, context: Context
+    ) -> api_pb2.RemoveContainerResponse:
+        await self._containers.remove(request.container_id)
+        return api_pb2.RemoveContainerResponse()
+
+    async def ContainerStatus(  # noqa: N802
+        self, request: api_pb2.ContainerStatusRequest, context: Context
+    ) -> api_pb2.ContainerStatusResponse:
+        container = self._containers.get(request.container_id)
+        info = {}
+        if request.verbose:
+            info = container_cri.verbose_info(
+                container,
+                self._containers.spec(container.id),
+                self._containers.runtime_type(container),
+            )
+        return api_pb2.ContainerStatusResponse(status=container_cri.to_status(container), info=info)
+
+    async def ListContainers(  # noqa: N802
+        self, request: api_pb2.ListContainersRequest, context: Context
+    ) -> api_pb2.ListContainersResponse:
+        return api_pb2.ListContainersResponse(containers=self._list_containers(request.filter))
+
+    async def StreamContainers(  # noqa: N802
+        self, request: api_pb2.StreamContainersRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamContainersResponse]:
+        items = self._list_containers(request.filter)
+        for start in range(0, max(len(items), 1), _STREAM_BATCH):
+            yield api_pb2.StreamContainersResponse(containers=items[start : start + _STREAM_BATCH])
+
+    def _list_containers(self, flt: api_pb2.ContainerFilter) -> list[api_pb2.Container]:
+        try:
+            resolved = self._containers.resolve(flt.id) if flt.id else None
+        except InvalidArgument:
+            return []
+        if flt.id and resolved is None:
+            return []
+        resolved_id = resolved.id if resolved else ""
+        return [
+            container_cri.to_container(c)
+            for c in self._containers.all()
+            if container_cri.matches(c, flt, resolved_id)
+        ]
+
+    async def UpdateContainerResources(  # noqa: N802
+        self, request: api_pb2.UpdateContainerResourcesRequest, context: Context
+    ) -> api_pb2.UpdateContainerResourcesResponse:
+        if not request.HasField("linux"):
+            raise InvalidArgument("linux resources are required")
+        await self._containers.update_resources(
+            request.container_id, container_cri.resources(request.linux)
+        )
+        return api_pb2.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(  # noqa: N802
+        self, request: api_pb2.ReopenContainerLogRequest, context: Context
+    ) -> api_pb2.ReopenContainerLogResponse:
+        await self._containers.reopen_log(request.container_id)
+        return api_pb2.ReopenContainerLogResponse()
+
+    async def ExecSync(  # noqa: N802
+        self, request: api_pb2.ExecSyncRequest, context: Context
+    ) -> api_pb2.ExecSyncResponse:
+        if request.timeout < 0:
+            raise InvalidArgument(f"timeout {request.timeout} is negative")
+        stdout, stderr, code = await self._containers.exec_sync(
+            request.container_id, list(request.cmd), float(request.timeout)
+        )
+        return api_pb2.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=code)
+
+    async def GetContainerEvents(  # noqa: N802
+        self, request: api_pb2.GetEventsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.ContainerEventResponse]:
+        stream = self._containers.events.subscribe()
+        try:
+            async for event in stream:
+                yield _event_response(event)
+        finally:
+            self._containers.events.unsubscribe(stream)
 
     async def RunPodSandbox(  # noqa: N802
         self, request: api_pb2.RunPodSandboxRequest, context: Context

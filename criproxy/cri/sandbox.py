@@ -25,13 +25,13 @@ from criproxy.sandbox.model import (
 if TYPE_CHECKING:
     from criproxy.sandbox.model import Sandbox
 
-_MODES: dict[int, NamespaceMode] = {
+MODES: dict[int, NamespaceMode] = {
     api_pb2.POD: "pod",
     api_pb2.CONTAINER: "container",
     api_pb2.NODE: "node",
     api_pb2.TARGET: "target",
 }
-_MODE_VALUES = {mode: value for value, mode in _MODES.items()}
+_MODE_VALUES = {mode: value for value, mode in MODES.items()}
 _PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
 _SYSCTL = re.compile(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$")
 _IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
@@ -149,7 +149,7 @@ def pod_config(config: api_pb2.PodSandboxConfig) -> PodConfig:
     linux = config.linux
     ctx = linux.security_context
     options = ctx.namespace_options
-    network, pid, ipc = _MODES[options.network], _MODES[options.pid], _MODES[options.ipc]
+    network, pid, ipc = MODES[options.network], MODES[options.pid], MODES[options.ipc]
     if network not in ("pod", "node"):
         raise InvalidArgument(f"namespace_options.network {network.upper()} is not POD or NODE")
     if pid not in ("pod", "container", "node"):

@@ -229,7 +229,7 @@ def sandbox_spec(inp: SandboxSpecInput) -> dict[str, Any]:
         linux["seccomp"] = copy.deepcopy(dict(inp.seccomp))
 
     spec["annotations"] = _annotations(inp)
-    return _ordered(spec)
+    return ordered_spec(spec)
 
 
 def _namespaces(inp: SandboxSpecInput, host_network: bool) -> list[dict[str, Any]]:
@@ -313,6 +313,7 @@ def _annotations(inp: SandboxSpecInput) -> dict[str, str]:
 
 _SPEC_ORDER = ("ociVersion", "process", "root", "hostname", "mounts", "annotations", "linux")
 _PROCESS_ORDER = (
+    "terminal",
     "user",
     "args",
     "env",
@@ -325,18 +326,22 @@ _PROCESS_ORDER = (
     "selinuxLabel",
 )
 _LINUX_ORDER = (
+    "uidMappings",
+    "gidMappings",
     "sysctl",
     "resources",
     "cgroupsPath",
     "namespaces",
+    "devices",
     "seccomp",
+    "rootfsPropagation",
     "maskedPaths",
     "readonlyPaths",
     "mountLabel",
 )
 
 
-def _ordered(spec: dict[str, Any]) -> dict[str, Any]:
+def ordered_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Keys in runtime-spec's field order (as Go writes them), for specs that diff well."""
 
     def order(obj: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class PasswdEntry:
 class GroupEntry:
     name: str
     gid: int
+    members: tuple[str, ...] = ()
 
 
 def user_string(run_as_user: int | None, run_as_group: int | None, username: str = "") -> str:
@@ -102,8 +103,9 @@ def parse_group(text: str) -> list[GroupEntry]:
         if not line or line.startswith("#"):
             continue
         parts = line.split(":")
-        parts += [""] * (3 - len(parts))
-        entries.append(GroupEntry(parts[0], _field_int(parts[2])))
+        parts += [""] * (4 - len(parts))
+        members = tuple(parts[3].split(",")) if parts[3] else ()
+        entries.append(GroupEntry(parts[0], _field_int(parts[2]), members))
     return entries
 
 
@@ -166,3 +168,30 @@ def resolve_user(
             gid = _gid_by_name(group_part, etc_group)
         return uid or 0, gid or 0
     raise UserError(f"invalid USER value {userstr!r}")
+
+
+def member_gids(user: str, etc_passwd: str | None, etc_group: str | None) -> list[int]:
+    """The gids of the /etc/group entries listing `user` as a member (containerd's
+    WithAdditionalGIDs), in file order; the primary gid is not included.
+
+    `user` is a name or a uid; a uid is named through passwd, and a uid passwd does not
+    list (or a missing file) has no groups. A group named like the user is its own
+    primary group, not a supplementary one, and is skipped.
+    """
+    name = user
+    try:
+        uid = _go_atoi(user)
+    except ValueError:
+        uid = None
+    if uid is not None:
+        found = [e for e in parse_passwd(etc_passwd or "") if e.uid == uid]
+        if not found:
+            return []
+        name = found[0].name
+    if etc_group is None:
+        return []
+    return [
+        entry.gid & _UINT32
+        for entry in parse_group(etc_group)
+        if entry.name != name and name in entry.members
+    ]

@@ -9,6 +9,7 @@ sandbox instead of an error, and never a second one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import os
@@ -18,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -27,6 +28,7 @@ from criproxy.containerd import ContainerRecord, RuncOptions
 from criproxy.errors import (
     AlreadyExists,
     CriproxyError,
+    DeadlineExceeded,
     Internal,
     InvalidArgument,
     NotFound,
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("criproxy.sandbox")
 
 Undo = Callable[[], Awaitable[None]]
+PodHook = Callable[[str], Awaitable[None]]
+"""Called with a pod's id before the pod stops or goes (its containers stop and go first)."""
 STOP_TIMEOUT = 10.0
 RECONCILE_INTERVAL = 60.0
 _SETUP_LEASE = datetime.timedelta(hours=1)
@@ -90,6 +94,8 @@ class SandboxService:
         self._reservations: dict[str, _Reservation] = {}
         self._loops: dict[str, PodLoop] = {}
         self._tg: TaskGroup | None = None
+        self._stop_hooks: list[PodHook] = []
+        self._remove_hooks: list[PodHook] = []
         self._started = anyio.Event()
         self._recovered = anyio.Event()
         self.netns_dir = config.state / "netns"
@@ -136,6 +142,23 @@ class SandboxService:
             assert self._tg is not None
             self._tg.start_soon(loop.run)
         return loop
+
+    def on_stop(self, hook: PodHook) -> None:
+        self._stop_hooks.append(hook)
+
+    def on_remove(self, hook: PodHook) -> None:
+        self._remove_hooks.append(hook)
+
+    async def in_pod_loop(self, sandbox_id: str, job: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `job` in the pod's loop, serialised with every other change of the pod."""
+        if sandbox_id not in self._sandboxes:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        return await self._loop(sandbox_id).call(job)
+
+    def post_to_pod(self, sandbox_id: str, job: Callable[[], Awaitable[Any]]) -> None:
+        """Queue `job` in the pod's loop without waiting (containerd events)."""
+        if sandbox_id in self._sandboxes:
+            self._loop(sandbox_id).post(job)
 
     # --- queries (memory only: never wait on containerd or CNI) --------------------
 
@@ -244,17 +267,8 @@ class SandboxService:
     ) -> Sandbox:
         # Under a lease until the container record references the snapshot: containerd's
         # GC (which runs after enough mutations) collects an unreferenced fresh snapshot.
-        lease = await self._containerd.leases.create("criproxy-sandbox", _SETUP_LEASE)
-        try:
-            return await self._setup_leased(
-                self._containerd.with_lease(lease), sandbox_id, pod, handler, undos
-            )
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._containerd.leases.delete(lease)
-                except CriproxyError as err:  # it expires by itself; the pod is fine
-                    log.warning("setup lease not deleted", lease=lease, error=err.message)
+        async with self._containerd.leased("criproxy-sandbox", _SETUP_LEASE) as cd:
+            return await self._setup_leased(cd, sandbox_id, pod, handler, undos)
 
     async def _setup_leased(
         self,
@@ -329,7 +343,7 @@ class SandboxService:
                 labels={KIND_LABEL: "sandbox", **_cri_labels(pod)},
                 image=self._images.sandbox_image,
                 runtime=handler.runtime_type,
-                runtime_options=_runc_options(handler, self._config.cgroup_driver),
+                runtime_options=runc_options(handler, self._config.cgroup_driver),
                 spec=spec,
                 snapshotter=snapshotter,
                 snapshot_key=sandbox_id,
@@ -418,8 +432,8 @@ class SandboxService:
                 await tasks.kill(sandbox_id, signal.SIGKILL, all_processes=True)
             except NotFound:
                 return None
-            with anyio.move_on_after(STOP_TIMEOUT):
-                await tasks.wait(sandbox_id)
+            with contextlib.suppress(DeadlineExceeded):
+                await tasks.wait(sandbox_id, timeout=STOP_TIMEOUT)
         return await tasks.delete(sandbox_id)
 
     # --- stop and remove -------------------------------------------------------------
@@ -429,6 +443,8 @@ class SandboxService:
         sandbox = self.resolve(sandbox_id)
         if sandbox is None:
             return
+        for hook in self._stop_hooks:
+            await hook(sandbox.id)
         await self._loop(sandbox.id).call(lambda: self._stop(sandbox.id))
 
     async def _stop(self, sandbox_id: str) -> None:
@@ -477,6 +493,8 @@ class SandboxService:
         sandbox = self.resolve(sandbox_id)
         if sandbox is None:
             return
+        for hook in (*self._stop_hooks, *self._remove_hooks):
+            await hook(sandbox.id)
         loop = self._loop(sandbox.id)
         try:
             await loop.call(lambda: self._stop(sandbox.id))
@@ -669,7 +687,7 @@ def _cri_labels(pod: PodConfig) -> dict[str, str]:
     }
 
 
-def _runc_options(handler: RuntimeHandler, cgroup_driver: str) -> RuncOptions | None:
+def runc_options(handler: RuntimeHandler, cgroup_driver: str) -> RuncOptions | None:
     if handler.runtime_type != "io.containerd.runc.v2":
         return None
     opts = handler.options

@@ -20,13 +20,6 @@ if TYPE_CHECKING:
     from criproxy.sandbox.model import Sandbox
 
 
-def _own_oom_score_adj() -> int:
-    try:
-        return int(Path("/proc/self/oom_score_adj").read_text().strip())
-    except (OSError, ValueError):
-        return 0
-
-
 def build_spec(
     sandbox: Sandbox, image: ImageConfig, config: Config, restrict: RestrictOom
 ) -> dict[str, Any]:
@@ -34,7 +27,7 @@ def build_spec(
     pod = sandbox.config
     oom = DEFAULT_SANDBOX_OOM_SCORE_ADJ
     if host.restrict_oom_score_adj(restrict):
-        oom = restrict_oom_score_adj(oom, _own_oom_score_adj())
+        oom = restrict_oom_score_adj(oom, host.own_oom_score_adj())
     return sandbox_spec(
         SandboxSpecInput(
             id=sandbox.id,

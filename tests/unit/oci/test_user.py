@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from criproxy.oci import UserError, needs_lookup, resolve_user, user_string
-from criproxy.oci.user import parse_group, parse_passwd
+from criproxy.oci.user import member_gids, parse_group, parse_passwd
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh
@@ -98,3 +98,37 @@ def test_needs_lookup(userstr: str, expected: bool) -> None:
 def test_parsers_skip_blank_lines_and_group_comments() -> None:
     assert [e.name for e in parse_passwd(PASSWD)] == ["root", "www", "dup", "odd"]
     assert [(e.name, e.gid) for e in parse_group(GROUP)] == [("root", 0), ("staff", 50)]
+
+
+MEMBER_GROUP = """\
+www:x:1000:www
+staff:x:50:www,other
+wheel:x:10:root,www
+empty:x:7:
+"""
+
+
+@pytest.mark.parametrize(
+    ("user", "passwd", "group", "expected"),
+    [
+        ("www", PASSWD, MEMBER_GROUP, [50, 10]),  # file order; the own-name group is skipped
+        ("1000", PASSWD, MEMBER_GROUP, [50, 10]),  # a uid is named through passwd
+        ("0", PASSWD, MEMBER_GROUP, [10]),
+        ("42", PASSWD, MEMBER_GROUP, []),  # a uid passwd does not list has no groups
+        ("1000", None, MEMBER_GROUP, []),
+        ("www", PASSWD, None, []),
+        ("other", None, MEMBER_GROUP, [50]),  # a name needs no passwd
+        ("nobody", PASSWD, MEMBER_GROUP, []),
+    ],
+)
+def test_member_gids(user: str, passwd: str | None, group: str | None, expected: list[int]) -> None:
+    assert member_gids(user, passwd, group) == expected
+
+
+def test_group_members_are_parsed() -> None:
+    assert [(e.name, e.members) for e in parse_group(MEMBER_GROUP)] == [
+        ("www", ("www",)),
+        ("staff", ("www", "other")),
+        ("wheel", ("root", "www")),
+        ("empty", ()),
+    ]

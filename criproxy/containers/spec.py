@@ -1,0 +1,250 @@
+"""The host side of a container's OCI spec: read every fact the pure builder needs.
+
+`criproxy.oci.container_spec` is pure; this module does the I/O around it (the rootfs's
+/etc/passwd, device nodes, criproxy's own capabilities and oom score, a seccomp profile
+file, missing host directories of bind mounts) and runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from criproxy import host
+from criproxy.containers import rootfs
+from criproxy.containers.model import EffectiveUser
+from criproxy.errors import FailedPrecondition, InvalidArgument
+from criproxy.oci import ImageProcess, capabilities, seccomp
+from criproxy.oci.container import (
+    ContainerSpecInput,
+    HostDevice,
+    MountConfig,
+    PodFacts,
+    container_spec,
+    effective_user,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from criproxy.config import Config
+    from criproxy.containerd import Mount
+    from criproxy.images.store import Image
+    from criproxy.oci.container import ContainerConfig, DeviceConfig
+    from criproxy.sandbox.model import Sandbox
+
+
+@dataclass(frozen=True)
+class BuiltSpec:
+    spec: dict[str, Any]
+    user: EffectiveUser
+    stop_signal: str
+
+
+def build(
+    container_id: str,
+    config: ContainerConfig,
+    image: Image,
+    sandbox: Sandbox,
+    *,
+    mounts: Sequence[Mount],
+    cfg: Config,
+    volumes_dir: Path,
+    target_pid: int,
+) -> BuiltSpec:
+    """Blocking: call from a worker thread."""
+    image_config = image.content.config.raw.get("config") or {}
+    process = ImageProcess.from_image_config(image_config)
+    security = config.security
+    try:
+        passwd = rootfs.read_text(mounts, "/etc/passwd")
+        group = rootfs.read_text(mounts, "/etc/group")
+    except rootfs.UnreadableRootfs as err:
+        raise FailedPrecondition(f"cannot resolve the container's user: {err}") from None
+    for mount in config.mounts:
+        _ensure_host_path(mount)
+    bounding = capabilities.from_mask(host.capability_mask("CapBnd"))
+    profile = _localhost_seccomp(security.seccomp, security.privileged)
+    pod = sandbox.config
+    cgroups = host.cgroup_info()
+    inp = ContainerSpecInput(
+        id=container_id,
+        config=config,
+        image=process,
+        image_name=image.repo_tags[0] if image.repo_tags else config.image,
+        pod=PodFacts(
+            id=sandbox.id,
+            name=pod.metadata.name,
+            namespace=pod.metadata.namespace,
+            uid=pod.metadata.uid,
+            pid=sandbox.pid,
+            hostname=pod.hostname or os.uname().nodename,
+            files_dir=sandbox.files_dir,
+            shm=sandbox.shm,
+            cgroup_parent=pod.cgroup_parent,
+            network=pod.network,
+            ipc=pod.ipc,
+            privileged=pod.security.privileged,
+            annotations=pod.annotations,
+            sysctls=pod.sysctls,
+        ),
+        target_pid=target_pid,
+        host_devices=tuple(d for device in config.devices for d in _devices(device)),
+        all_host_devices=_all_host_devices() if security.privileged else (),
+        bounding_capabilities=bounding,
+        containerd_namespace=cfg.containerd.namespace,
+        cgroup_driver=cfg.cgroup_driver,
+        cgroup_v2=cgroups.version == 2,
+        swap_controller=host.swap_controller_available(),
+        hugetlb_controller="hugetlb" in cgroups.controllers,
+        own_oom_score_adj=(
+            host.own_oom_score_adj()
+            if host.restrict_oom_score_adj(cfg.restrict_oom_score_adj)
+            else None
+        ),
+        seccomp_profile=profile,
+        apparmor_enabled=_apparmor_enabled(),
+        etc_passwd=passwd,
+        etc_group=group,
+        volume_mounts=_image_volumes(image_config, config, volumes_dir),
+    )
+    spec = container_spec(inp)
+    uid, gid, groups = effective_user(inp)
+    stop_signal = str(image_config.get("StopSignal") or "SIGTERM")
+    return BuiltSpec(spec, EffectiveUser(uid, gid, tuple(groups)), _signal_name(stop_signal))
+
+
+def _ensure_host_path(mount: MountConfig) -> None:
+    """As containerd: a missing host path of a bind mount is created as a directory."""
+    if mount.image or not mount.host_path:
+        return
+    try:
+        os.stat(mount.host_path)
+    except FileNotFoundError:
+        try:
+            os.makedirs(mount.host_path, mode=0o755, exist_ok=True)
+        except OSError as err:
+            raise InvalidArgument(
+                f"mount {mount.container_path!r}: cannot create host path {mount.host_path!r}: "
+                f"{err.strerror}"
+            ) from None
+
+
+def _localhost_seccomp(profile: str, privileged: bool) -> dict[str, Any] | None:
+    """A `localhost/<path>` profile, read and parsed; the runtime default is built by the
+    spec itself from the container's own capabilities."""
+    if privileged or not profile.startswith("localhost/"):
+        return None
+    path = profile.removeprefix("localhost/")
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise InvalidArgument(f"seccomp profile {path!r} cannot be read: {err.strerror}") from None
+    return seccomp.parse_localhost_profile(text)
+
+
+_DEVICE_KINDS: dict[int, Literal["c", "b", "p"]] = {
+    stat.S_IFCHR: "c",
+    stat.S_IFBLK: "b",
+    stat.S_IFIFO: "p",
+}
+
+
+def _device(host_path: str, container_path: str, permissions: str) -> HostDevice | None:
+    st = os.stat(host_path)  # follows symlinks, as containerd's DeviceFromPath
+    kind = _DEVICE_KINDS.get(stat.S_IFMT(st.st_mode))
+    if kind is None:
+        return None
+    return HostDevice(
+        path=container_path,
+        kind=kind,
+        major=os.major(st.st_rdev),
+        minor=os.minor(st.st_rdev),
+        file_mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        permissions=permissions,
+    )
+
+
+def _devices(device: DeviceConfig) -> list[HostDevice]:
+    """A device node, or every device under a directory (containerd's WithDevices)."""
+    try:
+        if os.path.isdir(device.host_path):
+            found = []
+            for root, _, names in os.walk(device.host_path):
+                for name in names:
+                    path = os.path.join(root, name)
+                    rel = os.path.relpath(path, device.host_path)
+                    dev = _device(
+                        path, os.path.join(device.container_path, rel), device.permissions
+                    )
+                    if dev is not None:
+                        found.append(dev)
+            return found
+        dev = _device(device.host_path, device.container_path, device.permissions)
+    except OSError as err:
+        raise InvalidArgument(f"device {device.host_path!r}: {err.strerror}") from None
+    if dev is None:
+        raise InvalidArgument(f"device {device.host_path!r} is not a device node")
+    return [dev]
+
+
+def _all_host_devices() -> tuple[HostDevice, ...]:
+    """Every device node under /dev, as containerd's WithHostDevices."""
+    found = []
+    for root, dirs, names in os.walk("/dev"):
+        dirs[:] = [d for d in dirs if d not in ("pts", "shm", "mqueue")]
+        for name in names:
+            path = os.path.join(root, name)
+            if name == "console" and root == "/dev":
+                continue
+            try:
+                dev = _device(path, path, "rwm")
+            except OSError:
+                continue
+            if dev is not None and dev.kind != "p":
+                found.append(dev)
+    return tuple(found)
+
+
+@cache
+def _apparmor_enabled() -> bool:
+    try:
+        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def _image_volumes(
+    image_config: dict[str, Any], config: ContainerConfig, volumes_dir: Path
+) -> tuple[MountConfig, ...]:
+    """The image's VOLUMEs not covered by a CRI mount, each backed by a fresh directory."""
+    taken = {os.path.normpath(m.container_path) for m in config.mounts}
+    out = []
+    for path in sorted(image_config.get("Volumes") or {}):
+        dest = os.path.normpath(path)
+        if dest in taken:
+            continue
+        source = volumes_dir / hashlib.sha256(dest.encode()).hexdigest()[:32]
+        source.mkdir(parents=True, exist_ok=True, mode=0o755)
+        out.append(MountConfig(container_path=dest, host_path=str(source)))
+    return tuple(out)
+
+
+def _signal_name(value: str) -> str:
+    """An image's StopSignal (`SIGQUIT`, `QUIT` or `3`) as a signal name."""
+    text = value.strip().upper()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text)).name
+        except ValueError:
+            return "SIGTERM"
+    name = text if text.startswith("SIG") else f"SIG{text}"
+    return name if name in signal.Signals.__members__ else "SIGTERM"

@@ -1,0 +1,435 @@
+"""CRI containers over a real containerd and runc, in pods on a real CNI network."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from tests.integration.containers_env import ContainerEnv
+from tests.integration.pods_env import PodEnv
+from tests.support.images import ImageConfig, busybox_image
+
+BUSYBOX_REPO = "test/busybox"
+
+
+@pytest.fixture(scope="module")
+def ctr_env(pod_env: PodEnv, registry_http) -> Iterator[ContainerEnv]:  # type: ignore[no-untyped-def]
+    image = busybox_image(
+        config=ImageConfig(
+            env=("PATH=/bin:/usr/bin", "FROM_IMAGE=image", "OVERRIDE=image"),
+            entrypoint=("/bin/sh", "-c"),
+            cmd=("echo image-default",),
+            working_dir="/tmp",
+        )
+    )
+    registry_http.push(BUSYBOX_REPO, image, "1")
+    ref = registry_http.reference(BUSYBOX_REPO, "1")
+    pod_env.proxy.images.PullImage(
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=120
+    )
+    log_root = Path(tempfile.mkdtemp(prefix="cpx-logs-", dir="/tmp"))
+    env = ContainerEnv(pod_env, ref, log_root)
+    yield env
+    env.cleanup()
+    shutil.rmtree(log_root, ignore_errors=True)
+
+
+def test_command_args_env_and_working_dir_from_image_and_config(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("proc")
+    default = ctr_env.run(pod_id, pod, "default")
+    assert ctr_env.wait_exited(default).exit_code == 0
+    assert ctr_env.output(default) == "image-default\n"
+
+    custom = ctr_env.run(
+        pod_id,
+        pod,
+        "custom",
+        args=['echo "$FROM_IMAGE $OVERRIDE $FROM_CONFIG $HOSTNAME"; pwd'],
+        envs=[
+            api_pb2.KeyValue(key="OVERRIDE", value=b"config"),
+            api_pb2.KeyValue(key="FROM_CONFIG", value=b"yes"),
+        ],
+        working_dir="/home",
+    )
+    status = ctr_env.wait_exited(custom)
+    assert status.exit_code == 0, ctr_env.output(custom)
+    assert ctr_env.output(custom) == "image config yes proc\n/home\n"
+    assert status.reason == "Completed"
+    assert status.image_id.startswith("sha256:")
+    assert status.image.image == ctr_env.image
+
+    replaced = ctr_env.run(pod_id, pod, "replaced", command=["/bin/echo"], args=["a", "b"])
+    ctr_env.wait_exited(replaced)
+    assert ctr_env.output(replaced) == "a b\n"
+
+
+def test_exit_codes_and_reasons(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("exits")
+    ok = ctr_env.run(pod_id, pod, "ok", args=["exit 0"])
+    fail = ctr_env.run(pod_id, pod, "fail", args=["exit 3"])
+    s_ok, s_fail = ctr_env.wait_exited(ok), ctr_env.wait_exited(fail)
+    assert (s_ok.exit_code, s_ok.reason) == (0, "Completed")
+    assert (s_fail.exit_code, s_fail.reason) == (3, "Error")
+    assert s_fail.started_at > 0 and s_fail.finished_at >= s_fail.started_at
+
+    killed = ctr_env.run(pod_id, pod, "killed", args=["sleep 1000"])
+    assert ctr_env.status(killed).status.state == api_pb2.CONTAINER_RUNNING
+    ctr_env.stop(killed, timeout=0)
+    s_killed = ctr_env.status(killed).status
+    assert s_killed.state == api_pb2.CONTAINER_EXITED
+    assert (s_killed.exit_code, s_killed.reason) == (137, "Error")
+    ctr_env.stop(killed)  # idempotent
+
+
+def test_stop_kills_a_process_that_ignores_sigterm_after_the_timeout(
+    ctr_env: ContainerEnv,
+) -> None:
+    pod_id, pod = ctr_env.pod("stubborn")
+    container = ctr_env.run(pod_id, pod, "stubborn", args=["trap '' TERM; sleep 1000 & wait"])
+    time.sleep(0.3)
+    started = time.monotonic()
+    ctr_env.stop(container, timeout=2)
+    took = time.monotonic() - started
+    status = ctr_env.status(container).status
+    assert status.state == api_pb2.CONTAINER_EXITED
+    assert status.exit_code == 137
+    assert 1.5 < took < 15
+
+    polite = ctr_env.run(pod_id, pod, "polite", args=["trap 'exit 7' TERM; sleep 1000 & wait"])
+    time.sleep(0.3)
+    ctr_env.stop(polite, timeout=30)
+    assert ctr_env.status(polite).status.exit_code == 7
+
+
+def test_log_lines_land_in_order_with_streams_and_partial_tags(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("logs")
+    long_line = "x" * 40000
+    script = (
+        "echo out1; echo err1 >&2; echo out2; printf '\\r\\n'; "
+        f"printf '{long_line}\\n'; printf 'tail-without-newline'"
+    )
+    container = ctr_env.run(pod_id, pod, "logger", args=[script])
+    ctr_env.wait_exited(container)
+    entries = ctr_env.log_entries(container)
+    stdout = [(tag, content) for stream, tag, content in entries if stream == "stdout"]
+    stderr = [(tag, content) for stream, tag, content in entries if stream == "stderr"]
+    assert stderr == [("F", "err1")]
+    assert stdout[:3] == [("F", "out1"), ("F", "out2"), ("F", "")]
+    chunks = stdout[3:-1]
+    assert [tag for tag, _ in chunks] == ["P", "P", "F"]  # 16 KiB lines at most
+    assert "".join(c for _, c in chunks) == long_line
+    assert max(len(c) for _, c in chunks) == 16 * 1024
+    assert stdout[-1] == ("P", "tail-without-newline")
+
+
+def test_reopen_container_log_after_rename(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("rotate")
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "ticker",
+        args=["i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.05; done"],
+    )
+    path = ctr_env.log_path(container)
+    time.sleep(0.5)
+    rotated = path.with_name(path.name + ".1")
+    path.rename(rotated)
+    ctr_env.runtime.ReopenContainerLog(
+        api_pb2.ReopenContainerLogRequest(container_id=container), timeout=30
+    )
+    time.sleep(0.5)
+    ctr_env.stop(container)
+    old = [line.split(" ", 3)[3] for line in rotated.read_text().splitlines()]
+    new = [line.split(" ", 3)[3] for line in path.read_text().splitlines()]
+    assert old and new
+    numbers = [int(x.removeprefix("tick")) for x in old + new]
+    assert numbers == list(range(len(numbers)))  # nothing lost, nothing twice
+
+
+def test_exec_sync_output_exit_code_and_timeout(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("exec")
+    container = ctr_env.run(pod_id, pod, "sleeper", args=["sleep 1000"])
+    result = ctr_env.exec(container, "sh", "-c", "echo hello; echo oops >&2; exit 4")
+    assert (result.stdout, result.stderr, result.exit_code) == (b"hello\n", b"oops\n", 4)
+
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        ctr_env.exec(container, "sleep", "30", timeout=1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 3
+    # the timed-out process was killed
+    ps = ctr_env.exec(container, "ps", "-o", "args").stdout.decode()
+    assert "sleep 30" not in ps
+
+
+def test_twenty_concurrent_exec_syncs_all_complete(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("execs")
+    container = ctr_env.run(pod_id, pod, "target", args=["sleep 1000"])
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            results[i] = ctr_env.exec(container, "sh", "-c", f"sleep 0.2; echo {i}").stdout
+        except BaseException as err:  # collected for the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert results == {i: f"{i}\n".encode() for i in range(20)}
+
+
+def test_non_root_image_user_and_supplemental_groups(
+    ctr_env: ContainerEnv,
+    registry_http,  # type: ignore[no-untyped-def]
+) -> None:
+    image = busybox_image(config=ImageConfig(user="tester", cmd=("sleep", "1000")))
+    registry_http.push(BUSYBOX_REPO, image, "user")
+    ref = registry_http.reference(BUSYBOX_REPO, "user")
+    ctr_env.pods.proxy.images.PullImage(
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=120
+    )
+    pod_id, pod = ctr_env.pod("users")
+    container = ctr_env.run(pod_id, pod, "tester", image=ref)
+    ids = ctr_env.exec(container, "id").stdout.decode()
+    assert "uid=1000(tester) gid=1000(tester)" in ids
+    assert "50(staff)" in ids and "33(www-data)" in ids
+    user = ctr_env.status(container).status.user.linux
+    assert (user.uid, user.gid) == (1000, 1000)
+    assert {50, 33} <= set(user.supplemental_groups)
+
+    strict = ctr_env.run(
+        pod_id,
+        pod,
+        "strict",
+        image=ref,
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                supplemental_groups=[4242],
+                supplemental_groups_policy=api_pb2.Strict,
+            )
+        ),
+    )
+    groups = ctr_env.exec(strict, "id", "-G").stdout.decode().split()
+    assert "50" not in groups and "4242" in groups
+
+
+def test_security_context_is_enforced(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("secure")
+    ro = ctr_env.run(
+        pod_id,
+        pod,
+        "ro",
+        args=["sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(readonly_rootfs=True)
+        ),
+    )
+    assert ctr_env.exec(ro, "touch", "/newfile").exit_code != 0
+    assert ctr_env.exec(ro, "touch", "/tmp/../etc/x").exit_code != 0
+
+    nochown = ctr_env.run(
+        pod_id,
+        pod,
+        "nochown",
+        args=["sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                capabilities=api_pb2.Capability(drop_capabilities=["CHOWN"])
+            )
+        ),
+    )
+    assert ctr_env.exec(nochown, "chown", "1000", "/tmp").exit_code != 0
+    withchown = ctr_env.run(pod_id, pod, "withchown", args=["sleep 1000"])
+    assert ctr_env.exec(withchown, "chown", "1000", "/tmp").exit_code == 0
+
+    seccomp = ctr_env.run(
+        pod_id,
+        pod,
+        "seccomp",
+        args=["sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                seccomp=api_pb2.SecurityProfile(
+                    profile_type=api_pb2.SecurityProfile.RuntimeDefault
+                ),
+            )
+        ),
+    )
+    # The default profile refuses new namespaces without CAP_SYS_ADMIN...
+    blocked = ctr_env.exec(seccomp, "unshare", "-U", "true")
+    assert blocked.exit_code != 0
+    unconfined = ctr_env.run(pod_id, pod, "unconfined", args=["sleep 1000"])
+    # ...while without a profile a user namespace is allowed.
+    assert ctr_env.exec(unconfined, "unshare", "-U", "true").exit_code == 0
+
+
+def test_privileged_container_sees_host_devices(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod(
+        "priv",
+        linux=api_pb2.LinuxPodSandboxConfig(
+            security_context=api_pb2.LinuxSandboxSecurityContext(privileged=True)
+        ),
+    )
+    privileged = ctr_env.run(
+        pod_id,
+        pod,
+        "priv",
+        args=["sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(privileged=True)
+        ),
+    )
+    plain = ctr_env.run(pod_id, pod, "plain", args=["sleep 1000"])
+    host_only = "loop-control" if os.path.exists("/dev/loop-control") else "kmsg"
+    assert ctr_env.exec(privileged, "ls", f"/dev/{host_only}").exit_code == 0
+    assert ctr_env.exec(plain, "ls", f"/dev/{host_only}").exit_code != 0
+
+
+def test_memory_limit_is_the_cgroups_and_oom_is_reported(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("memory")
+    limit = 32 * 1024 * 1024
+    resources = api_pb2.LinuxContainerResources(
+        memory_limit_in_bytes=limit, memory_swap_limit_in_bytes=limit
+    )
+    limited = ctr_env.run(
+        pod_id,
+        pod,
+        "limited",
+        args=["sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(resources=resources),
+    )
+    cgroup_value = ctr_env.exec(limited, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    if cgroup_value.exit_code != 0:  # cgroup v2 layout
+        cgroup_value = ctr_env.exec(limited, "cat", "/sys/fs/cgroup/memory.max")
+    assert int(cgroup_value.stdout) == limit
+    assert ctr_env.status(limited).status.resources.linux.memory_limit_in_bytes == limit
+
+    hog = ctr_env.run(
+        pod_id,
+        pod,
+        "hog",
+        args=["x=$(yes 0123456789abcdef | head -c 200000000); echo survived"],
+        linux=api_pb2.LinuxContainerConfig(resources=resources),
+    )
+    status = ctr_env.wait_exited(hog, timeout=60)
+    assert status.reason == "OOMKilled", (status.exit_code, ctr_env.output(hog))
+    assert status.exit_code == 137
+
+
+def test_validation_and_unknown_ids(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("validate")
+    runtime = ctr_env.runtime
+
+    def code(call, request) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=30)
+        return err.value.code()  # type: ignore[no-any-return]
+
+    escaping = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="bad"),
+        image=api_pb2.ImageSpec(image=ctr_env.image),
+        log_path="../../etc/evil.log",
+    )
+    assert (
+        code(
+            runtime.CreateContainer,
+            api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=escaping),
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    no_name = api_pb2.ContainerConfig(image=api_pb2.ImageSpec(image=ctr_env.image))
+    assert (
+        code(
+            runtime.CreateContainer,
+            api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=no_name),
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    missing_image = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="noimage"),
+        image=api_pb2.ImageSpec(image="example.invalid/none:1"),
+    )
+    assert (
+        code(
+            runtime.CreateContainer,
+            api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=missing_image),
+        )
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code(runtime.ContainerStatus, api_pb2.ContainerStatusRequest(container_id=""))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code(runtime.ContainerStatus, api_pb2.ContainerStatusRequest(container_id="f" * 64))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code(runtime.StartContainer, api_pb2.StartContainerRequest(container_id="f" * 64))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    ctr_env.remove("f" * 64)  # removing an unknown container is fine
+
+    first = ctr_env.create(pod_id, pod, "twice", args=["true"])
+    with pytest.raises(grpc.RpcError) as err:
+        ctr_env.create(pod_id, pod, "twice", args=["true"])
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert first in str(err.value.details())
+    # nothing of the refused ones is left
+    names = [
+        c.metadata.name for c in runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    ]
+    assert "bad" not in names and "noimage" not in names
+
+
+def test_list_filters_and_remove_cleans_up(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("listing")
+    running = ctr_env.run(pod_id, pod, "running", args=["sleep 1000"], labels={"tier": "a"})
+    created = ctr_env.create(pod_id, pod, "created", args=["true"], labels={"tier": "b"})
+    runtime = ctr_env.runtime
+
+    def ids(**flt: object) -> set[str]:
+        request = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(**flt))  # type: ignore[arg-type]
+        return {c.id for c in runtime.ListContainers(request).containers}
+
+    assert ids(pod_sandbox_id=pod_id) == {running, created}
+    assert ids(id=running[:10]) == {running}
+    assert ids(label_selector={"tier": "b"}) == {created}
+    assert ids(
+        pod_sandbox_id=pod_id,
+        state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING),
+    ) == {running}
+    io_dir = ctr_env.pods.proxy.state / "containers" / running
+    assert io_dir.exists()
+    ctr_env.remove(running)
+    ctr_env.remove(running)
+    assert ids(pod_sandbox_id=pod_id) == {created}
+    assert not io_dir.exists()
+    assert running not in ctr_env.pods.ctr("containers", "ls", "-q").stdout
+    assert running not in ctr_env.pods.ctr("snapshots", "ls").stdout
+
+
+def test_stop_and_remove_pod_take_its_containers(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("podstop")
+    a = ctr_env.run(pod_id, pod, "a", args=["sleep 1000"])
+    b = ctr_env.run(pod_id, pod, "b", args=["sleep 1000"])
+    ctr_env.pods.stop(pod_id)
+    assert {ctr_env.status(c).status.state for c in (a, b)} == {api_pb2.CONTAINER_EXITED}
+    ctr_env.pods.remove(pod_id)
+    listed = ctr_env.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    assert not {a, b} & {c.id for c in listed}
+    assert a not in ctr_env.pods.ctr("containers", "ls", "-q").stdout
