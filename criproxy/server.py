@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
 from criproxy.containers.service import ContainerService
+from criproxy.containers.usage import UsageService
 from criproxy.cri import ImageServicer, RuntimeServicer, service_handler
 from criproxy.errors import CriproxyError
 from criproxy.events import EventLoop
@@ -29,6 +31,8 @@ from criproxy.sandbox.service import SandboxService
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from anyio.abc import TaskGroup
 
     from criproxy.config import Config
 
@@ -70,17 +74,47 @@ def _bind(server: grpc.aio.Server, path: Path) -> None:
         os.umask(old)
 
 
-def _build_server(
-    node: Node, images: ImageService, sandboxes: SandboxService, containers: ContainerService
-) -> grpc.aio.Server:
+@dataclasses.dataclass(frozen=True)
+class _Domain:
+    """The domain services, wired to one containerd."""
+
+    node: Node
+    images: ImageService
+    sandboxes: SandboxService
+    containers: ContainerService
+    usage: UsageService
+
+    @classmethod
+    def build(cls, config: Config, containerd: Containerd) -> _Domain:
+        images = ImageService(config, containerd)
+        sandboxes = SandboxService(config, containerd, images)
+        containers = ContainerService(config, containerd, images, sandboxes)
+        usage = UsageService(
+            containerd, config.containerd.snapshotter, images, sandboxes, containers
+        )
+        return cls(Node(config, containerd), images, sandboxes, containers, usage)
+
+    def events(self, containerd: Containerd) -> EventLoop:
+        return EventLoop(
+            containerd,
+            recover=[self.images.recover, self.sandboxes.recover, self.containers.recover],
+            handlers=[self.images.on_event, self.sandboxes.on_event, self.containers.on_event],
+        )
+
+    def start_background(self, tg: TaskGroup) -> None:
+        tg.start_soon(self.sandboxes.run)
+        tg.start_soon(self.containers.run)
+        tg.start_soon(self.usage.run)
+
+
+def _build_server(domain: _Domain) -> grpc.aio.Server:
     services = api_pb2.DESCRIPTOR.services_by_name
+    runtime = RuntimeServicer(domain.node, domain.sandboxes, domain.containers, domain.usage)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers(
         [
-            service_handler(
-                services["RuntimeService"], RuntimeServicer(node, sandboxes, containers)
-            ),
-            service_handler(services["ImageService"], ImageServicer(images)),
+            service_handler(services["RuntimeService"], runtime),
+            service_handler(services["ImageService"], ImageServicer(domain.images)),
         ]
     )
     return server
@@ -119,22 +153,14 @@ async def serve(config: Config) -> None:
             stack.push_async_callback(containerd.close)
             managed = await _start_managed(config, containerd, stack) if config.managed else None
 
-            node = Node(config, containerd)
-            images = ImageService(config, containerd)
-            stack.push_async_callback(images.close)
-            sandboxes = SandboxService(config, containerd, images)
-            containers = ContainerService(config, containerd, images, sandboxes)
-            events = EventLoop(
-                containerd,
-                recover=[images.recover, sandboxes.recover, containers.recover],
-                handlers=[images.on_event, sandboxes.on_event, containers.on_event],
-            )
+            domain = _Domain.build(config, containerd)
+            stack.push_async_callback(domain.images.close)
+            events = domain.events(containerd)
 
             async with anyio.create_task_group() as tg:
                 if managed is not None:
                     tg.start_soon(managed.supervise)
-                tg.start_soon(sandboxes.run)
-                tg.start_soon(containers.run)
+                domain.start_background(tg)
                 tg.start_soon(events.run)
                 # Answer List/Status from a filled index right away, unless containerd is
                 # down: then serve anyway (Status says so) and fill it when it is back.
@@ -142,7 +168,7 @@ async def serve(config: Config) -> None:
                     await events.ready.wait()
                 if not events.ready.is_set():
                     log.warning("serving before the first recovery; containerd is not answering")
-                server = _build_server(node, images, sandboxes, containers)
+                server = _build_server(domain)
                 try:
                     _bind(server, config.listen)
                 except RuntimeError as err:

@@ -133,6 +133,10 @@ class ContainerService:
         self._require_recovered()
         return list(self._containers.values())
 
+    def all_if_ready(self) -> list[Container]:
+        """Every container, or none before the first recovery (background work)."""
+        return list(self._containers.values()) if self._recovered.is_set() else []
+
     def spec(self, container_id: str) -> dict[str, Any] | None:
         return self._specs.get(container_id)
 
@@ -542,8 +546,8 @@ class ContainerService:
                 continue
             try:
                 container = Container.from_json(raw)
-            except (ValueError, TypeError, KeyError) as err:
-                log.warning("container record unreadable", container=record.id, error=str(err))
+            except Exception as err:  # one bad record must not stop the recovery
+                log.error("container record unreadable", container=record.id, error=repr(err))
                 continue
             container = await self._recovered_state(container, tasks.get(container.id))
             self._containers[container.id] = container

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 
 from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.containers import stats
 from criproxy.cri import container as container_cri
 from criproxy.cri import sandbox as sandbox_cri
 from criproxy.errors import InvalidArgument
@@ -19,9 +20,12 @@ if TYPE_CHECKING:
     from google.protobuf.message import Message
 
     from criproxy.containers.events import ContainerEvent
+    from criproxy.containers.model import Container
     from criproxy.containers.service import ContainerService
+    from criproxy.containers.usage import UsageService
     from criproxy.cri.handlers import Context
     from criproxy.node import Node
+    from criproxy.sandbox.model import Sandbox
     from criproxy.sandbox.service import SandboxService
 
 CRI_VERSION = "0.1.0"
@@ -60,10 +64,125 @@ _CGROUP_DRIVERS = {"systemd": api_pb2.SYSTEMD, "cgroupfs": api_pb2.CGROUPFS}
 class RuntimeServicer:
     """The rpcs of runtime.v1.RuntimeService built so far; the rest answer UNIMPLEMENTED."""
 
-    def __init__(self, node: Node, sandboxes: SandboxService, containers: ContainerService) -> None:
+    def __init__(
+        self,
+        node: Node,
+        sandboxes: SandboxService,
+        containers: ContainerService,
+        usage: UsageService,
+    ) -> None:
         self._node = node
         self._sandboxes = sandboxes
         self._containers = containers
+        self._usage = usage
+
+    # --- stats and metrics ------------------------------------------------------------
+
+    async def ContainerStats(  # noqa: N802
+        self, request: api_pb2.ContainerStatsRequest, context: Context
+    ) -> api_pb2.ContainerStatsResponse:
+        container = self._containers.get(request.container_id)
+        (item,) = await self._usage.container_stats([container])
+        return api_pb2.ContainerStatsResponse(stats=item)
+
+    async def ListContainerStats(  # noqa: N802
+        self, request: api_pb2.ListContainerStatsRequest, context: Context
+    ) -> api_pb2.ListContainerStatsResponse:
+        items = await self._usage.container_stats(self._stats_containers(request.filter))
+        return api_pb2.ListContainerStatsResponse(stats=items)
+
+    async def StreamContainerStats(  # noqa: N802
+        self, request: api_pb2.StreamContainerStatsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
+        items = await self._usage.container_stats(self._stats_containers(request.filter))
+        for start in range(0, max(len(items), 1), _STREAM_BATCH):
+            yield api_pb2.StreamContainerStatsResponse(
+                container_stats=items[start : start + _STREAM_BATCH]
+            )
+
+    def _stats_containers(self, flt: api_pb2.ContainerStatsFilter) -> list[Container]:
+        """As containerd: only running containers have stats in the lists."""
+        as_list = api_pb2.ContainerFilter(
+            id=flt.id, pod_sandbox_id=flt.pod_sandbox_id, label_selector=flt.label_selector
+        )
+        resolved = self._resolve_container(flt.id)
+        if resolved is None and flt.id:
+            return []
+        return [
+            c
+            for c in self._containers.all()
+            if c.state == "running"
+            and container_cri.matches(c, as_list, resolved.id if resolved else "")
+        ]
+
+    def _resolve_container(self, container_id: str) -> Container | None:
+        if not container_id:
+            return None
+        try:
+            return self._containers.resolve(container_id)
+        except InvalidArgument:
+            return None
+
+    async def PodSandboxStats(  # noqa: N802
+        self, request: api_pb2.PodSandboxStatsRequest, context: Context
+    ) -> api_pb2.PodSandboxStatsResponse:
+        sandbox = self._sandboxes.get(request.pod_sandbox_id)
+        (item,) = await self._usage.pod_stats([sandbox])
+        return api_pb2.PodSandboxStatsResponse(stats=item)
+
+    async def ListPodSandboxStats(  # noqa: N802
+        self, request: api_pb2.ListPodSandboxStatsRequest, context: Context
+    ) -> api_pb2.ListPodSandboxStatsResponse:
+        items = await self._usage.pod_stats(self._stats_pods(request.filter))
+        return api_pb2.ListPodSandboxStatsResponse(stats=items)
+
+    async def StreamPodSandboxStats(  # noqa: N802
+        self, request: api_pb2.StreamPodSandboxStatsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
+        items = await self._usage.pod_stats(self._stats_pods(request.filter))
+        for start in range(0, max(len(items), 1), _STREAM_BATCH):
+            yield api_pb2.StreamPodSandboxStatsResponse(
+                pod_sandbox_stats=items[start : start + _STREAM_BATCH]
+            )
+
+    def _stats_pods(self, flt: api_pb2.PodSandboxStatsFilter) -> list[Sandbox]:
+        """As containerd: the ready pods only."""
+        as_list = api_pb2.PodSandboxFilter(id=flt.id, label_selector=flt.label_selector)
+        try:
+            resolved = self._sandboxes.resolve(flt.id) if flt.id else None
+        except InvalidArgument:
+            return []
+        if flt.id and resolved is None:
+            return []
+        resolved_id = resolved.id if resolved else ""
+        return [
+            s
+            for s in self._sandboxes.pods()
+            if s.state == "ready" and sandbox_cri.matches(s, as_list, resolved_id)
+        ]
+
+    async def ListMetricDescriptors(  # noqa: N802
+        self, request: api_pb2.ListMetricDescriptorsRequest, context: Context
+    ) -> api_pb2.ListMetricDescriptorsResponse:
+        return api_pb2.ListMetricDescriptorsResponse(descriptors=stats.metric_descriptors())
+
+    async def ListPodSandboxMetrics(  # noqa: N802
+        self, request: api_pb2.ListPodSandboxMetricsRequest, context: Context
+    ) -> api_pb2.ListPodSandboxMetricsResponse:
+        pods = [s for s in self._sandboxes.pods() if s.state == "ready"]
+        return api_pb2.ListPodSandboxMetricsResponse(
+            pod_metrics=await self._usage.pod_metrics(pods)
+        )
+
+    async def StreamPodSandboxMetrics(  # noqa: N802
+        self, request: api_pb2.StreamPodSandboxMetricsRequest, context: Context
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
+        pods = [s for s in self._sandboxes.pods() if s.state == "ready"]
+        items = await self._usage.pod_metrics(pods)
+        for start in range(0, max(len(items), 1), _STREAM_BATCH):
+            yield api_pb2.StreamPodSandboxMetricsResponse(
+                pod_sandbox_metrics=items[start : start + _STREAM_BATCH]
+            )
 
     # --- containers ------------------------------------------------------------------
 

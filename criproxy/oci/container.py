@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+from collections.abc import Mapping  # noqa: TC003 (records resolve these hints at runtime)
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -46,7 +47,7 @@ from criproxy.oci.spec import (
 from criproxy.oci.user import member_gids, resolve_user, user_string
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable
 
 Propagation = Literal["private", "rslave", "rshared"]
 """CRI's MountPropagation: PROPAGATION_PRIVATE, _HOST_TO_CONTAINER, _BIDIRECTIONAL."""

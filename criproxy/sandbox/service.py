@@ -181,6 +181,10 @@ class SandboxService:
             raise NotFound(f"pod sandbox {sandbox_id!r} not found")
         return found
 
+    def pods_if_ready(self) -> list[Sandbox]:
+        """Every pod, or none before the first recovery (background work)."""
+        return list(self._sandboxes.values()) if self._recovered.is_set() else []
+
     def pods(self) -> list[Sandbox]:
         self._require_recovered()
         return [s for s in self._sandboxes.values() if s.state != "creating"]

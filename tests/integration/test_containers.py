@@ -433,3 +433,111 @@ def test_stop_and_remove_pod_take_its_containers(ctr_env: ContainerEnv) -> None:
     listed = ctr_env.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
     assert not {a, b} & {c.id for c in listed}
     assert a not in ctr_env.pods.ctr("containers", "ls", "-q").stdout
+
+
+def test_stats_are_non_zero_and_move_when_the_container_allocates(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("stats")
+    container = ctr_env.run(pod_id, pod, "stats", args=["sleep 1000"])
+    runtime = ctr_env.runtime
+    request = api_pb2.ContainerStatsRequest(container_id=container)
+    first = runtime.ContainerStats(request, timeout=30).stats
+    assert first.attributes.id == container
+    assert first.attributes.metadata.name == "stats"
+    assert first.cpu.usage_core_nano_seconds.value > 0
+    assert first.memory.working_set_bytes.value > 0
+    assert first.writable_layer.fs_id.mountpoint
+
+    # 24 MiB in the pod's tmpfs /dev/shm are charged to the writer's memory cgroup
+    fill = ctr_env.exec(
+        container,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24; "
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+    )
+    assert fill.exit_code == 0, fill.stderr
+    second = runtime.ContainerStats(request, timeout=30).stats
+    grown = second.memory.usage_bytes.value - first.memory.usage_bytes.value
+    assert grown > 20 * 1024 * 1024
+    assert second.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
+    assert second.cpu.usage_nano_cores.value > 0
+
+    listed = runtime.ListContainerStats(
+        api_pb2.ListContainerStatsRequest(
+            filter=api_pb2.ContainerStatsFilter(pod_sandbox_id=pod_id)
+        ),
+        timeout=30,
+    ).stats
+    assert [s.attributes.id for s in listed] == [container]
+
+    ctr_env.exec(container, "ping", "-c", "1", "-W", "1", pod_env_gateway(ctr_env, pod_id))
+    pod_stats = runtime.PodSandboxStats(
+        api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod_id), timeout=30
+    ).stats
+    assert pod_stats.attributes.id == pod_id
+    assert pod_stats.linux.memory.working_set_bytes.value >= second.memory.working_set_bytes.value
+    assert pod_stats.linux.network.default_interface.name == "eth0"
+    assert pod_stats.linux.network.default_interface.tx_bytes.value > 0
+    assert pod_stats.linux.process.process_count.value >= 2
+    assert [c.attributes.id for c in pod_stats.linux.containers] == [container]
+
+    descriptors = runtime.ListMetricDescriptors(api_pb2.ListMetricDescriptorsRequest()).descriptors
+    names = {d.name for d in descriptors}
+    assert "container_memory_working_set_bytes" in names
+    metrics = runtime.ListPodSandboxMetrics(api_pb2.ListPodSandboxMetricsRequest()).pod_metrics
+    mine = [m for m in metrics if m.pod_sandbox_id == pod_id]
+    assert mine and any(
+        m.name == "container_memory_working_set_bytes" and m.value.value > 0
+        for c in mine[0].container_metrics
+        for m in c.metrics
+    )
+
+
+def pod_env_gateway(ctr_env: ContainerEnv, pod_id: str) -> str:
+    """The bridge's address: the first of the pod's subnet."""
+    ip = ctr_env.pods.status(pod_id).status.network.ip
+    a, b, _, _ = ip.split(".")
+    return f"{a}.{b}.0.1"
+
+
+def test_kill_9_keeps_every_container_and_its_log_keeps_flowing(ctr_env: ContainerEnv) -> None:
+    proxy = ctr_env.pods.proxy
+    pod_id, pod = ctr_env.pod("restart")
+    ticker = ctr_env.run(
+        pod_id,
+        pod,
+        "ticker",
+        args=["i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.1; done"],
+    )
+    done = ctr_env.run(pod_id, pod, "done", args=["exit 5"])
+    ctr_env.wait_exited(done)
+    dying = ctr_env.run(pod_id, pod, "dying", args=["sleep 1.5; exit 9"])
+    created = ctr_env.create(pod_id, pod, "created", args=["true"])
+    ids = (ticker, done, dying, created)
+    before = {c: ctr_env.status(c).status for c in ids}
+
+    proxy.kill()
+    time.sleep(3)  # `dying` exits while nobody listens; the ticker's output waits in its FIFO
+    proxy.start()
+
+    after = {c: ctr_env.status(c).status for c in ids}
+    for c in ids:
+        assert after[c].id == before[c].id
+        assert after[c].created_at == before[c].created_at
+        assert after[c].log_path == before[c].log_path
+    assert after[ticker].state == api_pb2.CONTAINER_RUNNING
+    assert after[ticker].started_at == before[ticker].started_at
+    assert after[done].state == api_pb2.CONTAINER_EXITED
+    assert (after[done].exit_code, after[done].finished_at) == (5, before[done].finished_at)
+    assert after[dying].state == api_pb2.CONTAINER_EXITED
+    assert (after[dying].exit_code, after[dying].reason) == (9, "Error")
+    assert after[dying].finished_at > before[dying].started_at
+    assert after[created].state == api_pb2.CONTAINER_CREATED
+
+    time.sleep(0.5)
+    ctr_env.stop(ticker)
+    ticks = [int(content.removeprefix("tick")) for _, _, content in ctr_env.log_entries(ticker)]
+    assert len(ticks) > 30
+    assert ticks == list(range(len(ticks)))  # nothing lost across the restart
+    ctr_env.start(created)
+    assert ctr_env.wait_exited(created).exit_code == 0
