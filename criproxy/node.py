@@ -39,6 +39,37 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class HandlerFeatures:
+    recursive_read_only_mounts: bool = False
+    user_namespaces: bool = False
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        parts = platform.release().split(".")
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
+def probe_handler_features(binary: str) -> HandlerFeatures:
+    """What a runtime binary can do, from its `features` command (runc >= 1.1), as
+    containerd 2.x probes it. Blocking: call from a worker thread."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            [binary, "features"], capture_output=True, timeout=10, check=True
+        ).stdout
+        features = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return HandlerFeatures()
+    # rro needs mount_setattr(2) (Linux 5.12) besides the runtime's support.
+    rro = "rro" in (features.get("mountOptions") or []) and _kernel_at_least(5, 12)
+    return HandlerFeatures(recursive_read_only_mounts=rro)
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     conditions: tuple[Condition, ...]
     containerd: ContainerdVersion | None
@@ -53,6 +84,7 @@ class Node:
         self.containerd = containerd
         self._cidr_file: Path = config.state / "pod-cidr"
         self._pod_cidr = ""
+        self._features: dict[str, HandlerFeatures] = {}
         with contextlib.suppress(OSError):
             self._pod_cidr = self._cidr_file.read_text().strip()
 
@@ -73,6 +105,16 @@ class Node:
         await anyio.to_thread.run_sync(write)
         self._pod_cidr = cidr
         log.info("pod CIDR updated", pod_cidr=cidr)
+
+    async def handler_features(self, name: str) -> HandlerFeatures:
+        """Probed once per handler (the binaries do not change under a running criproxy)."""
+        found = self._features.get(name)
+        if found is None:
+            handler = self.config.runtimes[name]
+            binary = str(handler.options.get("BinaryName") or "runc")
+            found = await anyio.to_thread.run_sync(probe_handler_features, binary)
+            self._features[name] = found
+        return found
 
     async def status(self) -> NodeStatus:
         runtime, version = await self._runtime_condition()

@@ -67,6 +67,7 @@ KILL_WAIT = 10.0
 IO_DRAIN = 2.0
 """How long an exited container's output may still flow (children holding the FIFOs)."""
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+RECONCILE_INTERVAL = 60.0
 START_ERROR_EXIT_CODE = 128
 UNKNOWN_EXIT_CODE = 255
 
@@ -99,11 +100,31 @@ class ContainerService:
         sandboxes.on_remove(self._remove_pod_containers)
 
     async def run(self) -> None:
-        """Owns the containers' IO pumps; runs until cancelled (server shutdown)."""
+        """Owns the containers' IO pumps; runs until cancelled (server shutdown).
+
+        Every RECONCILE_INTERVAL it also compares running containers with their tasks, so
+        an exit whose event was lost is recorded anyway.
+        """
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._started.set()
-            await anyio.sleep_forever()
+            while True:
+                await anyio.sleep(RECONCILE_INTERVAL)
+                if self._recovered.is_set():
+                    await self._reconcile_all()
+
+    async def _reconcile_all(self) -> None:
+        try:
+            tasks = {t.container_id: t for t in await self._containerd.tasks.list()}
+        except CriproxyError as err:
+            log.debug("periodic reconcile skipped", error=err.message)
+            return
+        for container in list(self._containers.values()):
+            task = tasks.get(container.id)
+            if container.state == "running" and (task is None or task.status == "stopped"):
+                self._sandboxes.post_to_pod(
+                    container.sandbox_id, functools.partial(self._reconcile, container.id)
+                )
 
     # --- queries (memory only) -------------------------------------------------------
 

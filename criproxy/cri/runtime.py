@@ -380,11 +380,18 @@ class RuntimeServicer:
     ) -> api_pb2.StatusResponse:
         status = await self._node.status()
         config = self._node.config
-        handlers = [api_pb2.RuntimeHandler(name="", features=api_pb2.RuntimeHandlerFeatures())]
-        handlers += [
-            api_pb2.RuntimeHandler(name=name, features=api_pb2.RuntimeHandlerFeatures())
-            for name in sorted(config.runtimes)
-        ]
+        handlers = []
+        for name in ["", *sorted(config.runtimes)]:
+            features = await self._node.handler_features(name or config.default_runtime_name)
+            handlers.append(
+                api_pb2.RuntimeHandler(
+                    name=name,
+                    features=api_pb2.RuntimeHandlerFeatures(
+                        recursive_read_only_mounts=features.recursive_read_only_mounts,
+                        user_namespaces=features.user_namespaces,
+                    ),
+                )
+            )
         return api_pb2.StatusResponse(
             status=api_pb2.RuntimeStatus(
                 conditions=[
@@ -396,7 +403,7 @@ class RuntimeServicer:
             ),
             info=self._node.verbose_info(status) if request.verbose else {},
             runtime_handlers=handlers,
-            features=api_pb2.RuntimeFeatures(),
+            features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(  # noqa: N802

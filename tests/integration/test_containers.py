@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -541,3 +542,37 @@ def test_kill_9_keeps_every_container_and_its_log_keeps_flowing(ctr_env: Contain
     assert ticks == list(range(len(ticks)))  # nothing lost across the restart
     ctr_env.start(created)
     assert ctr_env.wait_exited(created).exit_code == 0
+
+
+def test_recursive_read_only_mounts_cover_submounts(ctr_env: ContainerEnv) -> None:
+    status = ctr_env.runtime.Status(api_pb2.StatusRequest())
+    assert status.features.supplemental_groups_policy
+    rro = {h.name: h.features.recursive_read_only_mounts for h in status.runtime_handlers}
+    assert rro[""] and rro["runc"]  # runc 1.1 lists rro in `runc features`; crun 1.8 cannot say
+    host = Path(tempfile.mkdtemp(prefix="cpx-rro-", dir="/tmp"))
+    (host / "sub").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "rro-test", str(host / "sub")], check=True)
+    try:
+        pod_id, pod = ctr_env.pod("rro")
+
+        def with_mount(name: str, rro: bool) -> str:
+            mount = api_pb2.Mount(
+                container_path="/data", host_path=str(host), readonly=True, recursive_read_only=rro
+            )
+            return ctr_env.run(pod_id, pod, name, args=["sleep 1000"], mounts=[mount])
+
+        recursive, plain = with_mount("recursive", True), with_mount("plain", False)
+        assert ctr_env.exec(recursive, "touch", "/data/sub/x").exit_code != 0
+        assert ctr_env.exec(plain, "touch", "/data/sub/y").exit_code == 0  # ro is not recursive
+        assert ctr_env.exec(plain, "touch", "/data/z").exit_code != 0
+
+        bad = api_pb2.Mount(container_path="/data", host_path=str(host), recursive_read_only=True)
+        with pytest.raises(grpc.RpcError) as err:
+            ctr_env.create(pod_id, pod, "bad", args=["true"], mounts=[bad])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "readonly" in str(err.value.details())
+        for c in (recursive, plain):
+            ctr_env.remove(c)
+    finally:
+        subprocess.run(["umount", str(host / "sub")], check=False)
+        shutil.rmtree(host, ignore_errors=True)
