@@ -458,10 +458,11 @@ class ContainerService:
     # --- stop and remove ---------------------------------------------------------------
 
     async def stop(self, container_id: str, timeout: float) -> None:
-        """The stop signal, then SIGKILL after `timeout` seconds; idempotent."""
+        """The stop signal, then SIGKILL after `timeout` seconds; idempotent, also for an
+        unknown id."""
         container = self.resolve(container_id)
         if container is None:
-            raise NotFound(f"container {container_id!r} not found")
+            return  # as critest's Idempotence spec requires (and RemoveContainer does)
         await self._stop(container, timeout)
 
     async def _stop(self, container: Container, timeout: float) -> None:
@@ -470,17 +471,13 @@ class ContainerService:
         exited = self._exits.get(container.id)
         if exited is None:
             return
-        tasks = self._containerd.tasks
         if timeout > 0:
-            signum = _signal_number(container.stop_signal)
-            with contextlib.suppress(NotFound):
-                await tasks.kill(container.id, signum)
+            await self._kill(container, _signal_number(container.stop_signal), exited)
             with anyio.move_on_after(timeout):
                 await exited.wait()
             if exited.is_set():
                 return
-        with contextlib.suppress(NotFound):
-            await tasks.kill(container.id, signal.SIGKILL, all_processes=True)
+        await self._kill(container, signal.SIGKILL, exited)
         with anyio.move_on_after(KILL_WAIT):
             await exited.wait()
         if not exited.is_set():
@@ -490,6 +487,21 @@ class ContainerService:
             )
             if not exited.is_set():
                 raise DeadlineExceeded(f"container {container.id} did not exit after SIGKILL")
+
+    async def _kill(self, container: Container, signum: int, exited: anyio.Event) -> None:
+        """Signal the task; a task that is exiting right now (its shim gone, the exit not yet
+        recorded by the pod loop) is not an error."""
+        try:
+            await self._containerd.tasks.kill(
+                container.id, signum, all_processes=signum == signal.SIGKILL
+            )
+        except NotFound:
+            pass
+        except CriproxyError:
+            with anyio.move_on_after(KILL_WAIT):
+                await exited.wait()
+            if not exited.is_set():
+                raise
 
     async def remove(self, container_id: str) -> None:
         """Stop (SIGKILL) if running, then remove the task, record, snapshot and FIFOs.
@@ -656,6 +668,11 @@ class ContainerService:
                     await tasks.start(container.id, exec_id)
                     exit_code = await self._wait_exec(container.id, exec_id, cmd, timeout)
                     await io.wait_drained(IO_DRAIN)
+                except BaseException:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(CriproxyError):
+                        await tasks.kill(container.id, signal.SIGKILL, exec_id=exec_id)
+                        await tasks.wait(container.id, exec_id, KILL_WAIT)
+                    raise
                 finally:
                     with anyio.CancelScope(shield=True):
                         try:
@@ -671,10 +688,13 @@ class ContainerService:
         self, container_id: str, exec_id: str, cmd: list[str], timeout: float
     ) -> int:
         tasks = self._containerd.tasks
+        deadline = time.monotonic() + timeout
         try:
             exited = await tasks.wait(container_id, exec_id, timeout if timeout > 0 else None)
-        except DeadlineExceeded:
-            pass
+        except CriproxyError:
+            # containerd's own context may expire first and answer UNKNOWN for it.
+            if timeout <= 0 or time.monotonic() < deadline:
+                raise
         else:
             return exited.exit_status
         with contextlib.suppress(NotFound):
