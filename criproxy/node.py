@@ -66,7 +66,14 @@ def probe_handler_features(binary: str) -> HandlerFeatures:
         return HandlerFeatures()
     # rro needs mount_setattr(2) (Linux 5.12) besides the runtime's support.
     rro = "rro" in (features.get("mountOptions") or []) and _kernel_at_least(5, 12)
-    return HandlerFeatures(recursive_read_only_mounts=rro)
+    return HandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=_userns_possible())
+
+
+def _userns_possible() -> bool:
+    """Pods join a user namespace criproxy makes with util-linux's `unshare`."""
+    import shutil
+
+    return os.path.exists("/proc/self/ns/user") and shutil.which("unshare") is not None
 
 
 @dataclass(frozen=True)

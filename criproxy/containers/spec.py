@@ -93,6 +93,7 @@ def build(
             privileged=pod.security.privileged,
             annotations=pod.annotations,
             sysctls=pod.sysctls,
+            userns=pod.security.userns,
         ),
         target_pid=target_pid,
         host_devices=tuple(d for device in config.devices for d in _devices(device)),

@@ -11,7 +11,7 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from criproxy.cri.sandbox import MODES
+from criproxy.cri.sandbox import MODES, id_mappings, userns_config
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
     ContainerConfig,
@@ -19,10 +19,8 @@ from criproxy.oci.container import (
     ContainerSecurity,
     DeviceConfig,
     HugepageLimit,
-    IdMapping,
     MountConfig,
     Propagation,
-    UsernsConfig,
 )
 
 if TYPE_CHECKING:
@@ -63,36 +61,6 @@ def _legacy_profile(value: str) -> str:
     return value
 
 
-def _mappings(items: Iterable[api_pb2.IDMapping]) -> tuple[IdMapping, ...]:
-    return tuple(IdMapping(m.container_id, m.host_id, m.length) for m in items)
-
-
-def _userns(options: api_pb2.NamespaceOption, field: str) -> UsernsConfig | None:
-    if not options.HasField("userns_options"):
-        return None
-    userns = options.userns_options
-    mode = MODES[userns.mode]
-    if mode == "node":
-        if userns.uids or userns.gids:
-            raise InvalidArgument(f"{field}.userns_options: mappings given with mode NODE")
-        return None
-    if mode != "pod":
-        raise InvalidArgument(
-            f"{field}.userns_options.mode {mode.upper()} is not supported (only POD and NODE)"
-        )
-    uids, gids = _mappings(userns.uids), _mappings(userns.gids)
-    for kind, maps in (("uids", uids), ("gids", gids)):
-        if len(maps) != 1:
-            raise InvalidArgument(
-                f"{field}.userns_options.{kind}: exactly one mapping is supported, got {len(maps)}"
-            )
-        if maps[0].length == 0:
-            raise InvalidArgument(f"{field}.userns_options.{kind}: mapping length is 0")
-    if uids[0].container_id != 0 or gids[0].container_id != 0:
-        raise InvalidArgument(f"{field}.userns_options: mappings must start at container id 0")
-    return UsernsConfig(uids, gids)
-
-
 def _mount(i: int, m: api_pb2.Mount) -> MountConfig:
     field = f"config.mounts[{i}]"
     if not m.container_path:
@@ -119,8 +87,8 @@ def _mount(i: int, m: api_pb2.Mount) -> MountConfig:
         selinux_relabel=m.selinux_relabel,
         propagation=propagation,
         recursive_read_only=m.recursive_read_only,
-        uid_mappings=_mappings(m.uidMappings),
-        gid_mappings=_mappings(m.gidMappings),
+        uid_mappings=id_mappings(m.uidMappings),
+        gid_mappings=id_mappings(m.gidMappings),
         image=m.image.image if m.HasField("image") else "",
         image_sub_path=m.image_sub_path,
     )
@@ -195,7 +163,7 @@ def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
         target_id=options.target_id,
         ipc=MODES[options.ipc],
         network=MODES[options.network],
-        userns=_userns(options, "config.linux.security_context.namespace_options"),
+        userns=userns_config(options, "config.linux.security_context.namespace_options"),
     )
 
 

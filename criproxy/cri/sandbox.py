@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.errors import InvalidArgument
+from criproxy.oci.container import IdMapping, UsernsConfig
 from criproxy.sandbox.model import (
     DnsSettings,
     NamespaceMode,
@@ -23,6 +24,8 @@ from criproxy.sandbox.model import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from criproxy.sandbox.model import Sandbox
 
 MODES: dict[int, NamespaceMode] = {
@@ -131,6 +134,36 @@ def _seccomp(ctx: api_pb2.LinuxSandboxSecurityContext) -> str:
     return ctx.seccomp_profile_path or ""
 
 
+def id_mappings(items: Iterable[api_pb2.IDMapping]) -> tuple[IdMapping, ...]:
+    return tuple(IdMapping(m.container_id, m.host_id, m.length) for m in items)
+
+
+def userns_config(options: api_pb2.NamespaceOption, field: str) -> UsernsConfig | None:
+    if not options.HasField("userns_options"):
+        return None
+    userns = options.userns_options
+    mode = MODES[userns.mode]
+    if mode == "node":
+        if userns.uids or userns.gids:
+            raise InvalidArgument(f"{field}.userns_options: mappings given with mode NODE")
+        return None
+    if mode != "pod":
+        raise InvalidArgument(
+            f"{field}.userns_options.mode {mode.upper()} is not supported (only POD and NODE)"
+        )
+    uids, gids = id_mappings(userns.uids), id_mappings(userns.gids)
+    for kind, maps in (("uids", uids), ("gids", gids)):
+        if len(maps) != 1:
+            raise InvalidArgument(
+                f"{field}.userns_options.{kind}: exactly one mapping is supported, got {len(maps)}"
+            )
+        if maps[0].length == 0:
+            raise InvalidArgument(f"{field}.userns_options.{kind}: mapping length is 0")
+    if uids[0].container_id != 0 or gids[0].container_id != 0:
+        raise InvalidArgument(f"{field}.userns_options: mappings must start at container id 0")
+    return UsernsConfig(uids, gids)
+
+
 def pod_config(config: api_pb2.PodSandboxConfig) -> PodConfig:
     """Validate a PodSandboxConfig into the domain's PodConfig."""
     if not config.HasField("metadata"):
@@ -156,6 +189,11 @@ def pod_config(config: api_pb2.PodSandboxConfig) -> PodConfig:
         raise InvalidArgument(f"namespace_options.pid {pid.upper()} is not valid for a pod")
     if ipc not in ("pod", "node"):
         raise InvalidArgument(f"namespace_options.ipc {ipc.upper()} is not POD or NODE")
+    userns = userns_config(options, "config.linux.security_context.namespace_options")
+    if userns is not None and "node" in (network, pid, ipc):
+        raise InvalidArgument(
+            "a pod with its own user namespace cannot use the host's network, PID or IPC namespace"
+        )
     if config.hostname and len(config.hostname) > 64:
         raise InvalidArgument("config.hostname is longer than 64 characters")
     return PodConfig(
@@ -178,6 +216,7 @@ def pod_config(config: api_pb2.PodSandboxConfig) -> PodConfig:
             privileged=ctx.privileged,
             readonly_rootfs=ctx.readonly_rootfs,
             seccomp=_seccomp(ctx),
+            userns=userns,
         ),
     )
 

@@ -14,7 +14,9 @@ import ctypes
 import errno
 import fcntl
 import os
+import subprocess
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -25,7 +27,7 @@ from criproxy.errors import AlreadyExists, Internal
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["create_netns", "is_netns", "remove_netns"]
+__all__ = ["create_netns", "create_userns_netns", "is_netns", "remove_netns"]
 
 log = structlog.get_logger("criproxy.network.netns")
 
@@ -109,6 +111,71 @@ def _pin_new_netns(path: Path) -> None:
         raise failure[0]
 
 
+def _pin_userns_netns(net: Path, user: Path, uid_map: str, gid_map: str) -> None:
+    """A user namespace with these id maps, and a netns owned by it, pinned at `user` and
+    `net`. The netns must belong to the pod's user namespace, or the pod cannot mount
+    sysfs. A short-lived `unshare` process makes both; criproxy writes its id maps (as root
+    in the parent namespace may) and pins them before it goes."""
+    proc = subprocess.Popen(
+        ["unshare", "--user", "--net", "sleep", "60"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        own = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                if os.readlink(f"/proc/{proc.pid}/ns/net") != own:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                message = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise OSError(errno.ECHILD, f"unshare --user --net failed: {message.strip()}")
+            time.sleep(0.002)
+        with open(f"/proc/{proc.pid}/uid_map", "w") as f:
+            f.write(uid_map)
+        with open(f"/proc/{proc.pid}/gid_map", "w") as f:
+            f.write(gid_map)
+        for kind, pin in (("user", user), ("net", net)):
+            source = os.fsencode(f"/proc/{proc.pid}/ns/{kind}")
+            _check(
+                _libc.mount(source, os.fsencode(pin), b"none", _MS_BIND, None),
+                f"bind mount of the pod's {kind} namespace onto {pin}",
+            )
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _create_userns_netns(
+    directory: Path, name: str, user: Path, uid_map: str, gid_map: str
+) -> Path:
+    path = directory / name
+    try:
+        directory.mkdir(mode=0o711, parents=True, exist_ok=True)
+        user.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for pin in (path, user):
+            os.close(os.open(pin, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+    except FileExistsError:
+        raise AlreadyExists(f"namespace pins for {name} exist already") from None
+    except OSError as err:
+        raise Internal(f"cannot create namespace pins for {name}: {err}") from None
+    try:
+        _pin_userns_netns(path, user, uid_map, gid_map)
+    except BaseException as err:
+        _remove(path)
+        _remove(user)
+        if isinstance(err, OSError):
+            raise Internal(f"cannot create the pod's user and network namespaces: {err}") from None
+        raise
+    return path
+
+
 def _create(directory: Path, name: str) -> Path:
     path = directory / name
     try:
@@ -156,6 +223,25 @@ async def create_netns(directory: Path, name: str) -> Path:
         path = await anyio.to_thread.run_sync(_create, directory, name)
     log.debug("netns created", netns=str(path))
     return path
+
+
+async def create_userns_netns(
+    directory: Path, name: str, user: Path, uid_map: str, gid_map: str
+) -> Path:
+    """As create_netns, for a pod with its own user namespace (pinned at `user`, with these
+    `/proc/<pid>/uid_map` and `gid_map` lines), which owns the netns."""
+    with anyio.CancelScope(shield=True):
+        path = await anyio.to_thread.run_sync(
+            _create_userns_netns, directory, name, user, uid_map, gid_map
+        )
+    log.debug("user and network namespaces created", netns=str(path), userns=str(user))
+    return path
+
+
+async def remove_pin(path: Path) -> None:
+    """Unmount and delete a namespace pin of any kind; a missing one is fine."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(_remove, path)
 
 
 async def remove_netns(path: Path) -> None:

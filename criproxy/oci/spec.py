@@ -131,6 +131,11 @@ class SandboxSpecInput:
     etc_passwd: str | None = None
     """The pause image's /etc/passwd text (None: absent), read only to resolve names."""
     etc_group: str | None = None
+    userns_path: str = ""
+    """The pod's pinned user namespace (which owns its netns); "" for the host's."""
+    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    """(container id, host id, size) of the pod's user namespace."""
+    gid_mappings: tuple[tuple[int, int, int], ...] = ()
 
 
 def cgroups_path(parent: str, container_id: str, driver: CgroupDriver) -> str:
@@ -203,6 +208,10 @@ def sandbox_spec(inp: SandboxSpecInput) -> dict[str, Any]:
         linux["cgroupsPath"] = cgroups_path(inp.cgroup_parent, inp.id, inp.cgroup_driver)
 
     linux["namespaces"] = _namespaces(inp, host_network)
+    if inp.userns_path:
+        linux["namespaces"].append({"type": "user", "path": inp.userns_path})
+        linux["uidMappings"] = [_mapping(m) for m in inp.uid_mappings]
+        linux["gidMappings"] = [_mapping(m) for m in inp.gid_mappings]
     spec["mounts"] = _mounts(inp)
 
     if inp.selinux_mount_label:
@@ -230,6 +239,10 @@ def sandbox_spec(inp: SandboxSpecInput) -> dict[str, Any]:
 
     spec["annotations"] = _annotations(inp)
     return ordered_spec(spec)
+
+
+def _mapping(m: tuple[int, int, int]) -> dict[str, int]:
+    return {"containerID": m[0], "hostID": m[1], "size": m[2]}
 
 
 def _namespaces(inp: SandboxSpecInput, host_network: bool) -> list[dict[str, Any]]:

@@ -6,9 +6,11 @@ every state change, so a restarted criproxy rebuilds every sandbox from containe
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+from criproxy import records
+from criproxy.oci.container import UsernsConfig  # noqa: TC001 (records resolves hints)
 
 NamespaceMode = Literal["pod", "container", "node", "target"]
 SandboxState = Literal["creating", "ready", "notready"]
@@ -56,6 +58,8 @@ class PodSecurity:
     readonly_rootfs: bool = False
     seccomp: str = ""
     """`""`/`unconfined`, `runtime/default`, or `localhost/<path>`."""
+    userns: UsernsConfig | None = None
+    """The pod's own user namespace (mode POD); None: the host's."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class Sandbox:
     exited_at_ns: int = 0
     files_dir: str = ""
     shm: str = ""
+    userns: str = ""
+    """The pinned user namespace of a pod with one of its own."""
     overhead: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
     """The pod's overhead and resources as last given by UpdatePodSandboxResources."""
@@ -109,36 +115,9 @@ class Sandbox:
         return replace(self, **changes)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return records.to_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Sandbox:
         """Keys this version does not know (a newer criproxy wrote them) are ignored."""
-        data = _known(cls, json.loads(raw))
-        data["config"] = _known(PodConfig, data["config"])
-        data["config"]["security"] = _known(PodSecurity, data["config"].get("security") or {})
-        config = data.pop("config")
-        metadata = PodMetadata(**config.pop("metadata"))
-        dns = (
-            DnsSettings(**{k: tuple(v) for k, v in config.pop("dns").items()})
-            if config.get("dns")
-            else None
-        )
-        config.pop("dns", None)
-        ports = tuple(PortMappingConfig(**p) for p in config.pop("port_mappings"))
-        security = config.pop("security")
-        security["supplemental_groups"] = tuple(security.get("supplemental_groups", ()))
-        pod = PodConfig(
-            metadata=metadata,
-            dns=dns,
-            port_mappings=ports,
-            security=PodSecurity(**security),
-            **config,
-        )
-        data["additional_ips"] = tuple(data.get("additional_ips", ()))
-        return cls(config=pod, **data)
-
-
-def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
+        return records.from_json(cls, raw)

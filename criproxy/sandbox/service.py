@@ -43,7 +43,7 @@ from criproxy.network.cni import (
     PortMapping,
     parse_bandwidth_annotations,
 )
-from criproxy.network.netns import create_netns, remove_netns
+from criproxy.network.netns import create_netns, create_userns_netns, remove_netns, remove_pin
 from criproxy.sandbox import files
 from criproxy.sandbox.loop import PodLoop
 from criproxy.sandbox.model import (
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from criproxy.config import Config, RuntimeHandler
     from criproxy.containerd import Containerd, Event, Mount, TaskExitInfo, TaskState
     from criproxy.images.service import ImageService
+    from criproxy.oci.container import IdMapping
 
 log = structlog.get_logger("criproxy.sandbox")
 
@@ -69,7 +70,7 @@ PodHook = Callable[[str], Awaitable[None]]
 STOP_TIMEOUT = 10.0
 RECONCILE_INTERVAL = 60.0
 _SETUP_LEASE = datetime.timedelta(hours=1)
-_STATE_MOUNTS = ("shm",)
+_STATE_MOUNTS = ("shm", "userns")
 """What criproxy mounts in a sandbox's state dir."""
 
 
@@ -291,7 +292,7 @@ class SandboxService:
         mounts: list[Mount] = []
         hostname = files.pod_hostname(pod.hostname, pod.host_network)
         resolv = files.resolv_conf(pod.dns)
-        netns = ""
+        netns = userns = ""
         shm = str(state_dir / "shm") if pod.ipc != "node" else ""
 
         async def snapshot() -> None:
@@ -302,10 +303,7 @@ class SandboxService:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(snapshot)  # needs only the image; overlaps the host-side steps
-            if not pod.host_network:
-                netns_path = await create_netns(self.netns_dir, sandbox_id)
-                netns = str(netns_path)
-                undos.append(lambda: remove_netns(netns_path))
+            netns, userns = await self._namespaces(sandbox_id, pod, state_dir, undos)
             if shm:
                 await anyio.to_thread.run_sync(files.mount_shm, Path(shm))
             await anyio.to_thread.run_sync(
@@ -325,6 +323,7 @@ class SandboxService:
             netns=netns,
             files_dir=str(files_dir),
             shm=shm,
+            userns=userns,
         )
         # For a criproxy killed before the pause record exists: CNI DEL with the pod's args.
         await anyio.to_thread.run_sync(_write_intent, state_dir, sandbox)
@@ -369,6 +368,29 @@ class SandboxService:
                 tg.start_soon(container)
 
         return await self._finish(sandbox, results[0] if results else None, pids[0])
+
+    async def _namespaces(
+        self, sandbox_id: str, pod: PodConfig, state_dir: Path, undos: list[Undo]
+    ) -> tuple[str, str]:
+        """The pod's pinned netns (none with the host network) and user namespace (only for
+        a pod with one of its own, which then owns the netns)."""
+        if pod.security.userns is not None:
+            userns = state_dir / "userns"
+            netns = await create_userns_netns(
+                self.netns_dir,
+                sandbox_id,
+                userns,
+                _id_map(pod.security.userns.uids),
+                _id_map(pod.security.userns.gids),
+            )
+            undos.append(lambda: remove_netns(netns))
+            undos.append(lambda: remove_pin(userns))
+            return str(netns), str(userns)
+        if pod.host_network:
+            return "", ""
+        netns = await create_netns(self.netns_dir, sandbox_id)
+        undos.append(lambda: remove_netns(netns))
+        return str(netns), ""
 
     async def _finish(self, sandbox: Sandbox, result: CniResult | None, pid: int) -> Sandbox:
         """The pod's IP into its hosts file, and the ready sandbox into containerd."""
@@ -675,6 +697,11 @@ def _read_intent(state_dir: Path) -> Sandbox | None:
         return Sandbox.from_json((state_dir / _INTENT).read_bytes())
     except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def _id_map(mappings: tuple[IdMapping, ...]) -> str:
+    """The text of /proc/<pid>/uid_map (or gid_map) for these mappings."""
+    return "".join(f"{m.container_id} {m.host_id} {m.length}\n" for m in mappings)
 
 
 def _names_an_interface(sysctls: dict[str, str]) -> bool:

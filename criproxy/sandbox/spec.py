@@ -25,6 +25,7 @@ def build_spec(
 ) -> dict[str, Any]:
     """containerd's sandbox spec; the pause score is clamped when criproxy may not lower it."""
     pod = sandbox.config
+    userns = pod.security.userns
     oom = DEFAULT_SANDBOX_OOM_SCORE_ADJ
     if host.restrict_oom_score_adj(restrict):
         oom = restrict_oom_score_adj(oom, host.own_oom_score_adj())
@@ -55,5 +56,12 @@ def build_spec(
             sysctls=pod.sysctls,
             oom_score_adj=oom,
             annotations=pod.annotations,
+            userns_path=sandbox.userns,
+            uid_mappings=tuple((m.container_id, m.host_id, m.length) for m in userns.uids)
+            if userns
+            else (),
+            gid_mappings=tuple((m.container_id, m.host_id, m.length) for m in userns.gids)
+            if userns
+            else (),
         )
     )

@@ -94,6 +94,7 @@ def pod_env(registry_http) -> Iterator[PodEnv]:  # type: ignore[no-untyped-def]
     from tests.support.images import ImageConfig, busybox_image
 
     base = Path(tempfile.mkdtemp(prefix="cpx-pod-", dir="/tmp"))
+    base.chmod(0o711)  # as /var/lib and /run: a pod's remapped root must reach its bundle
     pause = busybox_image(config=ImageConfig(entrypoint=("/bin/sleep",), cmd=("2147483647",)))
     registry_http.push("test/pause", pause, "3.10")
     certs_d = base / "certs.d"

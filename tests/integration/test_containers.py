@@ -576,3 +576,61 @@ def test_recursive_read_only_mounts_cover_submounts(ctr_env: ContainerEnv) -> No
     finally:
         subprocess.run(["umount", str(host / "sub")], check=False)
         shutil.rmtree(host, ignore_errors=True)
+
+
+def _userns_pod(ctr_env: ContainerEnv, name: str, userns: api_pb2.UserNamespace):  # type: ignore[no-untyped-def]
+    return ctr_env.pod(
+        name,
+        linux=api_pb2.LinuxPodSandboxConfig(
+            security_context=api_pb2.LinuxSandboxSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(userns_options=userns)
+            )
+        ),
+    )
+
+
+def test_pod_user_namespace_maps_ids(ctr_env: ContainerEnv) -> None:
+    mapping = [api_pb2.IDMapping(container_id=0, host_id=1000, length=100000)]
+    userns = api_pb2.UserNamespace(mode=api_pb2.POD, uids=mapping, gids=mapping)
+    pod_id, pod = _userns_pod(ctr_env, "userns", userns)
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "userns",
+        args=["cat /proc/self/uid_map; sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                namespace_options=api_pb2.NamespaceOption(userns_options=userns)
+            )
+        ),
+    )
+    time.sleep(0.3)
+    assert ctr_env.output(container).split() == ["0", "1000", "100000"]
+    pid = int(ctr_env.info(container)["pid"])  # type: ignore[call-overload]
+    assert Path(f"/proc/{pid}/status").read_text().count("\t1000\t") >= 1  # host uid 1000
+    assert ctr_env.exec(container, "id", "-u").stdout == b"0\n"
+    status = ctr_env.pods.status(pod_id).status
+    assert status.state == api_pb2.SANDBOX_READY and status.network.ip
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+    assert not list((ctr_env.pods.proxy.state / "sandboxes").glob(f"{pod_id}*"))
+
+
+def test_bad_user_namespaces_are_refused(ctr_env: ContainerEnv) -> None:
+    two = [
+        api_pb2.IDMapping(container_id=0, host_id=1000, length=100000),
+        api_pb2.IDMapping(container_id=0, host_id=2000, length=100000),
+    ]
+    unmapped_root = [api_pb2.IDMapping(container_id=1, host_id=1000, length=100000)]
+    for i, userns in enumerate(
+        (
+            api_pb2.UserNamespace(mode=api_pb2.POD, uids=two, gids=two),
+            api_pb2.UserNamespace(mode=api_pb2.POD, uids=unmapped_root, gids=unmapped_root),
+            api_pb2.UserNamespace(mode=api_pb2.CONTAINER),
+            api_pb2.UserNamespace(mode=api_pb2.TARGET),
+        )
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            _userns_pod(ctr_env, f"baduserns{i}", userns)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not [p for p in ctr_env.pods.list() if p.metadata.name.startswith("baduserns")]
