@@ -43,6 +43,7 @@ from criproxy.errors import (
     NotFound,
     Unavailable,
 )
+from criproxy.sandbox import idmap
 from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
 from criproxy.sandbox.service import runc_options
 
@@ -344,6 +345,18 @@ class ContainerService:
             mounts = await self._containerd.snapshots.mounts(
                 self._config.containerd.snapshotter, container.id
             )
+            userns = sandbox.config.security.userns
+            if sandbox.userns and userns is not None:
+                mounts = await anyio.to_thread.run_sync(
+                    idmap.idmapped_rootfs,
+                    mounts,
+                    sandbox.userns,
+                    self._sandboxes.idmap_root / container.id,
+                    *idmap.root_ids(
+                        [(m.container_id, m.host_id, m.length) for m in userns.uids],
+                        [(m.container_id, m.host_id, m.length) for m in userns.gids],
+                    ),
+                )
             exit_event = anyio.Event()
             self._exits[container.id] = exit_event
             assert self._tg is not None
@@ -378,6 +391,7 @@ class ContainerService:
         io = self._ios.pop(container.id, None)
         if io is not None:
             io.close()
+        await anyio.to_thread.run_sync(idmap.release, self._sandboxes.idmap_root / container.id)
         failed = container.with_changes(
             state="exited",
             exit_code=START_ERROR_EXIT_CODE,
@@ -526,6 +540,7 @@ class ContainerService:
         await self._containerd.tasks.delete(container_id)
         await self._containerd.containers.delete(container_id)
         await self._containerd.snapshots.remove(self._config.containerd.snapshotter, container_id)
+        await anyio.to_thread.run_sync(idmap.release, self._sandboxes.idmap_root / container_id)
         await anyio.to_thread.run_sync(_remove_tree, Path(container.io_dir))
         await anyio.to_thread.run_sync(_remove_tree, self.volumes_root / container_id)
         self._containers.pop(container_id, None)
@@ -590,8 +605,24 @@ class ContainerService:
                 pod = sandbox.config.metadata
                 key = f"{container.config.name}_{pod.name}_{pod.namespace}_{pod.uid}"
                 self._names[f"{key}_{container.config.attempt}"] = container.id
+        await self._release_orphaned_idmaps()
         self._recovered.set()
         log.info("containers recovered", containers=len(self._containers))
+
+    async def _release_orphaned_idmaps(self) -> None:
+        """Idmapped layers of pods and containers that no longer exist (a kill -9 between
+        their mount and the record)."""
+        root = self._sandboxes.idmap_root
+        known = set(self._containers) | {s.id for s in self._sandboxes.pods_if_ready()}
+
+        def orphans() -> list[Path]:
+            try:
+                return [p for p in root.iterdir() if p.name not in known]
+            except FileNotFoundError:
+                return []
+
+        for path in await anyio.to_thread.run_sync(orphans):
+            await anyio.to_thread.run_sync(idmap.release, path)
 
     async def _recovered_state(self, container: Container, task: TaskState | None) -> Container:
         from criproxy.containers.io import ContainerIO

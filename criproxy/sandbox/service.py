@@ -44,7 +44,7 @@ from criproxy.network.cni import (
     parse_bandwidth_annotations,
 )
 from criproxy.network.netns import create_netns, create_userns_netns, remove_netns, remove_pin
-from criproxy.sandbox import files
+from criproxy.sandbox import files, idmap
 from criproxy.sandbox.loop import PodLoop
 from criproxy.sandbox.model import (
     EXTENSION,
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from criproxy.config import Config, RuntimeHandler
     from criproxy.containerd import Containerd, Event, Mount, TaskExitInfo, TaskState
     from criproxy.images.service import ImageService
-    from criproxy.oci.container import IdMapping
+    from criproxy.oci.container import IdMapping, UsernsConfig
 
 log = structlog.get_logger("criproxy.sandbox")
 
@@ -102,6 +102,8 @@ class SandboxService:
         self.netns_dir = config.state / "netns"
         self.state_dir = config.state / "sandboxes"
         self.files_root = config.root / "sandboxes"
+        self.idmap_root = config.state / "idmap"
+        """Idmapped rootfs layers of pods with a user namespace (pods' and containers')."""
 
     # --- the owner of background work ------------------------------------------------
 
@@ -313,6 +315,16 @@ class SandboxService:
                     hosts=files.hosts_file(pod.host_network, "", hostname),
                     resolv_conf=resolv,
                 )
+            )
+        if userns and pod.security.userns is not None:
+            idmap_dir = self.idmap_root / sandbox_id
+            undos.append(lambda: anyio.to_thread.run_sync(idmap.release, idmap_dir))
+            mounts[:] = await anyio.to_thread.run_sync(
+                idmap.idmapped_rootfs,
+                mounts,
+                userns,
+                idmap_dir,
+                *idmap.root_ids(*_maps(pod.security.userns)),
             )
         sandbox = Sandbox(
             id=sandbox_id,
@@ -538,6 +550,7 @@ class SandboxService:
         await self._delete_task(sandbox_id)
         await self._containerd.containers.delete(sandbox_id)
         await self._containerd.snapshots.remove(self._config.containerd.snapshotter, sandbox_id)
+        await anyio.to_thread.run_sync(idmap.release, self.idmap_root / sandbox_id)
         await anyio.to_thread.run_sync(files.remove_dir, self.state_dir / sandbox_id, _STATE_MOUNTS)
         await anyio.to_thread.run_sync(files.remove_dir, self.files_root / sandbox_id)
         await remove_netns(self.netns_dir / sandbox_id)
@@ -697,6 +710,15 @@ def _read_intent(state_dir: Path) -> Sandbox | None:
         return Sandbox.from_json((state_dir / _INTENT).read_bytes())
     except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def _maps(
+    userns: UsernsConfig,
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    def as_tuples(maps: tuple[IdMapping, ...]) -> list[tuple[int, int, int]]:
+        return [(m.container_id, m.host_id, m.length) for m in maps]
+
+    return as_tuples(userns.uids), as_tuples(userns.gids)
 
 
 def _id_map(mappings: tuple[IdMapping, ...]) -> str:

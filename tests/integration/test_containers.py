@@ -609,11 +609,23 @@ def test_pod_user_namespace_maps_ids(ctr_env: ContainerEnv) -> None:
     pid = int(ctr_env.info(container)["pid"])  # type: ignore[call-overload]
     assert Path(f"/proc/{pid}/status").read_text().count("\t1000\t") >= 1  # host uid 1000
     assert ctr_env.exec(container, "id", "-u").stdout == b"0\n"
+    # the image's files are the pod root's (idmapped layers): it may write anywhere
+    assert ctr_env.exec(container, "stat", "-c", "%u:%g", "/bin/busybox").stdout == b"0:0\n"
+    assert ctr_env.exec(container, "touch", "/etc/new-file").exit_code == 0
     status = ctr_env.pods.status(pod_id).status
     assert status.state == api_pb2.SANDBOX_READY and status.network.ip
+    idmaps = ctr_env.pods.proxy.state / "idmap"
+    assert ctr_env.pods.mounts_under(idmaps)
     ctr_env.pods.stop(pod_id)
     ctr_env.pods.remove(pod_id)
     assert not list((ctr_env.pods.proxy.state / "sandboxes").glob(f"{pod_id}*"))
+    assert not ctr_env.pods.mounts_under(idmaps)
+    assert not list(idmaps.iterdir())
+    # the shared image layers are intact
+    plain_pod, plain = ctr_env.pod("after-userns")
+    after = ctr_env.run(plain_pod, plain, "after", args=["ls -ln /bin/busybox"])
+    assert ctr_env.wait_exited(after).exit_code == 0
+    assert ctr_env.output(after).split()[2:4] == ["0", "0"]  # host root's again
 
 
 def test_bad_user_namespaces_are_refused(ctr_env: ContainerEnv) -> None:
