@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from tests.integration.containers_env import ContainerEnv
 from tests.integration.helpers import (
     ContainerdProcess,
     Criproxy,
@@ -127,3 +129,28 @@ def pod_env(registry_http) -> Iterator[PodEnv]:  # type: ignore[no-untyped-def]
             dirs_exist_ok=True,
         )
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ctr_env(pod_env: PodEnv, registry_http) -> Iterator[ContainerEnv]:  # type: ignore[no-untyped-def]
+    """Containers in pods: the pods' criproxy with a busybox image (`sh -c` entrypoint)."""
+    from tests.support.images import ImageConfig, busybox_image
+
+    image = busybox_image(
+        config=ImageConfig(
+            env=("PATH=/bin:/usr/bin", "FROM_IMAGE=image", "OVERRIDE=image"),
+            entrypoint=("/bin/sh", "-c"),
+            cmd=("echo image-default",),
+            working_dir="/tmp",
+        )
+    )
+    registry_http.push("test/busybox", image, "1")
+    ref = registry_http.reference("test/busybox", "1")
+    pod_env.proxy.images.PullImage(
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=120
+    )
+    log_root = Path(tempfile.mkdtemp(prefix="cpx-logs-", dir="/tmp"))
+    env = ContainerEnv(pod_env, ref, log_root)
+    yield env
+    env.cleanup()
+    shutil.rmtree(log_root, ignore_errors=True)

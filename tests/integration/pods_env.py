@@ -54,6 +54,8 @@ def pod_config(name: str, **kwargs: object) -> api_pb2.PodSandboxConfig:
     for key, value in kwargs.items():
         if isinstance(value, dict):
             getattr(config, key).update(value)
+        elif isinstance(value, list):
+            getattr(config, key).extend(value)
         elif hasattr(value, "DESCRIPTOR"):
             getattr(config, key).CopyFrom(value)
         else:

@@ -8,7 +8,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,32 +15,9 @@ import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.containers_env import ContainerEnv
-from tests.integration.pods_env import PodEnv
 from tests.support.images import ImageConfig, busybox_image
 
 BUSYBOX_REPO = "test/busybox"
-
-
-@pytest.fixture(scope="module")
-def ctr_env(pod_env: PodEnv, registry_http) -> Iterator[ContainerEnv]:  # type: ignore[no-untyped-def]
-    image = busybox_image(
-        config=ImageConfig(
-            env=("PATH=/bin:/usr/bin", "FROM_IMAGE=image", "OVERRIDE=image"),
-            entrypoint=("/bin/sh", "-c"),
-            cmd=("echo image-default",),
-            working_dir="/tmp",
-        )
-    )
-    registry_http.push(BUSYBOX_REPO, image, "1")
-    ref = registry_http.reference(BUSYBOX_REPO, "1")
-    pod_env.proxy.images.PullImage(
-        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=120
-    )
-    log_root = Path(tempfile.mkdtemp(prefix="cpx-logs-", dir="/tmp"))
-    env = ContainerEnv(pod_env, ref, log_root)
-    yield env
-    env.cleanup()
-    shutil.rmtree(log_root, ignore_errors=True)
 
 
 def test_command_args_env_and_working_dir_from_image_and_config(ctr_env: ContainerEnv) -> None:
