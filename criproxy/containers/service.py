@@ -537,12 +537,21 @@ class ContainerService:
             return
         if container.state == "running":
             raise FailedPrecondition(f"container {container_id} is still running")
-        await self._containerd.tasks.delete(container_id)
-        await self._containerd.containers.delete(container_id)
-        await self._containerd.snapshots.remove(self._config.containerd.snapshotter, container_id)
-        await anyio.to_thread.run_sync(idmap.release, self._sandboxes.idmap_root / container_id)
-        await anyio.to_thread.run_sync(_remove_tree, Path(container.io_dir))
-        await anyio.to_thread.run_sync(_remove_tree, self.volumes_root / container_id)
+        await self._containerd.tasks.delete(container_id)  # first: it holds the rootfs
+        idmaps = self._sandboxes.idmap_root / container_id
+        volumes = self.volumes_root / container_id
+
+        def remove_files() -> None:
+            idmap.release(idmaps)  # before any rmtree: nothing may reach into a layer
+            _remove_tree(Path(container.io_dir))
+            _remove_tree(volumes)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._containerd.containers.delete, container_id)
+            tg.start_soon(
+                self._containerd.snapshots.remove, self._config.containerd.snapshotter, container_id
+            )
+            tg.start_soon(anyio.to_thread.run_sync, remove_files)
         self._containers.pop(container_id, None)
         self._specs.pop(container_id, None)
         self._names = {k: v for k, v in self._names.items() if v != container_id}

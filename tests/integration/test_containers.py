@@ -622,3 +622,79 @@ def test_bad_user_namespaces_are_refused(ctr_env: ContainerEnv) -> None:
             _userns_pod(ctr_env, f"baduserns{i}", userns)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not [p for p in ctr_env.pods.list() if p.metadata.name.startswith("baduserns")]
+
+
+def test_container_events_stream_the_lifecycle_with_statuses(ctr_env: ContainerEnv) -> None:
+    runtime = ctr_env.runtime
+    stream = runtime.GetContainerEvents(api_pb2.GetEventsRequest(), timeout=60)
+    slow = runtime.GetContainerEvents(api_pb2.GetEventsRequest(), timeout=60)  # never read
+    time.sleep(0.3)
+    pod_id, pod = ctr_env.pod("events")
+    container = ctr_env.run(pod_id, pod, "evented", args=["sleep 1000"])
+    ctr_env.stop(container)
+    ctr_env.remove(container)
+    seen: list[tuple[int, int]] = []
+    for event in stream:
+        if event.container_id != container:
+            continue
+        states = {s.id: s.state for s in event.containers_statuses}
+        seen.append((event.container_event_type, states.get(container, -1)))
+        assert event.pod_sandbox_status.id == pod_id
+        assert event.created_at > 0
+        if event.container_event_type == api_pb2.CONTAINER_DELETED_EVENT:
+            break
+    stream.cancel()
+    slow.cancel()
+    assert seen == [
+        (api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_CREATED),
+        (api_pb2.CONTAINER_STARTED_EVENT, api_pb2.CONTAINER_RUNNING),
+        (api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_EXITED),
+        (api_pb2.CONTAINER_DELETED_EVENT, -1),
+    ]
+
+
+def test_update_resources_reach_the_running_task(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("update")
+    container = ctr_env.run(pod_id, pod, "updated", args=["sleep 1000"])
+    limit = 48 * 1024 * 1024
+    ctr_env.runtime.UpdateContainerResources(
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=container,
+            linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=limit, cpu_shares=512),
+        ),
+        timeout=30,
+    )
+    read = ctr_env.exec(container, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert int(read.stdout) == limit
+    shares = ctr_env.exec(container, "cat", "/sys/fs/cgroup/cpu/cpu.shares")
+    assert int(shares.stdout) == 512
+    status = ctr_env.status(container).status
+    assert status.resources.linux.memory_limit_in_bytes == limit
+
+
+def test_image_id_tty_missing_log_dir_and_host_paths(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("misc")
+    image = ctr_env.pods.proxy.images.ImageStatus(
+        api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ctr_env.image))
+    ).image
+    tty = ctr_env.run(pod_id, pod, "tty", args=["echo hello-tty; tty"], tty=True)
+    status = ctr_env.wait_exited(tty)
+    assert status.image_id == image.id
+    listed = ctr_env.runtime.ListContainers(
+        api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(id=tty))
+    ).containers
+    assert listed[0].image_id == image.id
+    assert ctr_env.output(tty).splitlines()[0] == "hello-tty"
+    assert "/dev/pts/" in ctr_env.output(tty)
+
+    with pytest.raises(grpc.RpcError) as err:
+        ctr_env.create(pod_id, pod, "nolog", args=["true"], log_path="missing-dir/0.log")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "missing-dir" in str(err.value.details())
+
+    host_dir = Path(tempfile.mkdtemp(prefix="cpx-hostpath-", dir="/tmp")) / "not" / "there"
+    mount = api_pb2.Mount(container_path="/data", host_path=str(host_dir))
+    writer = ctr_env.run(pod_id, pod, "writer", args=["echo x > /data/file"], mounts=[mount])
+    assert ctr_env.wait_exited(writer).exit_code == 0
+    assert (host_dir / "file").read_text() == "x\n"  # created as a directory, as containerd
+    shutil.rmtree(host_dir.parent.parent, ignore_errors=True)
