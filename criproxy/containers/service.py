@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from criproxy import host
+from criproxy import host, records
 from criproxy.containerd import ContainerRecord, TaskEvent
 from criproxy.containers.events import EventHub, EventType
 from criproxy.containers.model import (
@@ -137,13 +137,7 @@ class ContainerService:
         if not container_id:
             raise InvalidArgument("container_id is required")
         self._require_recovered()
-        found = self._containers.get(container_id)
-        if found is not None:
-            return found
-        matches = [c for i, c in self._containers.items() if i.startswith(container_id)]
-        if len(matches) > 1:
-            raise InvalidArgument(f"container id prefix {container_id!r} is ambiguous")
-        return matches[0] if matches else None
+        return records.by_id_or_prefix(self._containers, container_id, "container")
 
     def get(self, container_id: str) -> Container:
         found = self.resolve(container_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf import json_format
 
@@ -15,7 +15,7 @@ from criproxy.cri import sandbox as sandbox_cri
 from criproxy.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from google.protobuf.message import Message
 
@@ -28,12 +28,20 @@ if TYPE_CHECKING:
     from criproxy.sandbox.model import Sandbox
     from criproxy.sandbox.service import SandboxService
 
+_T = TypeVar("_T")
+
 CRI_VERSION = "0.1.0"
 """The kubelet runtime API version string every CRI runtime reports."""
 RUNTIME_NAME = "criproxy"
 RUNTIME_API_VERSION = "v1"
 
 _STREAM_BATCH = 256
+
+
+def _batches(items: list[_T]) -> Iterator[list[_T]]:
+    """A Stream* rpc's pages: at least one, so an empty result still answers."""
+    for start in range(0, max(len(items), 1), _STREAM_BATCH):
+        yield items[start : start + _STREAM_BATCH]
 
 
 def _as_dict(message: Message) -> dict[str, object]:
@@ -95,10 +103,8 @@ class RuntimeServicer:
         self, request: api_pb2.StreamContainerStatsRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
         items = await self._usage.container_stats(self._stats_containers(request.filter))
-        for start in range(0, max(len(items), 1), _STREAM_BATCH):
-            yield api_pb2.StreamContainerStatsResponse(
-                container_stats=items[start : start + _STREAM_BATCH]
-            )
+        for batch in _batches(items):
+            yield api_pb2.StreamContainerStatsResponse(container_stats=batch)
 
     def _stats_containers(self, flt: api_pb2.ContainerStatsFilter) -> list[Container]:
         """As containerd: only running containers have stats in the lists."""
@@ -140,10 +146,8 @@ class RuntimeServicer:
         self, request: api_pb2.StreamPodSandboxStatsRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
         items = await self._usage.pod_stats(self._stats_pods(request.filter))
-        for start in range(0, max(len(items), 1), _STREAM_BATCH):
-            yield api_pb2.StreamPodSandboxStatsResponse(
-                pod_sandbox_stats=items[start : start + _STREAM_BATCH]
-            )
+        for batch in _batches(items):
+            yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=batch)
 
     def _stats_pods(self, flt: api_pb2.PodSandboxStatsFilter) -> list[Sandbox]:
         """As containerd: the ready pods only."""
@@ -179,10 +183,8 @@ class RuntimeServicer:
     ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
         pods = [s for s in self._sandboxes.pods() if s.state == "ready"]
         items = await self._usage.pod_metrics(pods)
-        for start in range(0, max(len(items), 1), _STREAM_BATCH):
-            yield api_pb2.StreamPodSandboxMetricsResponse(
-                pod_sandbox_metrics=items[start : start + _STREAM_BATCH]
-            )
+        for batch in _batches(items):
+            yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=batch)
 
     # --- containers ------------------------------------------------------------------
 
@@ -239,8 +241,8 @@ class RuntimeServicer:
         self, request: api_pb2.StreamContainersRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamContainersResponse]:
         items = self._list_containers(request.filter)
-        for start in range(0, max(len(items), 1), _STREAM_BATCH):
-            yield api_pb2.StreamContainersResponse(containers=items[start : start + _STREAM_BATCH])
+        for batch in _batches(items):
+            yield api_pb2.StreamContainersResponse(containers=batch)
 
     def _list_containers(self, flt: api_pb2.ContainerFilter) -> list[api_pb2.Container]:
         try:
@@ -336,10 +338,8 @@ class RuntimeServicer:
         self, request: api_pb2.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
         pods = self._pods(request.filter)
-        for start in range(0, max(len(pods), 1), _STREAM_BATCH):
-            yield api_pb2.StreamPodSandboxesResponse(
-                pod_sandboxes=pods[start : start + _STREAM_BATCH]
-            )
+        for batch in _batches(pods):
+            yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=batch)
 
     async def UpdatePodSandboxResources(  # noqa: N802
         self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: Context

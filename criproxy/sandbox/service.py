@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from criproxy import records
 from criproxy.containerd import ContainerRecord, RuncOptions
 from criproxy.errors import (
     AlreadyExists,
@@ -170,13 +171,7 @@ class SandboxService:
         if not sandbox_id:
             raise InvalidArgument("pod_sandbox_id is required")
         self._require_recovered()
-        found = self._sandboxes.get(sandbox_id)
-        if found is not None:
-            return found
-        matches = [s for i, s in self._sandboxes.items() if i.startswith(sandbox_id)]
-        if len(matches) > 1:
-            raise InvalidArgument(f"pod sandbox id prefix {sandbox_id!r} is ambiguous")
-        return matches[0] if matches else None
+        return records.by_id_or_prefix(self._sandboxes, sandbox_id, "pod sandbox")
 
     def get(self, sandbox_id: str) -> Sandbox:
         found = self.resolve(sandbox_id)
