@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -698,3 +699,44 @@ def test_image_id_tty_missing_log_dir_and_host_paths(ctr_env: ContainerEnv) -> N
     assert ctr_env.wait_exited(writer).exit_code == 0
     assert (host_dir / "file").read_text() == "x\n"  # created as a directory, as containerd
     shutil.rmtree(host_dir.parent.parent, ignore_errors=True)
+
+
+def test_devices_and_the_configured_stop_signal(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("devices")
+    device = api_pb2.Device(container_path="/dev/mynull", host_path="/dev/null", permissions="rw")
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "dev",
+        args=["trap 'exit 42' INT; sleep 1000 & wait"],
+        devices=[device],
+        stop_signal=api_pb2.SIGINT,
+    )
+    assert ctr_env.exec(container, "sh", "-c", "echo x > /dev/mynull").exit_code == 0
+    assert ctr_env.exec(container, "stat", "-c", "%t:%T", "/dev/mynull").stdout == b"1:3\n"
+    assert ctr_env.status(container).status.stop_signal == api_pb2.SIGINT
+    time.sleep(0.3)
+    ctr_env.stop(container, timeout=30)
+    assert ctr_env.status(container).status.exit_code == 42
+
+
+def test_stats_answer_from_the_last_sample_when_the_shim_is_stuck(
+    ctr_env: ContainerEnv,
+) -> None:
+    pod_id, pod = ctr_env.pod("stuckshim")
+    container = ctr_env.run(pod_id, pod, "c", args=["sleep 1000"])
+    request = api_pb2.ContainerStatsRequest(container_id=container)
+    before = ctr_env.runtime.ContainerStats(request, timeout=30).stats
+    assert before.memory.working_set_bytes.value > 0
+    pid = int(ctr_env.info(container)["pid"])  # type: ignore[call-overload]
+    shim = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(shim, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        during = ctr_env.runtime.ContainerStats(request, timeout=10).stats
+        took = time.monotonic() - started
+    finally:
+        os.kill(shim, signal.SIGCONT)
+    assert took < 5
+    assert during.memory.working_set_bytes.value == before.memory.working_set_bytes.value
+    assert ctr_env.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=5).containers
