@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import datetime
     from collections.abc import AsyncIterator
 
+    from anyio.abc import TaskGroup
+
 log = structlog.get_logger("criproxy.containerd")
 
 __all__ = [
@@ -77,9 +79,14 @@ class Containerd:
 
     @contextlib.asynccontextmanager
     async def leased(
-        self, prefix: str, expire_after: datetime.timedelta
+        self,
+        prefix: str,
+        expire_after: datetime.timedelta,
+        *,
+        release_in: TaskGroup | None = None,
     ) -> AsyncIterator[Containerd]:
-        """A view under a fresh lease, deleted on the way out.
+        """A view under a fresh lease, deleted on the way out (in `release_in`'s background,
+        off the caller's path, when given).
 
         What is created under it (a snapshot not yet referenced by a record) is safe from
         containerd's GC until then; a lease that cannot be deleted expires by itself.
@@ -88,11 +95,17 @@ class Containerd:
         try:
             yield self.with_lease(lease)
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.leases.delete(lease)
-                except CriproxyError as err:
-                    log.warning("lease not deleted", lease=lease, error=err.message)
+            if release_in is not None:
+                release_in.start_soon(self._delete_lease, lease)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._delete_lease(lease)
+
+    async def _delete_lease(self, lease: str) -> None:
+        try:
+            await self.leases.delete(lease)
+        except CriproxyError as err:
+            log.warning("lease not deleted", lease=lease, error=err.message)
 
     @property
     def address(self) -> str:

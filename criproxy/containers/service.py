@@ -224,7 +224,9 @@ class ContainerService:
             raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
         undos: list[Callable[[], Awaitable[Any]]] = []
         try:
-            async with self._containerd.leased("criproxy-container", _SETUP_LEASE) as cd:
+            async with self._containerd.leased(
+                "criproxy-container", _SETUP_LEASE, release_in=self._tg
+            ) as cd:
                 mounts = await cd.snapshots.prepare(
                     snapshotter, container_id, image.content.chain_id
                 )

@@ -269,7 +269,9 @@ class SandboxService:
     ) -> Sandbox:
         # Under a lease until the container record references the snapshot: containerd's
         # GC (which runs after enough mutations) collects an unreferenced fresh snapshot.
-        async with self._containerd.leased("criproxy-sandbox", _SETUP_LEASE) as cd:
+        async with self._containerd.leased(
+            "criproxy-sandbox", _SETUP_LEASE, release_in=self._tg
+        ) as cd:
             return await self._setup_leased(cd, sandbox_id, pod, handler, undos)
 
     async def _setup_leased(
