@@ -161,7 +161,11 @@ class Node:
             "revision": status.containerd.revision if status.containerd else "",
         }
         return {
-            "config": json.dumps(self.config.to_dict(), sort_keys=True),
+            # containerd's key names too, for tools that read them (kubeadm: sandboxImage)
+            "config": json.dumps(
+                {**self.config.to_dict(), "sandboxImage": self.config.sandbox_image},
+                sort_keys=True,
+            ),
             "containerd": json.dumps(containerd, sort_keys=True),
             "cniconfig": json.dumps(
                 {"path": str(status.network.path), "config": status.network.raw}

@@ -133,6 +133,18 @@ class ContainersService:
             operation=f"update container {container_id}",
         )
 
+    async def set_spec(self, container_id: str, spec: dict[str, Any]) -> None:
+        """Replace the record's OCI spec (what a task created later starts from)."""
+        msg = containers_pb2.Container(id=container_id)
+        msg.spec.CopyFrom(any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()))
+        await self._channel.unary(
+            self._stub.Update,
+            containers_pb2.UpdateContainerRequest(
+                container=msg, update_mask=field_mask_pb2.FieldMask(paths=["spec"])
+            ),
+            operation=f"update the spec of container {container_id}",
+        )
+
     async def delete(self, container_id: str) -> bool:
         """Delete the record; False when there was none."""
         try:

@@ -43,6 +43,12 @@ from criproxy.errors import (
     NotFound,
     Unavailable,
 )
+from criproxy.oci.container import (
+    ContainerResources,
+    linux_resources,
+    merge_resources,
+    with_resources,
+)
 from criproxy.sandbox import idmap
 from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
 from criproxy.sandbox.service import runc_options
@@ -156,11 +162,18 @@ class ContainerService:
     def spec(self, container_id: str) -> dict[str, Any] | None:
         return self._specs.get(container_id)
 
-    def runtime_type(self, container: Container) -> str:
+    def runtime(self, container: Container) -> tuple[str, dict[str, object] | None]:
+        """The shim and its options (as JSON) the container runs with, for verbose status."""
         sandbox = self._sandboxes.resolve(container.sandbox_id)
         if sandbox is None:
-            return ""
-        return self._sandboxes.handler(sandbox.runtime_handler).runtime_type
+            return "", None
+        handler = self._sandboxes.handler(sandbox.runtime_handler)
+        options = runc_options(handler, self._config.cgroup_driver)
+        return handler.runtime_type, dataclasses.asdict(options) if options else None
+
+    @property
+    def snapshotter(self) -> str:
+        return self._config.containerd.snapshotter
 
     def pod_containers(self, sandbox_id: str) -> tuple[Container, ...]:
         return tuple(c for c in self._containers.values() if c.sandbox_id == sandbox_id)
@@ -185,13 +198,8 @@ class ContainerService:
                 f"container name {key!r} is already reserved for container {self._names[key]}"
             )
         log_path = _log_path(pod.log_directory, config.log_path)
-        if log_path and not await anyio.to_thread.run_sync(
-            os.path.isdir, os.path.dirname(log_path)
-        ):
-            raise FailedPrecondition(
-                f"the log directory {os.path.dirname(log_path)!r} of container {config.name!r} "
-                "does not exist"
-            )
+        if log_path:
+            await anyio.to_thread.run_sync(_log_dir, pod.log_directory, log_path, config.name)
         container_id = secrets.token_hex(32)
         self._names[key] = container_id
         bound = log.bind(container=container_id, sandbox=sandbox.id, name=config.name)
@@ -245,6 +253,8 @@ class ContainerService:
                         target_pid=target_pid,
                     )
                 )
+                if config.resources is not None:
+                    config = dataclasses.replace(config, resources=_effective(config.resources))
                 container = Container(
                     id=container_id,
                     sandbox_id=sandbox.id,
@@ -748,26 +758,29 @@ class ContainerService:
             raise FailedPrecondition(f"container {container.id} has no output to reopen")
         await io.reopen()
 
-    async def update_resources(self, container_id: str, resources: Any) -> None:
-        from criproxy.oci.container import linux_resources
-
+    async def update_resources(self, container_id: str, resources: ContainerResources) -> None:
+        """As containerd: unset fields keep their values; the merged limits go to the running
+        task and into the record's spec (a created container starts with them; an exited
+        one only records them)."""
         container = self.get(container_id)
 
         async def update() -> None:
             current = self._containers.get(container.id)
             if current is None:
                 raise NotFound(f"container {container_id!r} not found")
+            merged = _effective(merge_resources(current.config.resources, resources))
+            oci = linux_resources(
+                merged,
+                swap_controller=host.swap_controller_available(),
+                hugetlb_controller="hugetlb" in host.cgroup_info().controllers,
+            )
             if current.state == "running":
-                oci = linux_resources(
-                    resources,
-                    swap_controller=host.swap_controller_available(),
-                    hugetlb_controller="hugetlb" in host.cgroup_info().controllers,
-                )
                 await self._containerd.tasks.update(current.id, oci)
-            elif current.state != "created":
-                raise FailedPrecondition(f"container {current.id} is {current.state.upper()}")
+            spec = with_resources(self._specs.get(current.id) or {}, oci)
+            await self._containerd.containers.set_spec(current.id, spec)
+            self._specs[current.id] = spec
             updated = current.with_changes(
-                config=dataclasses.replace(current.config, resources=resources)
+                config=dataclasses.replace(current.config, resources=merged)
             )
             await self._persist(updated)
             self._containers[current.id] = updated
@@ -786,6 +799,29 @@ class ContainerService:
             self._sandboxes.resolve(container.sandbox_id) if self._recovered.is_set() else None
         )
         self.events.publish(kind, container.id, sandbox, self.pod_containers(container.sandbox_id))
+
+
+def _effective(resources: ContainerResources) -> ContainerResources:
+    """The limits as applied: swap defaults to the memory limit where the host limits swap
+    (containerd's WithResources), and the status reports that value."""
+    if resources.memory_swap_limit_in_bytes or not resources.memory_limit_in_bytes:
+        return resources
+    if not host.swap_controller_available():
+        return resources
+    return dataclasses.replace(
+        resources, memory_swap_limit_in_bytes=resources.memory_limit_in_bytes
+    )
+
+
+def _log_dir(log_directory: str, log_path: str, name: str) -> None:
+    """The pod's log directory must exist (the kubelet makes it before the pod); a
+    directory inside it that the log path names is made, as containerd does."""
+    if not os.path.isdir(log_directory):
+        raise FailedPrecondition(
+            f"the pod's log directory {log_directory!r} does not exist "
+            f"(container {name!r} logs to {log_path!r})"
+        )
+    os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
 
 
 def _log_path(log_directory: str, log_path: str) -> str:

@@ -6,6 +6,7 @@ naming the field and leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from typing import TYPE_CHECKING
@@ -250,7 +251,8 @@ def to_container(c: Container) -> api_pb2.Container:
         id=c.id,
         pod_sandbox_id=c.sandbox_id,
         metadata=_metadata(c),
-        image=api_pb2.ImageSpec(image=c.image.name, user_specified_image=c.config.image),
+        # as the request named it, as containerd lists it (the status gives the repo tag)
+        image=api_pb2.ImageSpec(image=c.config.image, user_specified_image=c.config.image),
         image_ref=c.image.id,
         state=_state(c),  # type: ignore[arg-type]
         created_at=c.created_at_ns,
@@ -344,7 +346,14 @@ def to_status(c: Container) -> api_pb2.ContainerStatus:
     )
 
 
-def verbose_info(c: Container, spec: dict[str, object] | None, runtime_type: str) -> dict[str, str]:
+def verbose_info(
+    c: Container,
+    spec: dict[str, object] | None,
+    runtime_type: str,
+    *,
+    snapshotter: str = "",
+    runtime_options: dict[str, object] | None = None,
+) -> dict[str, str]:
     """containerd's CRI gives one `info` JSON; these are its keys criproxy has."""
     info = {
         "sandboxID": c.sandbox_id,
@@ -352,14 +361,10 @@ def verbose_info(c: Container, spec: dict[str, object] | None, runtime_type: str
         "removing": False,
         "snapshotKey": c.id,
         "runtimeType": runtime_type,
-        "config": {
-            "metadata": {"name": c.config.name, "attempt": c.config.attempt},
-            "image": {"image": c.config.image},
-            "log_path": c.config.log_path,
-            "tty": c.config.tty,
-            "stdin": c.config.stdin,
-        },
+        "config": dataclasses.asdict(c.config),
         "runtimeSpec": spec,
+        "snapshotter": snapshotter,
+        "runtimeOptions": runtime_options,
     }
     return {"info": json.dumps(info, sort_keys=True)}
 

@@ -225,10 +225,13 @@ class RuntimeServicer:
         container = self._containers.get(request.container_id)
         info = {}
         if request.verbose:
+            runtime_type, options = self._containers.runtime(container)
             info = container_cri.verbose_info(
                 container,
                 self._containers.spec(container.id),
-                self._containers.runtime_type(container),
+                runtime_type,
+                snapshotter=self._containers.snapshotter,
+                runtime_options=options,
             )
         return api_pb2.ContainerStatusResponse(status=container_cri.to_status(container), info=info)
 

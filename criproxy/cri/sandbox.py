@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.errors import InvalidArgument
@@ -283,13 +283,53 @@ def verbose_info(sandbox: Sandbox) -> dict[str, str]:
         "image": sandbox.image,
         "snapshotKey": sandbox.id,
         "runtimeHandler": sandbox.runtime_handler,
-        "cniResult": sandbox.cni_result,
+        "cniResult": cni_result_view(sandbox.cni_result),
         "sandboxFiles": sandbox.files_dir,
         "shm": sandbox.shm,
         "overhead": sandbox.overhead,
         "resources": sandbox.resources,
     }
     return {"info": json.dumps(info, sort_keys=True)}
+
+
+def cni_result_view(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A CNI result in the shape containerd's CRI shows it (`Interfaces.<name>.IPConfigs`),
+    which scripts reading `crictl inspectp` rely on."""
+    if result is None:
+        return None
+    interfaces = result.get("interfaces") or []
+    view: dict[str, dict[str, Any]] = {
+        str(i.get("name", "")): {
+            "IPConfigs": [],
+            "Mac": i.get("mac", ""),
+            "Sandbox": i.get("sandbox", ""),
+            "PciID": i.get("pciID", ""),
+            "SocketPath": i.get("socketPath", ""),
+        }
+        for i in interfaces
+    }
+    for ip in result.get("ips") or []:
+        index = ip.get("interface")
+        if isinstance(index, int) and 0 <= index < len(interfaces):
+            name = str(interfaces[index].get("name", ""))
+            view[name]["IPConfigs"].append(
+                {"IP": str(ip.get("address", "")).split("/")[0], "Gateway": ip.get("gateway", "")}
+            )
+    dns = result.get("dns") or {}
+    return {
+        "Interfaces": view,
+        "DNS": [
+            {
+                "Nameservers": dns.get("nameservers"),
+                "Domain": dns.get("domain", ""),
+                "Search": dns.get("search"),
+                "Options": dns.get("options"),
+            }
+        ]
+        if dns
+        else [],
+        "Routes": [{"dst": r.get("dst"), "gw": r.get("gw")} for r in result.get("routes") or []],
+    }
 
 
 def matches(sandbox: Sandbox, flt: api_pb2.PodSandboxFilter, resolved_id: str) -> bool:

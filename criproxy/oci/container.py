@@ -15,6 +15,7 @@ none, stat-ing devices, and copying image content into the VOLUME directories.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import posixpath
 from collections.abc import Mapping  # noqa: TC003 (records resolve these hints at runtime)
 from dataclasses import dataclass, field
@@ -314,6 +315,27 @@ def effective_user(inp: ContainerSpecInput) -> ProcessUser:
         groups.add(gid)
         groups.update(member_gids(member, inp.etc_passwd, inp.etc_group))
     return ProcessUser(uid, gid, tuple(sorted(groups)))
+
+
+def merge_resources(old: ContainerResources | None, new: ContainerResources) -> ContainerResources:
+    """UpdateContainerResources as containerd applies it: a field the update leaves unset
+    (zero or empty) keeps its previous value."""
+    if old is None:
+        return new
+    merged = {
+        f.name: getattr(new, f.name) or getattr(old, f.name)
+        for f in dataclasses.fields(ContainerResources)
+    }
+    return ContainerResources(**merged)
+
+
+def with_resources(spec: Mapping[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
+    """`spec` with its cgroup limits replaced by `resources` (its device rules kept)."""
+    updated = copy.deepcopy(dict(spec))
+    linux = updated.setdefault("linux", {})
+    devices = (linux.get("resources") or {}).get("devices")
+    linux["resources"] = {**({"devices": devices} if devices else {}), **resources}
+    return updated
 
 
 def linux_resources(

@@ -224,7 +224,7 @@ class SandboxService:
             )
         reservation = _Reservation(secrets.token_hex(32))
         self._reservations[key] = reservation
-        tg.start_soon(self._create, reservation, pod, handler)
+        tg.start_soon(self._create, reservation, pod, handler, runtime_handler)
         await reservation.done.wait()
         if reservation.error is not None:
             raise reservation.error
@@ -232,14 +232,14 @@ class SandboxService:
         return reservation.id
 
     async def _create(
-        self, reservation: _Reservation, pod: PodConfig, handler: RuntimeHandler
+        self, reservation: _Reservation, pod: PodConfig, handler: RuntimeHandler, requested: str
     ) -> None:
         sandbox_id = reservation.id
         bound = log.bind(sandbox=sandbox_id, pod=f"{pod.metadata.namespace}/{pod.metadata.name}")
         undos: list[Undo] = []
         started = time.monotonic()
         try:
-            sandbox = await self._setup(sandbox_id, pod, handler, undos)
+            sandbox = await self._setup(sandbox_id, pod, handler, undos, requested=requested)
             self._sandboxes[sandbox_id] = sandbox
             # An exit before the pod was registered was not routed to it: look once more.
             self._loop(sandbox_id).post(functools.partial(self._reconcile, sandbox_id))
@@ -265,14 +265,22 @@ class SandboxService:
             reservation.done.set()
 
     async def _setup(
-        self, sandbox_id: str, pod: PodConfig, handler: RuntimeHandler, undos: list[Undo]
+        self,
+        sandbox_id: str,
+        pod: PodConfig,
+        handler: RuntimeHandler,
+        undos: list[Undo],
+        *,
+        requested: str,
     ) -> Sandbox:
         # Under a lease until the container record references the snapshot: containerd's
         # GC (which runs after enough mutations) collects an unreferenced fresh snapshot.
         async with self._containerd.leased(
             "criproxy-sandbox", _SETUP_LEASE, release_in=self._tg
         ) as cd:
-            return await self._setup_leased(cd, sandbox_id, pod, handler, undos)
+            return await self._setup_leased(
+                cd, sandbox_id, pod, handler, undos, requested=requested
+            )
 
     async def _setup_leased(
         self,
@@ -281,6 +289,8 @@ class SandboxService:
         pod: PodConfig,
         handler: RuntimeHandler,
         undos: list[Undo],
+        *,
+        requested: str,
     ) -> Sandbox:
         image = await self._images.ensure_sandbox_image()
         snapshotter = self._config.containerd.snapshotter
@@ -326,7 +336,7 @@ class SandboxService:
         sandbox = Sandbox(
             id=sandbox_id,
             config=pod,
-            runtime_handler=handler.name,
+            runtime_handler=requested,  # as asked, "" for the default (as containerd)
             image=self._images.sandbox_image,
             created_at_ns=time.time_ns(),
             netns=netns,

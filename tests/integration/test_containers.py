@@ -671,6 +671,35 @@ def test_update_resources_reach_the_running_task(ctr_env: ContainerEnv) -> None:
     assert int(shares.stdout) == 512
     status = ctr_env.status(container).status
     assert status.resources.linux.memory_limit_in_bytes == limit
+    # an update naming only the quota keeps the memory limit and the shares (as containerd)
+    ctr_env.runtime.UpdateContainerResources(
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=container,
+            linux=api_pb2.LinuxContainerResources(cpu_quota=50000, cpu_period=100000),
+        ),
+        timeout=30,
+    )
+    merged = ctr_env.status(container).status.resources.linux
+    assert (merged.memory_limit_in_bytes, merged.cpu_shares, merged.cpu_quota) == (
+        limit,
+        512,
+        50000,
+    )
+    spec = ctr_env.info(container)["runtimeSpec"]
+    assert spec["linux"]["resources"]["cpu"]["quota"] == 50000  # type: ignore[index]
+
+    # a created container starts with what the update gave it
+    created = ctr_env.create(pod_id, pod, "later", args=["sleep 1000"])
+    ctr_env.runtime.UpdateContainerResources(
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=created,
+            linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=limit),
+        ),
+        timeout=30,
+    )
+    ctr_env.start(created)
+    read = ctr_env.exec(created, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert int(read.stdout) == limit
 
 
 def test_image_id_tty_missing_log_dir_and_host_paths(ctr_env: ContainerEnv) -> None:
@@ -688,10 +717,17 @@ def test_image_id_tty_missing_log_dir_and_host_paths(ctr_env: ContainerEnv) -> N
     assert ctr_env.output(tty).splitlines()[0] == "hello-tty"
     assert "/dev/pts/" in ctr_env.output(tty)
 
+    # a directory inside the pod's log directory is made, as containerd does...
+    nested = ctr_env.run(pod_id, pod, "nested", args=["echo nested"], log_path="sub/0.log")
+    ctr_env.wait_exited(nested)
+    assert ctr_env.output(nested) == "nested\n"
+    # ...but a pod whose log directory is gone gets a clear error
+    lost_pod, lost = ctr_env.pod("lostlogs")
+    Path(lost.log_directory).rmdir()
     with pytest.raises(grpc.RpcError) as err:
-        ctr_env.create(pod_id, pod, "nolog", args=["true"], log_path="missing-dir/0.log")
+        ctr_env.create(lost_pod, lost, "nolog", args=["true"])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "missing-dir" in str(err.value.details())
+    assert lost.log_directory in str(err.value.details())
 
     host_dir = Path(tempfile.mkdtemp(prefix="cpx-hostpath-", dir="/tmp")) / "not" / "there"
     mount = api_pb2.Mount(container_path="/data", host_path=str(host_dir))

@@ -35,6 +35,9 @@ def test_run_gives_a_ready_pod_with_an_ip_and_its_files(pod_env: PodEnv) -> None
     assert pid > 0 and Path(f"/proc/{pid}").exists()
     netns = str(info["netNamespacePath"])
     assert os.stat(netns).st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
+    cni = info["cniResult"]  # containerd's shape, which scripts read
+    assert cni["Interfaces"]["eth0"]["IPConfigs"][0]["IP"] == status.network.ip  # type: ignore[index]
+    assert status.runtime_handler == ""  # as asked: the default
     files = Path(str(info["sandboxFiles"]))
     assert (files / "hostname").read_text() == "web\n"
     assert (files / "resolv.conf").read_text() == (
