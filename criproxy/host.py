@@ -59,7 +59,9 @@ def cgroup_info(root: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
     controllers: list[str] = []
     for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
         fields = line.split()
-        if len(fields) >= 4 and fields[3] == "1":
+        # Hierarchy 0: enabled, but on no v1 mount (on a hybrid host, the unified tree's),
+        # so a v1 runtime cannot use it (hugetlb here).
+        if len(fields) >= 4 and fields[3] == "1" and fields[1] != "0":
             controllers.append(fields[0])
     return CgroupInfo(1, tuple(controllers))
 

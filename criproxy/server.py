@@ -90,7 +90,12 @@ class _Domain:
         sandboxes = SandboxService(config, containerd, images)
         containers = ContainerService(config, containerd, images, sandboxes)
         usage = UsageService(
-            containerd, config.containerd.snapshotter, images, sandboxes, containers
+            containerd,
+            config.containerd.snapshotter,
+            images,
+            sandboxes,
+            containers,
+            systemd=config.cgroup_driver == "systemd",
         )
         return cls(Node(config, containerd), images, sandboxes, containers, usage)
 

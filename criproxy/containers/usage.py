@@ -14,6 +14,7 @@ import anyio
 import structlog
 
 from criproxy.containers import stats
+from criproxy.containers.podcgroup import read_pod_cgroup
 from criproxy.containers.sampler import FS_USAGE_INTERVAL, Sampler
 from criproxy.errors import CriproxyError
 
@@ -42,12 +43,16 @@ class UsageService:
         images: ImageService,
         sandboxes: SandboxService,
         containers: ContainerService,
+        *,
+        systemd: bool = False,
     ) -> None:
         self._sampler = Sampler(containerd, snapshotter)
         self._images = images
         self._sandboxes = sandboxes
         self._containers = containers
         self._tg: TaskGroup | None = None
+        self._pod_samples: dict[str, stats.CgroupSample] = {}
+        self._systemd = systemd
         self._layers_done = anyio.Event()
         self._mountpoint = ""
 
@@ -61,7 +66,10 @@ class UsageService:
 
     async def _refresh_layers(self) -> None:
         ids = [c.id for c in self._containers.all_if_ready()]
-        self._sampler.retain([*ids, *(p.id for p in self._sandboxes.pods_if_ready())])
+        pods = {p.id for p in self._sandboxes.pods_if_ready()}
+        self._sampler.retain([*ids, *pods])
+        for gone in [i for i in self._pod_samples if i not in pods]:
+            del self._pod_samples[gone]
         try:
             await self._sampler.refresh_layers(ids)
         finally:
@@ -131,23 +139,46 @@ class UsageService:
             ]
             parts = [samples[i] for i in (pod.id, *(c.id for c in containers)) if i in samples]
             interfaces = await self._interfaces(pod)
+            sample, nano = await self._pod_sample(pod, parts, containers, samples)
             out.append(
                 stats.pod_sandbox_stats(
                     _pod_attributes(pod),
-                    _sum(parts) if pod.state == "ready" else None,
-                    usage_nano_cores=sum(
-                        self._sampler.nano_cores(i)
-                        for i in (pod.id, *(c.id for c in containers))
-                        if i in samples
-                    )
-                    if parts
-                    else None,
+                    sample,
+                    usage_nano_cores=nano,
                     containers=container_stats,
-                    process_count=sum(p.pids for p in parts),
+                    process_count=sample.pids if sample else 0,
                     interfaces=interfaces,
                 )
             )
         return out
+
+    async def _pod_sample(
+        self,
+        pod: Sandbox,
+        parts: list[stats.CgroupSample],
+        containers: list[Container],
+        samples: dict[str, stats.CgroupSample],
+    ) -> tuple[stats.CgroupSample | None, int | None]:
+        """The pod's own cgroup when it has one (limit, monotonic counters, as containerd);
+        else the sum of its pause and containers' cgroups."""
+        if pod.state != "ready":
+            return None, None
+        if pod.config.cgroup_parent:
+            own = await anyio.to_thread.run_sync(
+                read_pod_cgroup, pod.config.cgroup_parent, self._systemd
+            )
+            if own is not None:
+                previous = self._pod_samples.get(pod.id)
+                self._pod_samples[pod.id] = own
+                return own, stats.nano_cores(previous, own)
+        if not parts:
+            return None, None
+        nano = sum(
+            self._sampler.nano_cores(i)
+            for i in (pod.id, *(c.id for c in containers))
+            if i in samples
+        )
+        return _sum(parts), nano
 
     async def _interfaces(self, pod: Sandbox) -> list[stats.InterfaceStats] | None:
         if pod.config.host_network or pod.state != "ready" or not pod.pid:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -776,3 +777,44 @@ def test_stats_answer_from_the_last_sample_when_the_shim_is_stuck(
     assert took < 5
     assert during.memory.working_set_bytes.value == before.memory.working_set_bytes.value
     assert ctr_env.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=5).containers
+
+
+def test_kubelet_style_pod_cgroup_hugepages_and_pod_stats(ctr_env: ContainerEnv) -> None:
+    parent = f"/cpx-test-pod-{os.getpid()}"
+    pod_id, pod = ctr_env.pod(
+        "podcgroup", linux=api_pb2.LinuxPodSandboxConfig(cgroup_parent=parent)
+    )
+    limit = 96 * 1024 * 1024
+    memory_dir = Path("/sys/fs/cgroup/memory") / parent.strip("/")
+    try:
+        (memory_dir / "memory.limit_in_bytes").write_text(str(limit))  # what the kubelet sets
+        # the kubelet sends a 0 limit for each hugepage size the host has
+        hugepages = [
+            api_pb2.HugepageLimit(page_size="2MB", limit=0),
+            api_pb2.HugepageLimit(page_size="1GB", limit=0),
+        ]
+        container = ctr_env.run(
+            pod_id,
+            pod,
+            "c",
+            args=["sleep 1000"],
+            linux=api_pb2.LinuxContainerConfig(
+                resources=api_pb2.LinuxContainerResources(hugepage_limits=hugepages)
+            ),
+        )
+        assert ctr_env.status(container).status.state == api_pb2.CONTAINER_RUNNING
+        request = api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod_id)
+        first = ctr_env.runtime.PodSandboxStats(request, timeout=30).stats.linux
+        memory = first.memory
+        assert memory.working_set_bytes.value > 0
+        assert memory.available_bytes.value == limit - memory.working_set_bytes.value
+        ctr_env.exec(container, "sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
+        second = ctr_env.runtime.PodSandboxStats(request, timeout=30).stats.linux
+        assert second.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
+        assert second.cpu.usage_nano_cores.value > 0
+    finally:
+        ctr_env.pods.stop(pod_id)
+        ctr_env.pods.remove(pod_id)
+        for controller in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (controller / parent.strip("/")).rmdir()

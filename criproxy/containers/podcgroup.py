@@ -1,0 +1,140 @@
+"""A pod's own cgroup (its `cgroup_parent`), read from cgroupfs for PodSandboxStats.
+
+containerd's CRI reads the pod cgroup the kubelet made, so the pod's figures include
+its limit (available bytes) and stay monotonic when a container goes; summing the
+containers' cgroups cannot do either. Blocking: call from a worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from criproxy.containers.stats import CgroupSample
+
+ROOT = Path("/sys/fs/cgroup")
+_NO_LIMIT = 1 << 62
+
+
+def cgroup_dir(parent: str, systemd: bool) -> str:
+    """The directory of `parent` below a hierarchy's root.
+
+    A systemd slice `a-b-c.slice` lives at `a.slice/a-b.slice/a-b-c.slice`.
+    """
+    if systemd or parent.endswith(".slice"):
+        name = parent.rstrip("/").rsplit("/", 1)[-1]
+        if name == "-.slice":
+            return ""
+        parts = name.removesuffix(".slice").split("-")
+        return "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+    return parent.strip("/")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int((text or "").strip().split()[0])
+    except (ValueError, IndexError):
+        return 0
+
+
+def _stat(text: str | None) -> dict[str, int]:
+    out = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            continue
+    return out
+
+
+def read_pod_cgroup(parent: str, systemd: bool, root: Path = ROOT) -> CgroupSample | None:
+    """The pod cgroup's sample, or None when it cannot be read (no parent, gone, ...)."""
+    if not parent:
+        return None
+    rel = cgroup_dir(parent, systemd)
+    if (root / "cgroup.controllers").exists():
+        return _v2(root / rel)
+    return _v1(root, rel)
+
+
+def _limit(value: int) -> int | None:
+    return value if 0 < value < _NO_LIMIT else None
+
+
+def _memory(
+    usage: int, limit: int | None, *, inactive: int, rss: int, faults: int, major: int
+) -> dict[str, object]:
+    working = max(usage - inactive, 0)
+    return {
+        "has_memory": True,
+        "memory_usage_bytes": usage,
+        "memory_working_set_bytes": working,
+        "memory_limit_bytes": limit,
+        "available_bytes": max(limit - working, 0) if limit is not None else 0,
+        "rss_bytes": rss,
+        "inactive_file_bytes": inactive,
+        "page_faults": faults,
+        "major_page_faults": major,
+    }
+
+
+def _v1(root: Path, rel: str) -> CgroupSample | None:
+    memory_dir = root / "memory" / rel
+    usage_text = _read(memory_dir / "memory.usage_in_bytes")
+    cpu_text = _read(root / "cpuacct" / rel / "cpuacct.usage")
+    if usage_text is None and cpu_text is None:
+        return None
+    fields: dict[str, object] = {}
+    if usage_text is not None:
+        stat = _stat(_read(memory_dir / "memory.stat"))
+        fields.update(
+            _memory(
+                _int(usage_text),
+                _limit(_int(_read(memory_dir / "memory.limit_in_bytes"))),
+                inactive=stat.get("total_inactive_file", 0),
+                rss=stat.get("total_rss", 0),
+                faults=stat.get("total_pgfault", 0),
+                major=stat.get("total_pgmajfault", 0),
+            )
+        )
+    if cpu_text is not None:
+        fields.update(has_cpu=True, cpu_usage_ns=_int(cpu_text))
+    pids = _read(root / "pids" / rel / "pids.current")
+    if pids is not None:
+        fields["pids"] = _int(pids)
+    return CgroupSample(timestamp_ns=time.time_ns(), cgroup_version=1, **fields)  # type: ignore[arg-type]
+
+
+def _v2(path: Path) -> CgroupSample | None:
+    current = _read(path / "memory.current")
+    cpu = _stat(_read(path / "cpu.stat"))
+    if current is None and not cpu:
+        return None
+    fields: dict[str, object] = {}
+    if current is not None:
+        stat = _stat(_read(path / "memory.stat"))
+        limit_text = (_read(path / "memory.max") or "").strip()
+        fields.update(
+            _memory(
+                _int(current),
+                _limit(int(limit_text)) if limit_text.isdigit() else None,
+                inactive=stat.get("inactive_file", 0),
+                rss=stat.get("anon", 0),
+                faults=stat.get("pgfault", 0),
+                major=stat.get("pgmajfault", 0),
+            )
+        )
+    if cpu:
+        fields.update(has_cpu=True, cpu_usage_ns=cpu.get("usage_usec", 0) * 1000)
+    pids = _read(path / "pids.current")
+    if pids is not None:
+        fields["pids"] = _int(pids)
+    return CgroupSample(timestamp_ns=time.time_ns(), cgroup_version=2, **fields)  # type: ignore[arg-type]
