@@ -12,7 +12,7 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from criproxy.cri.sandbox import MODES, id_mappings, userns_config
+from criproxy.cri.sandbox import MODES, id_mappings, selinux_label, userns_config
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
     ContainerConfig,
@@ -159,21 +159,13 @@ def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
         apparmor=_security_profile(ctx.apparmor, ctx.apparmor_profile)
         if ctx.HasField("apparmor")
         else _legacy_profile(ctx.apparmor_profile),
-        selinux_process_label=_selinux_label(ctx),
+        selinux_process_label=selinux_label(ctx),
         pid=pid,
         target_id=options.target_id,
         ipc=MODES[options.ipc],
         network=MODES[options.network],
         userns=userns_config(options, "config.linux.security_context.namespace_options"),
     )
-
-
-def _selinux_label(ctx: api_pb2.LinuxContainerSecurityContext) -> str:
-    if not ctx.HasField("selinux_options"):
-        return ""
-    o = ctx.selinux_options
-    parts = [o.user, o.role, o.type, o.level]
-    return ":".join(parts) if any(parts) else ""
 
 
 def _stop_signal(value: int) -> str:

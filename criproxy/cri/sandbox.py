@@ -123,6 +123,16 @@ def _dns(config: api_pb2.PodSandboxConfig) -> DnsSettings | None:
     return DnsSettings(tuple(dns.servers), tuple(dns.searches), tuple(dns.options))
 
 
+def selinux_label(
+    ctx: api_pb2.LinuxSandboxSecurityContext | api_pb2.LinuxContainerSecurityContext,
+) -> str:
+    if not ctx.HasField("selinux_options"):
+        return ""
+    o = ctx.selinux_options
+    parts = [o.user, o.role, o.type, o.level]
+    return ":".join(parts) if any(parts) else ""
+
+
 def _seccomp(ctx: api_pb2.LinuxSandboxSecurityContext) -> str:
     if ctx.HasField("seccomp"):
         profile = ctx.seccomp
@@ -216,6 +226,7 @@ def pod_config(config: api_pb2.PodSandboxConfig) -> PodConfig:
             privileged=ctx.privileged,
             readonly_rootfs=ctx.readonly_rootfs,
             seccomp=_seccomp(ctx),
+            selinux_label=selinux_label(ctx),
             userns=userns,
         ),
     )

@@ -58,6 +58,8 @@ class PodSecurity:
     readonly_rootfs: bool = False
     seccomp: str = ""
     """`""`/`unconfined`, `runtime/default`, or `localhost/<path>`."""
+    selinux_label: str = ""
+    """`user:role:type:level` from the pod's SELinux options; "" for none."""
     userns: UsernsConfig | None = None
     """The pod's own user namespace (mode POD); None: the host's."""
 

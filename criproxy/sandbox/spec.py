@@ -6,18 +6,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from criproxy import host
+from criproxy.errors import InvalidArgument
 from criproxy.oci import (
     DEFAULT_SANDBOX_OOM_SCORE_ADJ,
     ImageProcess,
     SandboxSpecInput,
+    default_capabilities,
     restrict_oom_score_adj,
     sandbox_spec,
+    seccomp,
 )
 
 if TYPE_CHECKING:
     from criproxy.config import Config, RestrictOom
     from criproxy.images.manifest import ImageConfig
     from criproxy.sandbox.model import Sandbox
+
+
+def _seccomp(profile: str) -> dict[str, Any] | None:
+    """The pause container's profile: the runtime default (with the default capabilities,
+    which the pause keeps) or a localhost file; none for unconfined."""
+    if profile == "runtime/default":
+        return seccomp.default_profile(default_capabilities())
+    if profile.startswith("localhost/"):
+        path = profile.removeprefix("localhost/")
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise InvalidArgument(
+                f"seccomp profile {path!r} cannot be read: {err.strerror}"
+            ) from None
+        return seccomp.parse_localhost_profile(text)
+    return None
 
 
 def build_spec(
@@ -55,6 +75,10 @@ def build_spec(
             privileged=pod.security.privileged,
             sysctls=pod.sysctls,
             oom_score_adj=oom,
+            seccomp=_seccomp(pod.security.seccomp),
+            # containerd's pause gets the pod's label for its process and its mounts
+            selinux_process_label=pod.security.selinux_label,
+            selinux_mount_label=pod.security.selinux_label,
             annotations=pod.annotations,
             userns_path=sandbox.userns,
             uid_mappings=tuple((m.container_id, m.host_id, m.length) for m in userns.uids)
