@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import stat
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from criproxy import host
 from criproxy.containers import rootfs
 from criproxy.containers.model import EffectiveUser
-from criproxy.errors import FailedPrecondition, InvalidArgument
+from criproxy.errors import FailedPrecondition, Internal, InvalidArgument
 from criproxy.oci import ImageProcess, capabilities, seccomp
 from criproxy.oci.container import (
     ContainerSpecInput,
@@ -113,7 +116,7 @@ def build(
         apparmor_enabled=_apparmor_enabled(),
         etc_passwd=passwd,
         etc_group=group,
-        volume_mounts=_image_volumes(image_config, config, volumes_dir),
+        volume_mounts=_image_volumes(image_config, config, volumes_dir, mounts),
     )
     spec = container_spec(inp)
     uid, gid, groups = effective_user(inp)
@@ -224,9 +227,14 @@ def _apparmor_enabled() -> bool:
 
 
 def _image_volumes(
-    image_config: dict[str, Any], config: ContainerConfig, volumes_dir: Path
+    image_config: dict[str, Any],
+    config: ContainerConfig,
+    volumes_dir: Path,
+    rootfs_mounts: Sequence[Mount],
 ) -> tuple[MountConfig, ...]:
-    """The image's VOLUMEs not covered by a CRI mount, each backed by a fresh directory."""
+    """The image's VOLUMEs not covered by a CRI mount, each backed by a directory of the
+    container's own that starts with what the image has at that path (as containerd's
+    CRI copies it)."""
     taken = {os.path.normpath(m.container_path) for m in config.mounts}
     out = []
     for path in sorted(image_config.get("Volumes") or {}):
@@ -236,7 +244,51 @@ def _image_volumes(
         source = volumes_dir / hashlib.sha256(dest.encode()).hexdigest()[:32]
         source.mkdir(parents=True, exist_ok=True, mode=0o755)
         out.append(MountConfig(container_path=dest, host_path=str(source)))
+    if out:
+        _copy_image_contents(rootfs_mounts, [(m.container_path, m.host_path) for m in out])
     return tuple(out)
+
+
+def _copy_image_contents(mounts: Sequence[Mount], volumes: list[tuple[str, str]]) -> None:
+    """Copy the image's files at each volume path into its directory: the image's layers
+    are mounted read-only on a scratch directory for the copy (one layer: read directly)."""
+    layers = [str(d) for d in rootfs.layer_dirs(mounts)]
+    lowers = [d for d in layers if d not in _upper_dirs(mounts)]
+    with tempfile.TemporaryDirectory(prefix="criproxy-volumes-") as scratch:
+        root = scratch
+        mounted = False
+        if len(lowers) > 1:
+            options = f"ro,lowerdir={':'.join(lowers)}"
+            done = subprocess.run(
+                ["mount", "-t", "overlay", "overlay", "-o", options, scratch],
+                check=False,
+                capture_output=True,
+            )
+            if done.returncode != 0:
+                raise Internal(
+                    "cannot mount the image to copy its volumes: "
+                    + done.stderr.decode(errors="replace").strip()
+                )
+            mounted = True
+        elif lowers:
+            root = lowers[0]
+        try:
+            for dest, target in volumes:
+                src = os.path.join(root, dest.lstrip("/"))
+                if os.path.isdir(src) and not os.path.islink(src):
+                    shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+        finally:
+            if mounted:
+                subprocess.run(["umount", scratch], check=False, capture_output=True)
+
+
+def _upper_dirs(mounts: Sequence[Mount]) -> set[str]:
+    return {
+        option.partition("=")[2]
+        for m in mounts
+        for option in m.options
+        if option.startswith("upperdir=")
+    }
 
 
 def _signal_name(value: str) -> str:

@@ -818,3 +818,31 @@ def test_kubelet_style_pod_cgroup_hugepages_and_pod_stats(ctr_env: ContainerEnv)
         for controller in Path("/sys/fs/cgroup").iterdir():
             with contextlib.suppress(OSError):
                 (controller / parent.strip("/")).rmdir()
+
+
+def test_image_volumes_start_with_the_images_files(
+    ctr_env: ContainerEnv,
+    registry_http,  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.support.images import file_layer
+
+    image = busybox_image(
+        config=ImageConfig(cmd=("sleep", "1000"), volumes=("/data",)),
+        extra_layers=[file_layer({"data/seed.txt": b"from the image\n"})],
+    )
+    registry_http.push(BUSYBOX_REPO, image, "volume")
+    ref = registry_http.reference(BUSYBOX_REPO, "volume")
+    ctr_env.pods.proxy.images.PullImage(
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=120
+    )
+    pod_id, pod = ctr_env.pod("volumes")
+    first = ctr_env.run(pod_id, pod, "first", image=ref)
+    second = ctr_env.run(pod_id, pod, "second", image=ref)
+    assert ctr_env.exec(first, "cat", "/data/seed.txt").stdout == b"from the image\n"
+    assert ctr_env.exec(first, "sh", "-c", "echo mine > /data/new").exit_code == 0
+    assert ctr_env.exec(second, "ls", "/data").stdout.split() == [b"seed.txt"]  # its own copy
+    mounts = ctr_env.info(first)["runtimeSpec"]["mounts"]  # type: ignore[index]
+    assert any(m["destination"] == "/data" for m in mounts)
+    ctr_env.stop(first)
+    ctr_env.remove(first)
+    assert not (ctr_env.pods.proxy.root / "containers" / first).exists()
