@@ -17,6 +17,9 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -39,7 +42,6 @@ from criproxy.network.netns import is_netns
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from anyio.abc import ByteReceiveStream
     from structlog.typing import FilteringBoundLogger
 
 _EXTENSIONS = (".conf", ".conflist", ".json")
@@ -491,6 +493,7 @@ _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _IFNAMSIZ = 16
 _ETXTBSY_RETRIES = 5
 _MAX_VERSION = (1, 1, 0)
+_PLUGIN_THREADS = 64
 
 Command = Literal["ADD", "DEL", "CHECK"]
 
@@ -593,31 +596,63 @@ def _benign_del_error(err: CriproxyError, netns: str) -> bool:
     return "not found" in text or (not netns and "no such file or directory" in text.lower())
 
 
-async def _run_plugin(path: str, stdin: bytes, env: Mapping[str, str]) -> tuple[int, bytes, bytes]:
-    """Exec a plugin, feed it its config, collect its output; killed if cancelled.
+class _PluginProcess:
+    """One plugin run on a worker thread: spawn, feed stdin, collect both outputs, reap.
 
-    Not `anyio.run_process`: a plugin that exits before reading stdin (a crash, a shell
-    stub) must give its exit status, not a broken pipe.
+    A blocking `communicate` on a thread costs the event loop far less than asyncio's pipe
+    transports and child watcher (three pipes, their callbacks, a pidfd reader per run),
+    and the spawn (vfork + exec, which waits for the child's exec) stays off the loop.
+    A plugin that exits before reading stdin gives its exit status, not a broken pipe.
     """
-    out, err = bytearray(), bytearray()
 
-    async def drain(stream: ByteReceiveStream | None, into: bytearray) -> None:
-        if stream is not None:
-            async for chunk in stream:
-                into += chunk
+    def __init__(self, path: str, stdin: bytes, env: Mapping[str, str]) -> None:
+        self._args = ([path], stdin, env)
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._cancelled = False
 
-    async with (
-        await anyio.open_process([path], env=env) as process,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(drain, process.stdout, out)
-        tg.start_soon(drain, process.stderr, err)
-        if process.stdin is not None:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await process.stdin.send(stdin)
-            await process.stdin.aclose()
-        returncode = await process.wait()
-    return returncode, bytes(out), bytes(err)
+    def run(self) -> tuple[int, bytes, bytes]:
+        argv, stdin, env = self._args
+        with self._lock:
+            if self._cancelled:
+                return -signal.SIGKILL, b"", b""
+            self._process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        out, err = self._process.communicate(stdin)
+        return self._process.returncode, out, err
+
+    def kill(self) -> subprocess.Popen[bytes] | None:
+        """Kill the plugin, or keep it from starting; the process to reap, if there is one."""
+        with self._lock:
+            self._cancelled = True
+            if self._process is not None and self._process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+            return self._process
+
+
+async def _run_plugin(
+    path: str, stdin: bytes, env: Mapping[str, str], limiter: anyio.CapacityLimiter
+) -> tuple[int, bytes, bytes]:
+    """Exec a plugin, feed it its config, collect its output; killed (and reaped) if cancelled.
+
+    `limiter` bounds the worker threads of plugin runs, apart from the default pool (file
+    IO), which a slow or hung plugin must not starve.
+    """
+    run = _PluginProcess(path, stdin, env)
+    try:
+        return await anyio.to_thread.run_sync(run.run, abandon_on_cancel=True, limiter=limiter)
+    except BaseException:
+        process = run.kill()
+        if process is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(process.wait, limiter=limiter)
+        raise
 
 
 @dataclass(frozen=True)
@@ -641,6 +676,13 @@ class Cni:
         self.conf_dir = conf_dir
         self.bin_dirs = bin_dirs
         self.timeout = timeout
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def _threads(self) -> anyio.CapacityLimiter:
+        """Made on first use, inside the event loop that runs the plugins."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(_PLUGIN_THREADS)
+        return self._limiter
 
     async def _load(self) -> _Network:
         try:
@@ -685,7 +727,7 @@ class Cni:
         started = time.monotonic()
         for attempt in range(_ETXTBSY_RETRIES + 1):
             try:
-                returncode, stdout, stderr = await _run_plugin(path, stdin, env)
+                returncode, stdout, stderr = await _run_plugin(path, stdin, env, self._threads())
                 break
             except OSError as err:
                 if err.errno == errno.ETXTBSY and attempt < _ETXTBSY_RETRIES:

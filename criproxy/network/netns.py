@@ -27,7 +27,14 @@ from criproxy.errors import AlreadyExists, Internal
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["create_netns", "create_userns_netns", "is_netns", "remove_netns"]
+__all__ = [
+    "create_netns",
+    "create_userns_netns",
+    "is_netns",
+    "remove_netns",
+    "remove_pin",
+    "unpin_netns",
+]
 
 log = structlog.get_logger("criproxy.network.netns")
 
@@ -242,6 +249,12 @@ async def remove_pin(path: Path) -> None:
     """Unmount and delete a namespace pin of any kind; a missing one is fine."""
     with anyio.CancelScope(shield=True):
         await anyio.to_thread.run_sync(_remove, path)
+
+
+def unpin_netns(path: Path) -> None:
+    """As remove_netns, blocking: for a worker thread that has more to remove."""
+    _remove(path)
+    log.debug("netns removed", netns=str(path))
 
 
 async def remove_netns(path: Path) -> None:

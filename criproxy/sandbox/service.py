@@ -44,7 +44,13 @@ from criproxy.network.cni import (
     PortMapping,
     parse_bandwidth_annotations,
 )
-from criproxy.network.netns import create_netns, create_userns_netns, remove_netns, remove_pin
+from criproxy.network.netns import (
+    create_netns,
+    create_userns_netns,
+    remove_netns,
+    remove_pin,
+    unpin_netns,
+)
 from criproxy.sandbox import files, idmap
 from criproxy.sandbox.loop import PodLoop
 from criproxy.sandbox.model import (
@@ -95,6 +101,8 @@ class SandboxService:
         self._sandboxes: dict[str, Sandbox] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._loops: dict[str, PodLoop] = {}
+        self._tasks_deleted: set[str] = set()
+        """Pods whose pause task a stop deleted (its remove need not look for it again)."""
         self._tg: TaskGroup | None = None
         self._stop_hooks: list[PodHook] = []
         self._remove_hooks: list[PodHook] = []
@@ -300,7 +308,6 @@ class SandboxService:
         undos.append(lambda: anyio.to_thread.run_sync(files.remove_dir, files_dir))
         mounts: list[Mount] = []
         hostname = files.pod_hostname(pod.hostname, pod.host_network)
-        resolv = files.resolv_conf(pod.dns)
         netns = userns = ""
         shm = str(state_dir / "shm") if pod.ipc != "node" else ""
 
@@ -313,16 +320,19 @@ class SandboxService:
         async with anyio.create_task_group() as tg:
             tg.start_soon(snapshot)  # needs only the image; overlaps the host-side steps
             netns, userns = await self._namespaces(sandbox_id, pod, state_dir, undos)
-            if shm:
-                await anyio.to_thread.run_sync(files.mount_shm, Path(shm))
-            await anyio.to_thread.run_sync(
-                lambda: files.write_files(
-                    files_dir,
-                    hostname=hostname + "\n",
-                    hosts=files.hosts_file(pod.host_network, "", hostname),
-                    resolv_conf=resolv,
-                )
+            sandbox = Sandbox(
+                id=sandbox_id,
+                config=pod,
+                runtime_handler=requested,  # as asked, "" for the default (as containerd)
+                image=self._images.sandbox_image,
+                created_at_ns=time.time_ns(),
+                netns=netns,
+                files_dir=str(files_dir),
+                shm=shm,
+                userns=userns,
             )
+            created = sandbox.to_json()
+            await anyio.to_thread.run_sync(_host_side, sandbox, state_dir, hostname, created)
         if userns and pod.security.userns is not None:
             idmap_dir = self.idmap_root / sandbox_id
             undos.append(lambda: anyio.to_thread.run_sync(idmap.release, idmap_dir))
@@ -333,19 +343,6 @@ class SandboxService:
                 idmap_dir,
                 *idmap.root_ids(*_maps(pod.security.userns)),
             )
-        sandbox = Sandbox(
-            id=sandbox_id,
-            config=pod,
-            runtime_handler=requested,  # as asked, "" for the default (as containerd)
-            image=self._images.sandbox_image,
-            created_at_ns=time.time_ns(),
-            netns=netns,
-            files_dir=str(files_dir),
-            shm=shm,
-            userns=userns,
-        )
-        # For a criproxy killed before the pause record exists: CNI DEL with the pod's args.
-        await anyio.to_thread.run_sync(_write_intent, state_dir, sandbox)
         restrict = self._config.restrict_oom_score_adj
         spec = build_spec(sandbox, image.content.config, self._config, restrict)
         cni_request = self._cni_request(sandbox)
@@ -369,7 +366,7 @@ class SandboxService:
                 spec=spec,
                 snapshotter=snapshotter,
                 snapshot_key=sandbox_id,
-                extensions={EXTENSION: sandbox.to_json()},
+                extensions={EXTENSION: created},
             )
             await cd.containers.create(record)
             undos.append(lambda: self._delete_record(sandbox_id))
@@ -507,6 +504,7 @@ class SandboxService:
 
         async def kill() -> None:
             exited = await self._delete_task(sandbox.id)
+            self._tasks_deleted.add(sandbox.id)
             if exited is not None:
                 exit_info.append((exited.exit_status, exited.exited_at_ns or time.time_ns()))
 
@@ -554,13 +552,19 @@ class SandboxService:
         sandbox = self._sandboxes.get(sandbox_id)
         if sandbox is None:
             return
-        await self._delete_task(sandbox_id)
+        if sandbox_id not in self._tasks_deleted:
+            await self._delete_task(sandbox_id)
         await self._containerd.containers.delete(sandbox_id)
+        self._tasks_deleted.discard(sandbox_id)
         await self._containerd.snapshots.remove(self._config.containerd.snapshotter, sandbox_id)
-        await anyio.to_thread.run_sync(idmap.release, self.idmap_root / sandbox_id)
-        await anyio.to_thread.run_sync(files.remove_dir, self.state_dir / sandbox_id, _STATE_MOUNTS)
-        await anyio.to_thread.run_sync(files.remove_dir, self.files_root / sandbox_id)
-        await remove_netns(self.netns_dir / sandbox_id)
+
+        def remove_files() -> None:  # one worker-thread hop for the blocking file work
+            idmap.release(self.idmap_root / sandbox_id)
+            files.remove_dir(self.state_dir / sandbox_id, _STATE_MOUNTS)
+            files.remove_dir(self.files_root / sandbox_id)
+            unpin_netns(self.netns_dir / sandbox_id)
+
+        await anyio.to_thread.run_sync(remove_files)
         self._sandboxes.pop(sandbox_id, None)
         self._reservations.pop(sandbox.config.metadata.reservation, None)
         loop = self._loops.pop(sandbox_id, None)
@@ -705,10 +709,26 @@ class SandboxService:
 _INTENT = "sandbox.json"
 
 
-def _write_intent(state_dir: Path, sandbox: Sandbox) -> None:
+def _host_side(sandbox: Sandbox, state_dir: Path, hostname: str, sandbox_json: bytes) -> None:
+    """The pod's blocking host-side file work, in one worker-thread hop: its /dev/shm, its
+    hostname, hosts and resolv.conf, and the intent record (for a criproxy killed before
+    the pause record exists: CNI DEL with the pod's args)."""
+    pod = sandbox.config
+    if sandbox.shm:
+        files.mount_shm(Path(sandbox.shm))
+    files.write_files(
+        Path(sandbox.files_dir),
+        hostname=hostname + "\n",
+        hosts=files.hosts_file(pod.host_network, "", hostname),
+        resolv_conf=files.resolv_conf(pod.dns),
+    )
+    _write_intent(state_dir, sandbox_json)
+
+
+def _write_intent(state_dir: Path, sandbox_json: bytes) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = state_dir / f".{_INTENT}.tmp"
-    tmp.write_bytes(sandbox.to_json())
+    tmp.write_bytes(sandbox_json)
     tmp.replace(state_dir / _INTENT)
 
 
