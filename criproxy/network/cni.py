@@ -182,6 +182,9 @@ class CniRequest:
     dns: DnsConfig | None = None
     cgroup_path: str = ""
     annotations: Mapping[str, str] = field(default_factory=_empty)
+    loopback: bool = True
+    """Run the loopback plugin too; False when the netns's `lo` is up already (criproxy's
+    own netns creation brings it up, saving a plugin process per ADD and DEL)."""
 
     def capability_args(self) -> dict[str, Any]:
         """The runtimeConfig values on offer; each plugin gets those it declares."""
@@ -841,7 +844,8 @@ class Cni:
         try:
             with anyio.move_on_after(self.timeout) as scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(attach, LOOPBACK, lo, loopback)
+                    if request.loopback:
+                        tg.start_soon(attach, LOOPBACK, lo, loopback)
                     tg.start_soon(attach, network, pod, chain)
             if scope.cancelled_caught:
                 running = chain.plugin or loopback.plugin
@@ -899,7 +903,8 @@ class Cni:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout) as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._del, network, pod, chain.result, failures)
-                tg.start_soon(self._del, LOOPBACK, lo, None, failures)
+                if pod.request.loopback:
+                    tg.start_soon(self._del, LOOPBACK, lo, None, failures)
         if scope.cancelled_caught:
             pod.log.warning("cni del after failed add timed out", timeout=self.timeout)
 
@@ -928,7 +933,7 @@ class Cni:
                     bound = bound.bind(network=network.name)
                     pod = _Call(request, netns, request.ifname, bound)
                     tg.start_soon(self._del, network, pod, prev_result, failures)
-                if netns:  # lo lives and dies with the netns; nothing to release outside it
+                if netns and request.loopback:  # lo lives and dies with the netns
                     lo = _Call(request, netns, "lo", bound)
                     tg.start_soon(self._del, LOOPBACK, lo, None, failures)
         if scope.cancelled_caught:

@@ -14,6 +14,8 @@ import ctypes
 import errno
 import fcntl
 import os
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -41,6 +43,9 @@ log = structlog.get_logger("criproxy.network.netns")
 _CLONE_NEWNET = 0x40000000
 _MS_BIND = 0x1000
 _MNT_DETACH = 0x2
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
 _NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: which kind of namespace it is (Linux >= 4.11)
 _MAX_UNMOUNTS = 8  # stacked bind mounts on one pin are possible; each umount peels one
 
@@ -84,6 +89,41 @@ def is_netns(path: Path) -> bool:
         os.close(fd)
 
 
+def _loopback_up() -> None:
+    """Bring `lo` up in the calling thread's netns: what CNI's loopback plugin does for a
+    pod, without a plugin process per pod (and its DEL: lo dies with the netns)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
+
+
+def _loopback_up_in(netns: Path) -> None:
+    """`_loopback_up` inside a pinned netns, from a thread that enters it and leaves."""
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc.setns(target, _CLONE_NEWNET), f"setns into {netns}")
+            try:
+                _loopback_up()
+            finally:
+                _check(_libc.setns(original, _CLONE_NEWNET), "setns back to the host netns")
+        except BaseException as err:
+            failure.append(err)
+        finally:
+            os.close(original)
+            os.close(target)
+
+    thread = threading.Thread(target=work, name=f"criproxy-lo-{netns.name}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 def _pin_new_netns(path: Path) -> None:
     """Create a netns and bind-mount it onto `path`, on a thread that is discarded after."""
     failure: list[BaseException] = []
@@ -97,6 +137,7 @@ def _pin_new_netns(path: Path) -> None:
         try:
             _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
             try:
+                _loopback_up()
                 _check(
                     _libc.mount(
                         b"/proc/thread-self/ns/net", os.fsencode(path), b"none", _MS_BIND, None
@@ -174,6 +215,7 @@ def _create_userns_netns(
         raise Internal(f"cannot create namespace pins for {name}: {err}") from None
     try:
         _pin_userns_netns(path, user, uid_map, gid_map)
+        _loopback_up_in(path)
     except BaseException as err:
         _remove(path)
         _remove(user)
@@ -221,7 +263,7 @@ def _remove(path: Path) -> None:
 
 
 async def create_netns(directory: Path, name: str) -> Path:
-    """Create a network namespace pinned at `directory/name` and return that path.
+    """Create a network namespace pinned at `directory/name` (its `lo` up) and return it.
 
     Raises `AlreadyExists` if the pin exists, `Internal` if the kernel refuses; either way
     nothing is left behind. Shielded: a cancelled caller still gets a whole netns or none.

@@ -449,6 +449,7 @@ class SandboxService:
             ),
             bandwidth=parse_bandwidth_annotations(pod.annotations),
             dns=DnsConfig(pod.dns.servers, pod.dns.searches, pod.dns.options) if pod.dns else None,
+            loopback=False,  # criproxy's netns creation brings lo up
         )
 
     async def _persist(self, sandbox: Sandbox) -> None:

@@ -587,6 +587,8 @@ def test_pod_user_namespace_maps_ids(ctr_env: ContainerEnv) -> None:
     pid = int(ctr_env.info(container)["pid"])  # type: ignore[call-overload]
     assert Path(f"/proc/{pid}/status").read_text().count("\t1000\t") >= 1  # host uid 1000
     assert ctr_env.exec(container, "id", "-u").stdout == b"0\n"
+    lo_flags = ctr_env.exec(container, "cat", "/sys/class/net/lo/flags").stdout
+    assert int(lo_flags, 16) & 0x1  # lo is up in the netns the pod's user namespace owns
     # the image's files are the pod root's (idmapped layers): it may write anywhere
     assert ctr_env.exec(container, "stat", "-c", "%u:%g", "/bin/busybox").stdout == b"0:0\n"
     assert ctr_env.exec(container, "touch", "/etc/new-file").exit_code == 0

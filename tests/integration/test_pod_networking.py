@@ -32,6 +32,13 @@ def test_two_pods_reach_each_other_by_ip(ctr_env: ContainerEnv) -> None:
     request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {server_ip} 8080"
     got = ctr_env.exec(container, "sh", "-c", request)
     assert got.stdout.endswith(b"\r\n\r\nhello-from-server\n"), (got.stdout, got.stderr)
+    # the pod's own loopback is up (criproxy brings it up when it makes the netns)
+    flags = ctr_env.exec(container, "cat", "/sys/class/net/lo/flags").stdout
+    assert int(flags, 16) & 0x1
+    local = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 8080"
+    httpd = ctr_env.run(client_pod, client, "local-httpd", args=[HTTPD.format(body="local")])
+    time.sleep(0.3)
+    assert ctr_env.exec(httpd, "sh", "-c", local).stdout.endswith(b"local\n")
 
 
 def test_host_port_reaches_the_server_in_the_pod(ctr_env: ContainerEnv) -> None:
