@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from criproxy.cgroupfs import read_pod_cgroup
 from criproxy.containers import stats
-from criproxy.containers.podcgroup import read_pod_cgroup
 from criproxy.containers.sampler import FS_USAGE_INTERVAL, Sampler
 from criproxy.errors import CriproxyError
 

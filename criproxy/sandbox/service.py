@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from criproxy import records
+from criproxy import cgroupfs, records
 from criproxy.containerd import ContainerRecord, RuncOptions
 from criproxy.errors import (
     AlreadyExists,
     CriproxyError,
     DeadlineExceeded,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
@@ -579,14 +580,29 @@ class SandboxService:
         overhead: dict[str, object] | None,
         resources: dict[str, object] | None,
     ) -> None:
-        """Record the pod's new overhead and resources, as containerd does (the kubelet sizes
-        the pod cgroup itself; containerd records them and tells NRI plugins)."""
+        """Record the pod's new overhead and resources and apply them to the pod's cgroup
+        (its cgroup_parent; a pod without one has none of its own). The kubelet has usually
+        sized that cgroup already; writing the same values again is harmless."""
         sandbox = self.get(sandbox_id)
 
         async def update() -> None:
             current = self._sandboxes.get(sandbox.id)
             if current is None:
                 raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+            parent = current.config.cgroup_parent
+            if resources and parent and current.state == "ready":
+                try:
+                    await anyio.to_thread.run_sync(
+                        cgroupfs.apply_pod_limits,
+                        parent,
+                        self._config.cgroup_driver == "systemd",
+                        resources,
+                    )
+                except OSError as err:
+                    raise FailedPrecondition(
+                        f"cannot apply resources to the cgroup {parent!r} of pod {sandbox.id}: "
+                        f"{err.strerror or err}"
+                    ) from None
             updated = current.with_changes(overhead=overhead, resources=resources)
             await self._persist(updated)
             self._sandboxes[sandbox.id] = updated

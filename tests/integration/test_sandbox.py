@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -391,6 +392,35 @@ def test_update_pod_sandbox_resources_is_recorded_and_survives_a_restart(pod_env
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     pod_env.remove(pod_id)
+
+
+def test_update_pod_sandbox_resources_applies_them_to_the_pod_cgroup(pod_env: PodEnv) -> None:
+    parent = f"/cpx-resize-{os.getpid()}"
+    config = pod_config("resized-cgroup")
+    config.linux.cgroup_parent = parent
+    pod_id = pod_env.run(config)
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        pod_env.proxy.runtime.UpdatePodSandboxResources(
+            api_pb2.UpdatePodSandboxResourcesRequest(
+                pod_sandbox_id=pod_id,
+                resources=api_pb2.LinuxContainerResources(
+                    cpu_shares=512,
+                    cpu_quota=50000,
+                    cpu_period=100000,
+                    memory_limit_in_bytes=1 << 28,
+                ),
+            )
+        )
+        pod_dir = parent.strip("/")
+        assert (cgroup / "memory" / pod_dir / "memory.limit_in_bytes").read_text() == f"{1 << 28}\n"
+        assert (cgroup / "cpu" / pod_dir / "cpu.shares").read_text() == "512\n"
+        assert (cgroup / "cpu" / pod_dir / "cpu.cfs_quota_us").read_text() == "50000\n"
+    finally:
+        pod_env.remove(pod_id)
+        for controller in cgroup.iterdir():
+            with contextlib.suppress(OSError):
+                (controller / parent.strip("/")).rmdir()
 
 
 def test_concurrent_removes_all_succeed(pod_env: PodEnv) -> None:

@@ -1,4 +1,5 @@
-"""A pod's own cgroup (its `cgroup_parent`), read from cgroupfs for PodSandboxStats.
+"""A pod's own cgroup (its `cgroup_parent`) on cgroupfs: read for PodSandboxStats, written
+for UpdatePodSandboxResources.
 
 containerd's CRI reads the pod cgroup the kubelet made, so the pod's figures include
 its limit (available bytes) and stay monotonic when a container goes; summing the
@@ -138,3 +139,46 @@ def _v2(path: Path) -> CgroupSample | None:
     if pids is not None:
         fields["pids"] = _int(pids)
     return CgroupSample(timestamp_ns=time.time_ns(), cgroup_version=2, **fields)  # type: ignore[arg-type]
+
+
+def _number(resources: dict[str, object], key: str) -> int:
+    """A CRI int64 field of a JSON-rendered message (int64 renders as a string)."""
+    try:
+        return int(str(resources.get(key) or 0))
+    except ValueError:
+        return 0
+
+
+def apply_pod_limits(
+    parent: str, systemd: bool, resources: dict[str, object], root: Path = ROOT
+) -> list[str]:
+    """Write the pod's CPU and memory limits (CRI LinuxContainerResources as JSON) into its
+    cgroup; the files written. Unset (zero) fields are left alone."""
+    rel = cgroup_dir(parent, systemd)
+    period = _number(resources, "cpu_period")
+    quota = _number(resources, "cpu_quota")
+    shares = _number(resources, "cpu_shares")
+    memory = _number(resources, "memory_limit_in_bytes")
+    writes: list[tuple[Path, str]] = []
+    if (root / "cgroup.controllers").exists():
+        pod = root / rel
+        if quota or period:
+            writes.append((pod / "cpu.max", f"{quota if quota > 0 else 'max'} {period or 100000}"))
+        if shares:
+            # cgroup v2 weight from v1 shares, as runc converts them
+            writes.append((pod / "cpu.weight", str(1 + ((shares - 2) * 9999) // 262142)))
+        if memory:
+            writes.append((pod / "memory.max", str(memory)))
+    else:
+        cpu = root / "cpu" / rel
+        if period:
+            writes.append((cpu / "cpu.cfs_period_us", str(period)))
+        if quota:
+            writes.append((cpu / "cpu.cfs_quota_us", str(quota)))
+        if shares:
+            writes.append((cpu / "cpu.shares", str(shares)))
+        if memory:
+            writes.append((root / "memory" / rel / "memory.limit_in_bytes", str(memory)))
+    for path, value in writes:
+        path.write_text(value)
+    return [str(path) for path, _ in writes]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from criproxy.containers.podcgroup import cgroup_dir, read_pod_cgroup
+from criproxy.cgroupfs import cgroup_dir, read_pod_cgroup
 
 
 def _write(path: Path, text: str) -> None:
@@ -51,3 +51,32 @@ def test_v2_pod_cgroup_without_a_limit(tmp_path: Path) -> None:
 def test_a_missing_cgroup_reads_as_none(tmp_path: Path) -> None:
     assert read_pod_cgroup("/nowhere", False, root=tmp_path) is None
     assert read_pod_cgroup("", False, root=tmp_path) is None
+
+
+def test_pod_limits_are_written_for_v1_and_v2(tmp_path: Path) -> None:
+    from criproxy.cgroupfs import apply_pod_limits
+
+    resources: dict[str, object] = {
+        "cpu_shares": "1024",
+        "cpu_quota": "50000",
+        "cpu_period": "100000",
+        "memory_limit_in_bytes": "268435456",
+    }
+    v1 = tmp_path / "v1"
+    for controller in ("cpu", "memory"):
+        (v1 / controller / "pods" / "p").mkdir(parents=True)
+    written = apply_pod_limits("/pods/p", False, resources, root=v1)
+    assert len(written) == 4
+    assert (v1 / "memory/pods/p/memory.limit_in_bytes").read_text() == "268435456"
+    assert (v1 / "cpu/pods/p/cpu.cfs_quota_us").read_text() == "50000"
+
+    v2 = tmp_path / "v2"
+    _write(v2 / "cgroup.controllers", "cpu memory\n")
+    (v2 / "pods.slice" / "pods-p.slice").mkdir(parents=True)
+    apply_pod_limits("pods-p.slice", True, resources, root=v2)
+    pod = v2 / "pods.slice" / "pods-p.slice"
+    assert (pod / "cpu.max").read_text() == "50000 100000"
+    assert (pod / "memory.max").read_text() == "268435456"
+    assert (pod / "cpu.weight").read_text() == "39"  # runc's shares-to-weight conversion
+
+    assert apply_pod_limits("/pods/p", False, {"cpu_shares": "0"}, root=v1) == []
