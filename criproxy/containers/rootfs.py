@@ -62,6 +62,11 @@ def read_text(mounts: Sequence[Mount], path: str) -> str | None:
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 hidden = True  # an overlayfs whiteout: deleted in this layer
                 break
+            if stat.S_ISLNK(st.st_mode):
+                # Never follow a link of the image: read from here, an absolute one would
+                # resolve against the host's root. Such a file reads as absent.
+                hidden = True
+                break
             if i == len(parts) - 1 and stat.S_ISREG(st.st_mode):
                 with open(current, "rb") as f:
                     return f.read(_MAX_SIZE).decode("utf-8", "replace")

@@ -39,6 +39,7 @@ from criproxy.errors import (
     CriproxyError,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -95,6 +96,8 @@ class ContainerService:
         self._specs: dict[str, dict[str, Any]] = {}
         self._names: dict[str, str] = {}
         """Reserved name -> container id."""
+        self._undelivered: set[str] = set()
+        """Containers whose CreateContainer call went away before the answer."""
         self._exits: dict[str, anyio.Event] = {}
         self._ios: dict[str, Any] = {}
         self._tg: TaskGroup | None = None
@@ -193,23 +196,35 @@ class ContainerService:
             "_".join((config.name, pod.metadata.name, pod.metadata.namespace, pod.metadata.uid))
             + f"_{config.attempt}"
         )
-        if key in self._names:
+        existing = self._names.get(key)
+        if existing is not None:
+            if existing in self._undelivered and existing in self._containers:
+                # the kubelet's earlier call timed out while the container was being made
+                self._undelivered.discard(existing)
+                return existing
             raise AlreadyExists(
-                f"container name {key!r} is already reserved for container {self._names[key]}"
+                f"container name {key!r} is already reserved for container {existing}"
             )
-        log_path = _log_path(pod.log_directory, config.log_path)
-        if log_path:
-            await anyio.to_thread.run_sync(_log_dir, pod.log_directory, log_path, config.name)
         container_id = secrets.token_hex(32)
-        self._names[key] = container_id
+        self._names[key] = container_id  # before any await: one container per name
         bound = log.bind(container=container_id, sandbox=sandbox.id, name=config.name)
+        log_path = _log_path(pod.log_directory, config.log_path)
         try:
-            container: Container = await self._sandboxes.in_pod_loop(
-                sandbox.id,
-                functools.partial(self._create, container_id, sandbox, config, image, log_path),
-            )
+            if log_path:
+                await anyio.to_thread.run_sync(_log_dir, pod.log_directory, log_path, config.name)
         except BaseException:
             self._names.pop(key, None)
+            raise
+        job = functools.partial(
+            self._create, container_id, sandbox, config, image, key=key, log_path=log_path
+        )
+        try:
+            container: Container = await self._sandboxes.in_pod_loop(sandbox.id, job)
+        except Exception:
+            raise  # the job failed: it released the name itself
+        except BaseException:
+            # Cancelled: the job still runs to its end in the pod's loop; a retry gets it.
+            self._undelivered.add(container_id)
             raise
         bound.info("container created")
         self._publish("created", container)
@@ -221,6 +236,8 @@ class ContainerService:
         sandbox: Sandbox,
         config: ContainerConfig,
         image: Image,
+        *,
+        key: str,
         log_path: str,
     ) -> Container:
         from criproxy.containers import spec as spec_builder
@@ -290,6 +307,8 @@ class ContainerService:
                 )
                 await cd.containers.create(record)
         except BaseException:
+            self._names.pop(key, None)
+            self._undelivered.discard(container_id)
             with anyio.CancelScope(shield=True):
                 for undo in reversed(undos):
                     try:
@@ -353,6 +372,8 @@ class ContainerService:
             )
             userns = sandbox.config.security.userns
             if sandbox.userns and userns is not None:
+                idmaps = self._sandboxes.idmap_root / container.id
+                await anyio.to_thread.run_sync(idmap.release, idmaps)  # a crashed attempt's
                 mounts = await anyio.to_thread.run_sync(
                     idmap.idmapped_rootfs,
                     mounts,
@@ -379,9 +400,12 @@ class ContainerService:
             )
             started_at = time.time_ns()  # before: a quick exit must not precede it
             pid = await tasks.start(container.id)
-        except CriproxyError as err:
+        except BaseException as err:
+            failure = err if isinstance(err, CriproxyError) else Internal(f"start failed: {err!r}")
             with anyio.CancelScope(shield=True):
-                await self._start_failed(container, err)
+                await self._start_failed(container, failure)
+            if isinstance(err, Exception) and failure is not err:
+                raise failure from None
             raise
         running = container.with_changes(state="running", pid=pid, started_at_ns=started_at)
         self._containers[container.id] = running
@@ -391,7 +415,7 @@ class ContainerService:
     async def _start_failed(self, container: Container, err: CriproxyError) -> None:
         """As containerd: the container is EXITED with StartError and the runtime's message."""
         try:
-            await self._containerd.tasks.delete(container.id)
+            await self._delete_task(container.id)
         except CriproxyError as delete_err:
             log.warning("task not deleted", container=container.id, error=delete_err.message)
         io = self._ios.pop(container.id, None)
@@ -508,6 +532,19 @@ class ContainerService:
             if not exited.is_set():
                 raise DeadlineExceeded(f"container {container.id} did not exit after SIGKILL")
 
+    async def _delete_task(self, container_id: str) -> None:
+        """Kill (if it runs) and delete the container's task; none is fine."""
+        tasks = self._containerd.tasks
+        state = await tasks.get(container_id)
+        if state is None:
+            return
+        if state.status in ("running", "paused", "pausing", "created"):
+            with contextlib.suppress(NotFound):
+                await tasks.kill(container_id, signal.SIGKILL, all_processes=True)
+            with contextlib.suppress(DeadlineExceeded):
+                await tasks.wait(container_id, timeout=KILL_WAIT)
+        await tasks.delete(container_id)
+
     async def _kill(self, container: Container, signum: int, exited: anyio.Event) -> None:
         """Signal the task; a task that is exiting right now (its shim gone, the exit not yet
         recorded by the pod loop) is not an error."""
@@ -543,7 +580,7 @@ class ContainerService:
             return
         if container.state == "running":
             raise FailedPrecondition(f"container {container_id} is still running")
-        await self._containerd.tasks.delete(container_id)  # first: it holds the rootfs
+        await self._delete_task(container_id)  # first: it holds the rootfs
         idmaps = self._sandboxes.idmap_root / container_id
         volumes = self.volumes_root / container_id
 
@@ -553,14 +590,16 @@ class ContainerService:
             _remove_tree(volumes)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._containerd.containers.delete, container_id)
             tg.start_soon(
                 self._containerd.snapshots.remove, self._config.containerd.snapshotter, container_id
             )
             tg.start_soon(anyio.to_thread.run_sync, remove_files)
+        # Last: while the record exists, a criproxy killed above finishes the job after restart.
+        await self._containerd.containers.delete(container_id)
         self._containers.pop(container_id, None)
         self._specs.pop(container_id, None)
         self._names = {k: v for k, v in self._names.items() if v != container_id}
+        self._undelivered.discard(container_id)
         log.info("container removed", container=container_id)
         self._publish("deleted", container)
 
@@ -625,38 +664,46 @@ class ContainerService:
         log.info("containers recovered", containers=len(self._containers))
 
     async def _release_orphaned_idmaps(self) -> None:
-        """Idmapped layers of pods and containers that no longer exist (a kill -9 between
-        their mount and the record)."""
+        """What containers that no longer exist left (a kill -9 before their record was made
+        or during their removal): idmapped layers first, then FIFO and volume dirs."""
         root = self._sandboxes.idmap_root
         known = set(self._containers) | {s.id for s in self._sandboxes.pods_if_ready()}
 
-        def orphans() -> list[Path]:
+        def orphans(directory: Path) -> list[Path]:
             try:
-                return [p for p in root.iterdir() if p.name not in known]
+                return [p for p in directory.iterdir() if p.name not in known]
             except FileNotFoundError:
                 return []
 
-        for path in await anyio.to_thread.run_sync(orphans):
+        for path in await anyio.to_thread.run_sync(orphans, root):
             await anyio.to_thread.run_sync(idmap.release, path)
+        for directory in (self.io_root, self.volumes_root):
+            for path in await anyio.to_thread.run_sync(orphans, directory):
+                log.info("removing what a container without a record left", path=str(path))
+                await anyio.to_thread.run_sync(_remove_tree, path)
 
     async def _recovered_state(self, container: Container, task: TaskState | None) -> Container:
-        from criproxy.containers.io import ContainerIO
+        """The container as its task says it is; its output re-attached when it runs.
 
+        A CREATED record with a task is a criproxy killed inside StartContainer: a running
+        task is adopted (RUNNING), any other is deleted (still CREATED, startable again).
+        """
+        alive = task is not None and task.status in ("running", "paused", "pausing")
+        if container.state == "created" and task is not None:
+            if not alive:
+                try:
+                    await self._delete_task(container.id)
+                except CriproxyError as err:
+                    log.warning("task not deleted", container=container.id, error=err.message)
+                return container
+            container = container.with_changes(
+                state="running", pid=task.pid, started_at_ns=time.time_ns()
+            )
+            await self._persist_quietly(container)
         if container.state != "running":
             return container
-        if task is not None and task.status in ("running", "paused", "pausing"):
-            io = await ContainerIO.attach(
-                Path(container.io_dir),
-                container.id,
-                log_path=container.log_path,
-                stdin=container.config.stdin,
-                tty=container.config.tty,
-                max_line_size=self._config.max_container_log_line_size,
-            )
-            assert self._tg is not None
-            self._tg.start_soon(io.run)
-            self._ios[container.id] = io
-            self._exits[container.id] = anyio.Event()
+        if alive:
+            await self._reattach(container)
             return container
         # It exited while criproxy was down: record what containerd knows.
         if task is not None:
@@ -671,11 +718,38 @@ class ContainerService:
             finished_at_ns=(task.exited_at_ns if task else 0) or time.time_ns(),
             reason=(REASON_OOM_KILLED if container.oom_killed else "") if task else "Unknown",
         )
+        await self._persist_quietly(exited)
+        return exited
+
+    async def _reattach(self, container: Container) -> None:
+        """Resume reading a running container's output; one container's broken FIFO or log
+        file is logged and must not stop the recovery of the others."""
+        from criproxy.containers.io import ContainerIO
+
+        self._exits.setdefault(container.id, anyio.Event())
+        if container.id in self._ios:
+            return
         try:
-            await self._persist(exited)
+            io = await ContainerIO.attach(
+                Path(container.io_dir),
+                container.id,
+                log_path=container.log_path,
+                stdin=container.config.stdin,
+                tty=container.config.tty,
+                max_line_size=self._config.max_container_log_line_size,
+            )
+        except CriproxyError as err:
+            log.error("container output not re-attached", container=container.id, error=err.message)
+            return
+        assert self._tg is not None
+        self._tg.start_soon(io.run)
+        self._ios[container.id] = io
+
+    async def _persist_quietly(self, container: Container) -> None:
+        try:
+            await self._persist(container)
         except CriproxyError as err:
             log.warning("container state not saved", container=container.id, error=err.message)
-        return exited
 
     # --- exec, logs, resources ----------------------------------------------------------
 
@@ -768,14 +842,20 @@ class ContainerService:
             current = self._containers.get(container.id)
             if current is None:
                 raise NotFound(f"container {container_id!r} not found")
-            merged = _effective(merge_resources(current.config.resources, resources))
+            merged = merge_resources(current.config.resources, resources)
+            if resources.memory_limit_in_bytes and not resources.memory_swap_limit_in_bytes:
+                # swap follows a new memory limit (as containerd re-applies WithResources)
+                merged = dataclasses.replace(merged, memory_swap_limit_in_bytes=0)
+            merged = _effective(merged)
             oci = linux_resources(
                 merged,
                 swap_controller=host.swap_controller_available(),
                 hugetlb_controller="hugetlb" in host.cgroup_info().controllers,
             )
             if current.state == "running":
-                await self._containerd.tasks.update(current.id, oci)
+                # a task that just exited (its exit not yet recorded) keeps only the spec
+                with contextlib.suppress(NotFound):
+                    await self._containerd.tasks.update(current.id, oci)
             spec = with_resources(self._specs.get(current.id) or {}, oci)
             await self._containerd.containers.set_spec(current.id, spec)
             self._specs[current.id] = spec

@@ -274,12 +274,26 @@ def _copy_image_contents(mounts: Sequence[Mount], volumes: list[tuple[str, str]]
             root = lowers[0]
         try:
             for dest, target in volumes:
-                src = os.path.join(root, dest.lstrip("/"))
-                if os.path.isdir(src) and not os.path.islink(src):
+                src = _inside(root, dest)
+                if src is not None and os.path.isdir(src):
                     shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
         finally:
             if mounted:
                 subprocess.run(["umount", scratch], check=False, capture_output=True)
+
+
+def _inside(root: str, path: str) -> str | None:
+    """`path` below `root` when no component of it is a symlink (an image's links would
+    resolve against the host's root here); None otherwise or when it does not exist."""
+    current = root
+    for part in (p for p in path.split("/") if p):
+        current = os.path.join(current, part)
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return None
+        except OSError:
+            return None
+    return current
 
 
 def _upper_dirs(mounts: Sequence[Mount]) -> set[str]:

@@ -12,7 +12,7 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from criproxy.cri.sandbox import MODES, id_mappings, selinux_label, userns_config
+from criproxy.cri.sandbox import id_mappings, namespace_mode, selinux_label, userns_config
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
     ContainerConfig,
@@ -129,7 +129,8 @@ def _capability_names(names: Iterable[str], field: str) -> tuple[str, ...]:
 
 def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
     options = ctx.namespace_options
-    pid = MODES[options.pid]
+    field = "config.linux.security_context.namespace_options"
+    pid = namespace_mode(options.pid, f"{field}.pid")
     if pid == "target" and not options.target_id:
         raise InvalidArgument("namespace_options.target_id is required with pid mode TARGET")
     caps = ctx.capabilities
@@ -162,8 +163,8 @@ def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
         selinux_process_label=selinux_label(ctx),
         pid=pid,
         target_id=options.target_id,
-        ipc=MODES[options.ipc],
-        network=MODES[options.network],
+        ipc=namespace_mode(options.ipc, f"{field}.ipc"),
+        network=namespace_mode(options.network, f"{field}.network"),
         userns=userns_config(options, "config.linux.security_context.namespace_options"),
     )
 
@@ -171,7 +172,10 @@ def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
 def _stop_signal(value: int) -> str:
     if value == api_pb2.RUNTIME_DEFAULT:
         return ""
-    return api_pb2.Signal.Name(value)  # type: ignore[arg-type]
+    try:
+        return api_pb2.Signal.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidArgument(f"config.stop_signal {value} is not a signal") from None
 
 
 def container_config(config: api_pb2.ContainerConfig) -> ContainerConfig:

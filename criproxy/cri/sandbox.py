@@ -35,6 +35,16 @@ MODES: dict[int, NamespaceMode] = {
     api_pb2.TARGET: "target",
 }
 _MODE_VALUES = {mode: value for value, mode in MODES.items()}
+
+
+def namespace_mode(value: int, field: str) -> NamespaceMode:
+    """A NamespaceMode enum value; one the API does not define is INVALID_ARGUMENT."""
+    mode = MODES.get(value)
+    if mode is None:
+        raise InvalidArgument(f"{field} {value} is not a namespace mode")
+    return mode
+
+
 _PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
 _SYSCTL = re.compile(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$")
 _IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
@@ -152,7 +162,7 @@ def userns_config(options: api_pb2.NamespaceOption, field: str) -> UsernsConfig 
     if not options.HasField("userns_options"):
         return None
     userns = options.userns_options
-    mode = MODES[userns.mode]
+    mode = namespace_mode(userns.mode, f"{field}.userns_options.mode")
     if mode == "node":
         if userns.uids or userns.gids:
             raise InvalidArgument(f"{field}.userns_options: mappings given with mode NODE")
@@ -192,7 +202,10 @@ def pod_config(config: api_pb2.PodSandboxConfig) -> PodConfig:
     linux = config.linux
     ctx = linux.security_context
     options = ctx.namespace_options
-    network, pid, ipc = MODES[options.network], MODES[options.pid], MODES[options.ipc]
+    field = "config.linux.security_context.namespace_options"
+    network = namespace_mode(options.network, f"{field}.network")
+    pid = namespace_mode(options.pid, f"{field}.pid")
+    ipc = namespace_mode(options.ipc, f"{field}.ipc")
     if network not in ("pod", "node"):
         raise InvalidArgument(f"namespace_options.network {network.upper()} is not POD or NODE")
     if pid not in ("pod", "container", "node"):

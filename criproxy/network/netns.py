@@ -204,14 +204,18 @@ def _create_userns_netns(
     directory: Path, name: str, user: Path, uid_map: str, gid_map: str
 ) -> Path:
     path = directory / name
+    made: list[Path] = []
     try:
         directory.mkdir(mode=0o711, parents=True, exist_ok=True)
         user.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         for pin in (path, user):
             os.close(os.open(pin, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
-    except FileExistsError:
-        raise AlreadyExists(f"namespace pins for {name} exist already") from None
+            made.append(pin)
     except OSError as err:
+        for pin in made:
+            pin.unlink(missing_ok=True)
+        if isinstance(err, FileExistsError):
+            raise AlreadyExists(f"namespace pins for {name} exist already") from None
         raise Internal(f"cannot create namespace pins for {name}: {err}") from None
     try:
         _pin_userns_netns(path, user, uid_map, gid_map)

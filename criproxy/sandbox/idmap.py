@@ -104,7 +104,10 @@ def idmapped_rootfs(
     if len(mounts) != 1 or mounts[0].type not in ("overlay", "bind"):
         raise FailedPrecondition("a pod user namespace needs an overlayfs or bind rootfs")
     mount = mounts[0]
-    userns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        userns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise Internal(f"cannot open the pod's user namespace {userns}: {err}") from None
     try:
         if mount.type == "bind":
             os.chown(mount.source, root_uid, root_gid)

@@ -848,3 +848,106 @@ def test_image_volumes_start_with_the_images_files(
     ctr_env.stop(first)
     ctr_env.remove(first)
     assert not (ctr_env.pods.proxy.root / "containers" / first).exists()
+
+
+def test_concurrent_identical_creates_make_one_container(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("samename")
+    results: list[object] = []
+
+    def create() -> None:
+        try:
+            results.append(ctr_env.create(pod_id, pod, "twin", args=["true"]))
+        except grpc.RpcError as err:
+            results.append(err.code())
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ids = [r for r in results if isinstance(r, str)]
+    assert len(ids) == 1, results
+    assert results.count(grpc.StatusCode.ALREADY_EXISTS) == 3
+
+
+def test_bad_enums_are_invalid_argument(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("badenums")
+    for fields in (
+        {"stop_signal": 999},
+        {
+            "linux": api_pb2.LinuxContainerConfig(
+                security_context=api_pb2.LinuxContainerSecurityContext(
+                    namespace_options=api_pb2.NamespaceOption(pid=9)  # type: ignore[arg-type]
+                )
+            )
+        },
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            ctr_env.create(pod_id, pod, "bad", args=["true"], **fields)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+
+
+def test_raising_the_memory_limit_moves_swap_with_it(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("grow")
+    small = 64 * 1024 * 1024
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "grow",
+        args=["sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=small)
+        ),
+    )
+    ctr_env.runtime.UpdateContainerResources(
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=container,
+            linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=2 * small),
+        ),
+        timeout=30,
+    )
+    read = ctr_env.exec(container, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert int(read.stdout) == 2 * small
+
+
+def test_a_task_started_by_a_killed_criproxy_is_adopted(ctr_env: ContainerEnv) -> None:
+    proxy = ctr_env.pods.proxy
+    pod_id, pod = ctr_env.pod("adopted")
+    container = ctr_env.create(pod_id, pod, "half-started", args=["sleep 1000"])
+    proxy.kill()
+    # as if criproxy died between the task's start and recording it
+    started = ctr_env.pods.ctr("task", "start", "-d", container)
+    assert started.returncode == 0, started.stderr
+    proxy.start()
+    status = ctr_env.status(container).status
+    assert status.state == api_pb2.CONTAINER_RUNNING
+    ctr_env.stop(container)
+    assert ctr_env.status(container).status.state == api_pb2.CONTAINER_EXITED
+    ctr_env.remove(container)
+    assert container not in ctr_env.pods.ctr("containers", "ls", "-q").stdout
+
+
+def test_image_symlinks_never_reach_the_host(
+    ctr_env: ContainerEnv,
+    registry_http,  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.support.images import LayerBuilder
+
+    links = LayerBuilder().symlink("hostroot", "/").build("links")
+    image = busybox_image(
+        config=ImageConfig(cmd=("sleep", "1000"), volumes=("/hostroot/etc",)),
+        extra_layers=[links],
+    )
+    registry_http.push(BUSYBOX_REPO, image, "links")
+    ref = registry_http.reference(BUSYBOX_REPO, "links")
+    ctr_env.pods.proxy.images.PullImage(
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=120
+    )
+    pod_id, pod = ctr_env.pod("links")
+    container = ctr_env.run(pod_id, pod, "links", image=ref)
+    assert Path("/etc/debian_version").exists()
+    listing = ctr_env.exec(container, "ls", "/hostroot/etc").stdout.split()
+    assert b"debian_version" not in listing  # the link resolved in the rootfs, not the host
+    volumes = ctr_env.pods.proxy.root / "containers" / container
+    copied = [p.name for p in volumes.rglob("*")]
+    assert "debian_version" not in copied
