@@ -5,6 +5,7 @@ Traffic goes only to loopback and to the pods and bridge this test's CNI network
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.request
 
@@ -42,15 +43,18 @@ def test_two_pods_reach_each_other_by_ip(ctr_env: ContainerEnv) -> None:
 
 
 def test_host_port_reaches_the_server_in_the_pod(ctr_env: ContainerEnv) -> None:
-    mapping = api_pb2.PortMapping(protocol=api_pb2.TCP, container_port=8080, host_port=18080)
+    with socket.socket() as probe:  # a port nothing on this host uses right now
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    mapping = api_pb2.PortMapping(protocol=api_pb2.TCP, container_port=8080, host_port=host_port)
     pod_id, _ = _serve(ctr_env, "hostport", port_mappings=[mapping])
     gateway = ctr_env.pods.status(pod_id).status.network.ip.rsplit(".", 2)[0] + ".0.1"
     for host in ("127.0.0.1", gateway):  # loopback, and the host's own address on the bridge
-        with urllib.request.urlopen(f"http://{host}:18080/", timeout=10) as response:
+        with urllib.request.urlopen(f"http://{host}:{host_port}/", timeout=10) as response:
             assert response.read() == b"hello-from-hostport\n", host
     ctr_env.pods.stop(pod_id)
     try:
-        urllib.request.urlopen("http://127.0.0.1:18080/", timeout=2)
+        urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=2)
         raise AssertionError("the host port still answers after the pod stopped")
     except OSError:
         pass
