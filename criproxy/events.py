@@ -36,6 +36,10 @@ class _StreamEnded(Exception):
     pass
 
 
+_TOPICS = ("tasks", "images")
+"""The event kinds criproxy's handlers act on (task exits and OOMs, image records)."""
+
+
 @dataclass
 class EventLoop:
     containerd: Containerd
@@ -80,5 +84,8 @@ class EventLoop:
     async def _read(self, send: ObjectSendStream[Event]) -> None:
         namespace = self.containerd.namespace
         async with send:
-            async for event in self.containerd.events.subscribe(f'namespace=="{namespace}"'):
+            # Only what a handler acts on: every pod also makes snapshot, container and lease
+            # events that would cost a decode and a dispatch each for nothing.
+            topics = [f'namespace=="{namespace}",topic~="^/{kind}/"' for kind in _TOPICS]
+            async for event in self.containerd.events.subscribe(*topics):
                 await send.send(event)
