@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,11 +47,10 @@ from bench.pods import (
     ratio,
     summary,
 )
-from bench.pull import BenchError, check_hosts_used, tail, unmount_below, write_hosts
+from bench.pull import BenchError, check_hosts_used, run_bench, tail, write_hosts
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from tests.integration.helpers import requirements_missing
 from tests.support.images import busybox_image
-from tests.support.registry import missing_requirements, start_registry
+from tests.support.registry import start_registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -501,27 +498,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = requirements_missing() or missing_requirements()
-    if missing:
-        print(f"bench.containers: cannot run: {missing}", file=sys.stderr)
-        return 2
-    base = Path(tempfile.mkdtemp(prefix="criproxy-bench-containers-"))
-    try:
+
+    def body(base: Path) -> tuple[dict[str, Any], bool]:
         _preflight()
-        report, clean = run(args, base)
-    except BenchError as err:
-        print(f"bench.containers: {err}", file=sys.stderr)
-        return 1
-    finally:
-        unmount_below(base)
-        if args.keep:
-            print(f"bench.containers: kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if clean else 1
+        return run(args, base)
+
+    return run_bench("containers", args, body)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,15 @@ import contextlib
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -41,8 +39,8 @@ from bench.pull import (
     CriContainerd,
     Endpoint,
     check_hosts_used,
+    run_bench,
     tail,
-    unmount_below,
     write_hosts,
 )
 from criproxy._generated.containerd.services.containers.v1 import (
@@ -54,11 +52,10 @@ from tests.integration.helpers import (
     CNI_BIN_DIRS,
     ContainerdProcess,
     Criproxy,
-    requirements_missing,
     wait_until,
 )
 from tests.support.images import ImageConfig, busybox_image
-from tests.support.registry import missing_requirements, start_registry
+from tests.support.registry import start_registry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -671,27 +668,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = requirements_missing() or missing_requirements()
-    if missing:
-        print(f"bench.pods: cannot run: {missing}", file=sys.stderr)
-        return 2
-    base = Path(tempfile.mkdtemp(prefix="criproxy-bench-pods-"))
-    try:
+
+    def body(base: Path) -> tuple[dict[str, Any], bool]:
         _preflight()
-        report, clean = run(args, base)
-    except BenchError as err:
-        print(f"bench.pods: {err}", file=sys.stderr)
-        return 1
-    finally:
-        unmount_below(base)
-        if args.keep:
-            print(f"bench.pods: kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if clean else 1
+        return run(args, base)
+
+    return run_bench("pods", args, body)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import empty_pb2
@@ -49,7 +49,7 @@ from tests.support.images import busybox_image, random_layer
 from tests.support.registry import missing_requirements, start_registry
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from tests.support.images import Image
     from tests.support.registry import Registry
@@ -432,28 +432,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_bench(
+    name: str, args: argparse.Namespace, body: Callable[[Path], tuple[dict[str, Any], bool]]
+) -> int:
+    """A benchmark's frame: requirements, a temp dir (kept with --keep), the JSON report.
+
+    0 when `body` reports a clean run, 1 when it failed or left something behind, 2 when the
+    machine lacks what the benchmarks need."""
     missing = requirements_missing() or missing_requirements()
     if missing:
-        print(f"bench.pull: cannot run: {missing}", file=sys.stderr)
+        print(f"bench.{name}: cannot run: {missing}", file=sys.stderr)
         return 2
-    base = Path(tempfile.mkdtemp(prefix="criproxy-bench-pull-"))
+    base = Path(tempfile.mkdtemp(prefix=f"criproxy-bench-{name}-"))
     try:
-        report = run(args, base)
+        report, clean = body(base)
     except BenchError as err:
-        print(f"bench.pull: {err}", file=sys.stderr)
+        print(f"bench.{name}: {err}", file=sys.stderr)
         return 1
     finally:
         unmount_below(base)
         if args.keep:
-            print(f"bench.pull: kept {base}", file=sys.stderr)
+            print(f"bench.{name}: kept {base}", file=sys.stderr)
         else:
             shutil.rmtree(base, ignore_errors=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return 0 if clean else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_bench("pull", args, lambda base: (run(args, base), True))
 
 
 if __name__ == "__main__":

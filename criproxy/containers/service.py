@@ -55,7 +55,7 @@ from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
 from criproxy.sandbox.service import runc_options
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from anyio.abc import TaskGroup
 
@@ -75,7 +75,6 @@ KILL_WAIT = 10.0
 IO_DRAIN = 2.0
 """How long an exited container's output may still flow (children holding the FIFOs)."""
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
-RECONCILE_INTERVAL = 60.0
 START_ERROR_EXIT_CODE = 128
 UNKNOWN_EXIT_CODE = 255
 
@@ -108,27 +107,18 @@ class ContainerService:
         self.volumes_root = config.root / "containers"
         sandboxes.on_stop(self._stop_pod_containers)
         sandboxes.on_remove(self._remove_pod_containers)
+        sandboxes.on_sweep(self._sweep)
 
     async def run(self) -> None:
-        """Owns the containers' IO pumps; runs until cancelled (server shutdown).
-
-        Every RECONCILE_INTERVAL it also compares running containers with their tasks, so
-        an exit whose event was lost is recorded anyway.
-        """
+        """Owns the containers' IO pumps; runs until cancelled (server shutdown)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._started.set()
-            while True:
-                await anyio.sleep(RECONCILE_INTERVAL)
-                if self._recovered.is_set():
-                    await self._reconcile_all()
+            await anyio.sleep_forever()
 
-    async def _reconcile_all(self) -> None:
-        try:
-            tasks = {t.container_id: t for t in await self._containerd.tasks.list()}
-        except CriproxyError as err:
-            log.debug("periodic reconcile skipped", error=err.message)
-            return
+    def _sweep(self, tasks: Mapping[str, TaskState]) -> None:
+        """The pods' periodic sweep of containerd's tasks: a running container whose task
+        is gone or stopped had an exit whose event was lost; its pod's loop records it."""
         for container in list(self._containers.values()):
             task = tasks.get(container.id)
             if container.state == "running" and (task is None or task.status == "stopped"):

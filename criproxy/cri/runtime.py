@@ -111,23 +111,7 @@ class RuntimeServicer:
         as_list = api_pb2.ContainerFilter(
             id=flt.id, pod_sandbox_id=flt.pod_sandbox_id, label_selector=flt.label_selector
         )
-        resolved = self._resolve_container(flt.id)
-        if resolved is None and flt.id:
-            return []
-        return [
-            c
-            for c in self._containers.all()
-            if c.state == "running"
-            and container_cri.matches(c, as_list, resolved.id if resolved else "")
-        ]
-
-    def _resolve_container(self, container_id: str) -> Container | None:
-        if not container_id:
-            return None
-        try:
-            return self._containers.resolve(container_id)
-        except InvalidArgument:
-            return None
+        return [c for c in self._containers_matching(as_list) if c.state == "running"]
 
     async def PodSandboxStats(  # noqa: N802
         self, request: api_pb2.PodSandboxStatsRequest, context: Context
@@ -152,18 +136,7 @@ class RuntimeServicer:
     def _stats_pods(self, flt: api_pb2.PodSandboxStatsFilter) -> list[Sandbox]:
         """As containerd: the ready pods only."""
         as_list = api_pb2.PodSandboxFilter(id=flt.id, label_selector=flt.label_selector)
-        try:
-            resolved = self._sandboxes.resolve(flt.id) if flt.id else None
-        except InvalidArgument:
-            return []
-        if flt.id and resolved is None:
-            return []
-        resolved_id = resolved.id if resolved else ""
-        return [
-            s
-            for s in self._sandboxes.pods()
-            if s.state == "ready" and sandbox_cri.matches(s, as_list, resolved_id)
-        ]
+        return [s for s in self._pods_matching(as_list) if s.state == "ready"]
 
     async def ListMetricDescriptors(  # noqa: N802
         self, request: api_pb2.ListMetricDescriptorsRequest, context: Context
@@ -173,7 +146,7 @@ class RuntimeServicer:
     async def ListPodSandboxMetrics(  # noqa: N802
         self, request: api_pb2.ListPodSandboxMetricsRequest, context: Context
     ) -> api_pb2.ListPodSandboxMetricsResponse:
-        pods = [s for s in self._sandboxes.pods() if s.state == "ready"]
+        pods = self._stats_pods(api_pb2.PodSandboxStatsFilter())
         return api_pb2.ListPodSandboxMetricsResponse(
             pod_metrics=await self._usage.pod_metrics(pods)
         )
@@ -181,8 +154,7 @@ class RuntimeServicer:
     async def StreamPodSandboxMetrics(  # noqa: N802
         self, request: api_pb2.StreamPodSandboxMetricsRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
-        pods = [s for s in self._sandboxes.pods() if s.state == "ready"]
-        items = await self._usage.pod_metrics(pods)
+        items = await self._usage.pod_metrics(self._stats_pods(api_pb2.PodSandboxStatsFilter()))
         for batch in _batches(items):
             yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=batch)
 
@@ -248,18 +220,17 @@ class RuntimeServicer:
             yield api_pb2.StreamContainersResponse(containers=batch)
 
     def _list_containers(self, flt: api_pb2.ContainerFilter) -> list[api_pb2.Container]:
+        return [container_cri.to_container(c) for c in self._containers_matching(flt)]
+
+    def _containers_matching(self, flt: api_pb2.ContainerFilter) -> list[Container]:
         try:
             resolved = self._containers.resolve(flt.id) if flt.id else None
         except InvalidArgument:
-            return []
+            return []  # an ambiguous prefix matches nothing, as in containerd
         if flt.id and resolved is None:
             return []
         resolved_id = resolved.id if resolved else ""
-        return [
-            container_cri.to_container(c)
-            for c in self._containers.all()
-            if container_cri.matches(c, flt, resolved_id)
-        ]
+        return [c for c in self._containers.all() if container_cri.matches(c, flt, resolved_id)]
 
     async def UpdateContainerResources(  # noqa: N802
         self, request: api_pb2.UpdateContainerResourcesRequest, context: Context
@@ -357,16 +328,15 @@ class RuntimeServicer:
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
     def _pods(self, flt: api_pb2.PodSandboxFilter) -> list[api_pb2.PodSandbox]:
+        return [sandbox_cri.to_pod_sandbox(s) for s in self._pods_matching(flt)]
+
+    def _pods_matching(self, flt: api_pb2.PodSandboxFilter) -> list[Sandbox]:
         try:
             resolved = self._sandboxes.resolve(flt.id) if flt.id else None
         except InvalidArgument:
             return []  # an ambiguous prefix matches nothing, as in containerd
         resolved_id = resolved.id if resolved else ""
-        return [
-            sandbox_cri.to_pod_sandbox(s)
-            for s in self._sandboxes.pods()
-            if sandbox_cri.matches(s, flt, resolved_id)
-        ]
+        return [s for s in self._sandboxes.pods() if sandbox_cri.matches(s, flt, resolved_id)]
 
     async def Version(  # noqa: N802 (gRPC method names)
         self, request: api_pb2.VersionRequest, context: Context

@@ -27,6 +27,7 @@ import structlog
 from criproxy.errors import AlreadyExists, Internal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 __all__ = [
@@ -98,34 +99,10 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
 
 
-def _loopback_up_in(netns: Path) -> None:
-    """`_loopback_up` inside a pinned netns, from a thread that enters it and leaves."""
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _check(_libc.setns(target, _CLONE_NEWNET), f"setns into {netns}")
-            try:
-                _loopback_up()
-            finally:
-                _check(_libc.setns(original, _CLONE_NEWNET), "setns back to the host netns")
-        except BaseException as err:
-            failure.append(err)
-        finally:
-            os.close(original)
-            os.close(target)
-
-    thread = threading.Thread(target=work, name=f"criproxy-lo-{netns.name}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
-def _pin_new_netns(path: Path) -> None:
-    """Create a netns and bind-mount it onto `path`, on a thread that is discarded after."""
+def _on_netns_thread(name: str, enter: Callable[[], None], body: Callable[[], None]) -> None:
+    """Run `body` once `enter` has moved the thread into another netns, on a dedicated
+    thread that is put back into the host's netns and ends, so no thread that runs other
+    code ever leaves it."""
     failure: list[BaseException] = []
 
     def work() -> None:
@@ -135,15 +112,9 @@ def _pin_new_netns(path: Path) -> None:
             failure.append(err)
             return
         try:
-            _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            enter()
             try:
-                _loopback_up()
-                _check(
-                    _libc.mount(
-                        b"/proc/thread-self/ns/net", os.fsencode(path), b"none", _MS_BIND, None
-                    ),
-                    f"bind mount of the new netns onto {path}",
-                )
+                body()
             finally:
                 # If this fails the thread still ends right here and runs nothing else.
                 _check(_libc.setns(original, _CLONE_NEWNET), "setns back to the host netns")
@@ -152,11 +123,41 @@ def _pin_new_netns(path: Path) -> None:
         finally:
             os.close(original)
 
-    thread = threading.Thread(target=work, name=f"criproxy-netns-{path.name}", daemon=True)
+    thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()
     thread.join()
     if failure:
         raise failure[0]
+
+
+def _loopback_up_in(netns: Path) -> None:
+    """`_loopback_up` inside a pinned netns."""
+    target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _on_netns_thread(
+            f"criproxy-lo-{netns.name}",
+            lambda: _check(_libc.setns(target, _CLONE_NEWNET), f"setns into {netns}"),
+            _loopback_up,
+        )
+    finally:
+        os.close(target)
+
+
+def _pin_new_netns(path: Path) -> None:
+    """Create a netns (its `lo` up) and bind-mount it onto `path`."""
+
+    def pin() -> None:
+        _loopback_up()
+        _check(
+            _libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), b"none", _MS_BIND, None),
+            f"bind mount of the new netns onto {path}",
+        )
+
+    _on_netns_thread(
+        f"criproxy-netns-{path.name}",
+        lambda: _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)"),
+        pin,
+    )
 
 
 def _pin_userns_netns(net: Path, user: Path, uid_map: str, gid_map: str) -> None:

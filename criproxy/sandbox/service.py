@@ -16,7 +16,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +107,7 @@ class SandboxService:
         self._tg: TaskGroup | None = None
         self._stop_hooks: list[PodHook] = []
         self._remove_hooks: list[PodHook] = []
+        self._sweep_hooks: list[Callable[[Mapping[str, TaskState]], None]] = []
         self._started = anyio.Event()
         self._recovered = anyio.Event()
         self.netns_dir = config.state / "netns"
@@ -121,7 +122,8 @@ class SandboxService:
         """Owns pod setups and pod loops; runs until cancelled (server shutdown).
 
         Every RECONCILE_INTERVAL it also compares each pod with its pause task, so that an
-        exit whose event was lost (between a recovery and the live subscription) is seen.
+        exit whose event was lost (between a recovery and the live subscription) is seen;
+        the same task listing goes to the `on_sweep` hooks (the containers).
         """
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -141,6 +143,8 @@ class SandboxService:
             task = tasks.get(sandbox_id)
             if sandbox.state == "ready" and (task is None or task.status != "running"):
                 self._loop(sandbox_id).post(functools.partial(self._reconcile, sandbox_id))
+        for hook in self._sweep_hooks:
+            hook(tasks)
 
     async def _task_group(self) -> TaskGroup:
         await self._started.wait()
@@ -161,6 +165,10 @@ class SandboxService:
 
     def on_remove(self, hook: PodHook) -> None:
         self._remove_hooks.append(hook)
+
+    def on_sweep(self, hook: Callable[[Mapping[str, TaskState]], None]) -> None:
+        """Also hand every periodic task listing to `hook` (one tasks.List serves all)."""
+        self._sweep_hooks.append(hook)
 
     async def in_pod_loop(self, sandbox_id: str, job: Callable[[], Awaitable[Any]]) -> Any:
         """Run `job` in the pod's loop, serialised with every other change of the pod."""

@@ -12,7 +12,7 @@ import grpc
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.helpers import wait_until
-from tests.integration.pods_env import PodEnv, pod_config
+from tests.integration.pods_env import PodEnv, pod_config, set_fields
 
 LOG_LINE = re.compile(
     r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)) "
@@ -56,15 +56,7 @@ class ContainerEnv:
             args=args or [],
             log_path=f"{name}.log",
         )
-        for key, value in fields.items():
-            if isinstance(value, dict):
-                getattr(config, key).update(value)
-            elif isinstance(value, list):
-                getattr(config, key).extend(value)
-            elif hasattr(value, "DESCRIPTOR"):
-                getattr(config, key).CopyFrom(value)
-            else:
-                setattr(config, key, value)
+        set_fields(config, fields)
         container_id = self.runtime.CreateContainer(
             api_pb2.CreateContainerRequest(
                 pod_sandbox_id=pod_id, config=config, sandbox_config=pod

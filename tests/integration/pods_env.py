@@ -6,13 +6,17 @@ import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.helpers import ContainerdProcess, Criproxy
+
+M = TypeVar("M")
 
 SUBNET = "10.124.0.0/16"
 BRIDGE = "cpxpod0"
@@ -51,16 +55,21 @@ def pod_config(name: str, **kwargs: object) -> api_pb2.PodSandboxConfig:
         labels={"app": name},
         annotations={"note": "x"},
     )
-    for key, value in kwargs.items():
+    return set_fields(config, kwargs)
+
+
+def set_fields(message: M, fields: Mapping[str, object]) -> M:
+    """Set `fields` on a protobuf message: maps updated, lists extended, messages copied."""
+    for key, value in fields.items():
         if isinstance(value, dict):
-            getattr(config, key).update(value)
+            getattr(message, key).update(value)
         elif isinstance(value, list):
-            getattr(config, key).extend(value)
+            getattr(message, key).extend(value)
         elif hasattr(value, "DESCRIPTOR"):
-            getattr(config, key).CopyFrom(value)
+            getattr(message, key).CopyFrom(value)
         else:
-            setattr(config, key, value)
-    return config
+            setattr(message, key, value)
+    return message
 
 
 @dataclass
