@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from criproxy.containers.stats import CgroupSample
+from criproxy.containers.stats import CgroupSample, available_bytes, working_set
 
 ROOT = Path("/sys/fs/cgroup")
 _NO_LIMIT = 1 << 62
@@ -73,13 +73,13 @@ def _limit(value: int) -> int | None:
 def _memory(
     usage: int, limit: int | None, *, inactive: int, rss: int, faults: int, major: int
 ) -> dict[str, object]:
-    working = max(usage - inactive, 0)
+    working = working_set(usage, inactive)
     return {
         "has_memory": True,
         "memory_usage_bytes": usage,
         "memory_working_set_bytes": working,
         "memory_limit_bytes": limit,
-        "available_bytes": max(limit - working, 0) if limit is not None else 0,
+        "available_bytes": available_bytes(limit, working),
         "rss_bytes": rss,
         "inactive_file_bytes": inactive,
         "page_faults": faults,

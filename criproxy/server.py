@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
 import signal
 import socket
-import sys
-import warnings
 from typing import TYPE_CHECKING
 
 import anyio
@@ -147,7 +144,6 @@ async def serve(config: Config) -> None:
     for directory in (config.root, config.state):
         directory.mkdir(parents=True, exist_ok=True, mode=0o711)
     prepare_socket(config.listen)
-    _watch_children_with_pidfds()
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with contextlib.AsyncExitStack() as stack:
@@ -204,21 +200,6 @@ async def serve(config: Config) -> None:
                 await server.stop(config.shutdown_grace_period)
                 tg.cancel_scope.cancel()
     log.info("stopped")
-
-
-def _watch_children_with_pidfds() -> None:
-    """Reap CNI plugins through pidfds in the event loop.
-
-    asyncio's default watcher on Python 3.11 starts a thread per child process; with
-    several plugins per pod that is most of the CPU a pod start costs.
-    """
-    if sys.version_info >= (3, 12):
-        return  # pidfds are the default there
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.set_child_watcher(watcher)
 
 
 def _remove(path: Path) -> None:

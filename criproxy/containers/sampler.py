@@ -117,8 +117,3 @@ class Sampler:
         for store in (self._last, self._previous, self._layers):
             for gone in [i for i in store if i not in keep]:
                 del store[gone]
-
-    def forget(self, container_id: str) -> None:
-        self._last.pop(container_id, None)
-        self._previous.pop(container_id, None)
-        self._layers.pop(container_id, None)

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from criproxy.images.service import ImageService
     from criproxy.images.store import Image
     from criproxy.oci.container import ContainerConfig
-    from criproxy.sandbox.model import Sandbox
+    from criproxy.sandbox.model import PodMetadata, Sandbox
     from criproxy.sandbox.service import SandboxService
 
 log = structlog.get_logger("criproxy.containers")
@@ -74,7 +74,6 @@ KILL_WAIT = 10.0
 """How long to wait for a SIGKILLed task's exit before asking containerd directly."""
 IO_DRAIN = 2.0
 """How long an exited container's output may still flow (children holding the FIFOs)."""
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 START_ERROR_EXIT_CODE = 128
 UNKNOWN_EXIT_CODE = 255
 
@@ -182,10 +181,7 @@ class ContainerService:
         if image is None:
             raise NotFound(f"image {config.image!r} not found: pull it first")
         pod = sandbox.config
-        key = (
-            "_".join((config.name, pod.metadata.name, pod.metadata.namespace, pod.metadata.uid))
-            + f"_{config.attempt}"
-        )
+        key = _name_key(config, pod.metadata)
         existing = self._names.get(key)
         if existing is not None:
             if existing in self._undelivered and existing in self._containers:
@@ -261,7 +257,9 @@ class ContainerService:
                     )
                 )
                 if config.resources is not None:
-                    config = dataclasses.replace(config, resources=_effective(config.resources))
+                    config = dataclasses.replace(
+                        config, resources=_effective(config.resources, built.swap_controller)
+                    )
                 container = Container(
                     id=container_id,
                     sandbox_id=sandbox.id,
@@ -362,17 +360,12 @@ class ContainerService:
             )
             userns = sandbox.config.security.userns
             if sandbox.userns and userns is not None:
-                idmaps = self._sandboxes.idmap_root / container.id
-                await anyio.to_thread.run_sync(idmap.release, idmaps)  # a crashed attempt's
                 mounts = await anyio.to_thread.run_sync(
                     idmap.idmapped_rootfs,
                     mounts,
                     sandbox.userns,
                     self._sandboxes.idmap_root / container.id,
-                    *idmap.root_ids(
-                        [(m.container_id, m.host_id, m.length) for m in userns.uids],
-                        [(m.container_id, m.host_id, m.length) for m in userns.gids],
-                    ),
+                    userns,
                 )
             exit_event = anyio.Event()
             self._exits[container.id] = exit_event
@@ -646,9 +639,7 @@ class ContainerService:
             self._specs[container.id] = record.spec
             sandbox = self._sandboxes.resolve(container.sandbox_id)
             if sandbox is not None:
-                pod = sandbox.config.metadata
-                key = f"{container.config.name}_{pod.name}_{pod.namespace}_{pod.uid}"
-                self._names[f"{key}_{container.config.attempt}"] = container.id
+                self._names[_name_key(container.config, sandbox.config.metadata)] = container.id
         await self._release_orphaned_idmaps()
         self._recovered.set()
         log.info("containers recovered", containers=len(self._containers))
@@ -763,7 +754,7 @@ class ContainerService:
         process["terminal"] = False
         exec_id = secrets.token_hex(16)
         tasks = self._containerd.tasks
-        io = await ExecIO.create(Path(container.io_dir), exec_id, limit=EXEC_OUTPUT_LIMIT)
+        io = await ExecIO.create(Path(container.io_dir), exec_id)  # capped at 16 MiB
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(io.run)
@@ -836,12 +827,9 @@ class ContainerService:
             if resources.memory_limit_in_bytes and not resources.memory_swap_limit_in_bytes:
                 # swap follows a new memory limit (as containerd re-applies WithResources)
                 merged = dataclasses.replace(merged, memory_swap_limit_in_bytes=0)
-            merged = _effective(merged)
-            oci = linux_resources(
-                merged,
-                swap_controller=host.swap_controller_available(),
-                hugetlb_controller="hugetlb" in host.cgroup_info().controllers,
-            )
+            swap, hugetlb = await anyio.to_thread.run_sync(_host_limits)
+            merged = _effective(merged, swap)
+            oci = linux_resources(merged, swap_controller=swap, hugetlb_controller=hugetlb)
             if current.state == "running":
                 # a task that just exited (its exit not yet recorded) keeps only the spec
                 with contextlib.suppress(NotFound):
@@ -871,16 +859,26 @@ class ContainerService:
         self.events.publish(kind, container.id, sandbox, self.pod_containers(container.sandbox_id))
 
 
-def _effective(resources: ContainerResources) -> ContainerResources:
+def _name_key(config: ContainerConfig, pod: PodMetadata) -> str:
+    """What makes a container's name unique (as containerd's CRI builds it)."""
+    return f"{config.name}_{pod.name}_{pod.namespace}_{pod.uid}_{config.attempt}"
+
+
+def _effective(resources: ContainerResources, swap_controller: bool) -> ContainerResources:
     """The limits as applied: swap defaults to the memory limit where the host limits swap
     (containerd's WithResources), and the status reports that value."""
     if resources.memory_swap_limit_in_bytes or not resources.memory_limit_in_bytes:
         return resources
-    if not host.swap_controller_available():
+    if not swap_controller:
         return resources
     return dataclasses.replace(
         resources, memory_swap_limit_in_bytes=resources.memory_limit_in_bytes
     )
+
+
+def _host_limits() -> tuple[bool, bool]:
+    """(swap limits, hugetlb on a usable hierarchy) on this host. Blocking."""
+    return host.swap_controller_available(), "hugetlb" in host.cgroup_info().controllers
 
 
 def _log_dir(log_directory: str, log_path: str, name: str) -> None:

@@ -23,7 +23,7 @@ from criproxy import host
 from criproxy.containers import rootfs
 from criproxy.containers.model import EffectiveUser
 from criproxy.errors import FailedPrecondition, Internal, InvalidArgument
-from criproxy.oci import ImageProcess, capabilities, seccomp
+from criproxy.oci import ImageProcess, capabilities
 from criproxy.oci.container import (
     ContainerSpecInput,
     HostDevice,
@@ -32,6 +32,7 @@ from criproxy.oci.container import (
     container_spec,
     effective_user,
 )
+from criproxy.sandbox.spec import localhost_seccomp
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,6 +49,8 @@ class BuiltSpec:
     spec: dict[str, Any]
     user: EffectiveUser
     stop_signal: str
+    swap_controller: bool
+    """Whether this host limits swap (the container's effective swap follows from it)."""
 
 
 def build(
@@ -73,9 +76,11 @@ def build(
     for mount in config.mounts:
         _ensure_host_path(mount)
     bounding = capabilities.from_mask(host.capability_mask("CapBnd"))
-    profile = _localhost_seccomp(security.seccomp, security.privileged)
+    # the runtime default is built by the spec itself, from the container's capabilities
+    profile = None if security.privileged else localhost_seccomp(security.seccomp)
     pod = sandbox.config
     cgroups = host.cgroup_info()
+    swap = host.swap_controller_available()
     inp = ContainerSpecInput(
         id=container_id,
         config=config,
@@ -105,7 +110,7 @@ def build(
         containerd_namespace=cfg.containerd.namespace,
         cgroup_driver=cfg.cgroup_driver,
         cgroup_v2=cgroups.version == 2,
-        swap_controller=host.swap_controller_available(),
+        swap_controller=swap,
         hugetlb_controller="hugetlb" in cgroups.controllers,
         own_oom_score_adj=(
             host.own_oom_score_adj()
@@ -121,7 +126,8 @@ def build(
     spec = container_spec(inp)
     uid, gid, groups = effective_user(inp)
     stop_signal = str(image_config.get("StopSignal") or "SIGTERM")
-    return BuiltSpec(spec, EffectiveUser(uid, gid, tuple(groups)), _signal_name(stop_signal))
+    user = EffectiveUser(uid, gid, tuple(groups))
+    return BuiltSpec(spec, user, _signal_name(stop_signal), swap)
 
 
 def _ensure_host_path(mount: MountConfig) -> None:
@@ -138,19 +144,6 @@ def _ensure_host_path(mount: MountConfig) -> None:
                 f"mount {mount.container_path!r}: cannot create host path {mount.host_path!r}: "
                 f"{err.strerror}"
             ) from None
-
-
-def _localhost_seccomp(profile: str, privileged: bool) -> dict[str, Any] | None:
-    """A `localhost/<path>` profile, read and parsed; the runtime default is built by the
-    spec itself from the container's own capabilities."""
-    if privileged or not profile.startswith("localhost/"):
-        return None
-    path = profile.removeprefix("localhost/")
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise InvalidArgument(f"seccomp profile {path!r} cannot be read: {err.strerror}") from None
-    return seccomp.parse_localhost_profile(text)
 
 
 _DEVICE_KINDS: dict[int, Literal["c", "b", "p"]] = {

@@ -223,12 +223,12 @@ def _limit(value: int) -> int | None:
     return value if 0 < value <= _UNLIMITED_ABOVE else None
 
 
-def _working_set(usage: int, inactive_file: int) -> int:
+def working_set(usage: int, inactive_file: int) -> int:
     """containerd's getWorkingSet: usage - inactive file, 0 when inactive file exceeds usage."""
     return usage - inactive_file if inactive_file < usage else 0
 
 
-def _available(limit: int | None, working_set: int) -> int:
+def available_bytes(limit: int | None, working_set: int) -> int:
     """containerd's getAvailableBytes, floored at 0 where Go's uint64 would wrap around."""
     return max(limit - working_set, 0) if limit is not None else 0
 
@@ -260,14 +260,14 @@ def _from_v1(m: cg1.Metrics, ts: int) -> CgroupSample:
     if m.HasField("memory") and m.memory.HasField("usage"):
         mem = m.memory
         limit = _limit(mem.usage.limit)
-        ws = _working_set(mem.usage.usage, mem.total_inactive_file)
+        ws = working_set(mem.usage.usage, mem.total_inactive_file)
         s = replace(
             s,
             has_memory=True,
             memory_usage_bytes=mem.usage.usage,
             memory_working_set_bytes=ws,
             memory_limit_bytes=limit,
-            available_bytes=_available(limit, ws),
+            available_bytes=available_bytes(limit, ws),
             rss_bytes=mem.total_rss,
             cache_bytes=mem.total_cache,
             mapped_file_bytes=mem.total_mapped_file,
@@ -350,14 +350,14 @@ def _from_v2(m: cg2.Metrics, ts: int) -> CgroupSample:
     if m.HasField("memory"):
         mem = m.memory
         limit = _limit(mem.usage_limit)
-        ws = _working_set(mem.usage, mem.inactive_file)
+        ws = working_set(mem.usage, mem.inactive_file)
         s = replace(
             s,
             has_memory=True,
             memory_usage_bytes=mem.usage,
             memory_working_set_bytes=ws,
             memory_limit_bytes=limit,
-            available_bytes=_available(limit, ws),
+            available_bytes=available_bytes(limit, ws),
             rss_bytes=mem.anon,
             cache_bytes=mem.file,
             mapped_file_bytes=mem.file_mapped,

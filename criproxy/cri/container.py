@@ -12,6 +12,7 @@ import posixpath
 from typing import TYPE_CHECKING
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.containers.model import REASON_COMPLETED, REASON_ERROR
 from criproxy.cri.sandbox import id_mappings, namespace_mode, selinux_label, userns_config
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
@@ -95,7 +96,8 @@ def _mount(i: int, m: api_pb2.Mount) -> MountConfig:
     )
 
 
-def _resources(r: api_pb2.LinuxContainerResources) -> ContainerResources:
+def resources(r: api_pb2.LinuxContainerResources) -> ContainerResources:
+    """LinuxContainerResources (of a ContainerConfig or an update), validated."""
     if r.cpu_period < 0 or r.cpu_quota < -1 or r.cpu_shares < 0 or r.memory_limit_in_bytes < 0:
         raise InvalidArgument("config.linux.resources: negative cpu or memory value")
     return ContainerResources(
@@ -110,11 +112,6 @@ def _resources(r: api_pb2.LinuxContainerResources) -> ContainerResources:
         unified=dict(r.unified),
         memory_swap_limit_in_bytes=r.memory_swap_limit_in_bytes,
     )
-
-
-def resources(r: api_pb2.LinuxContainerResources) -> ContainerResources:
-    """UpdateContainerResources' linux resources, validated."""
-    return _resources(r)
 
 
 def _capability_names(names: Iterable[str], field: str) -> tuple[str, ...]:
@@ -225,7 +222,7 @@ def container_config(config: api_pb2.ContainerConfig) -> ContainerConfig:
         stdin=config.stdin,
         stdin_once=config.stdin_once,
         tty=config.tty,
-        resources=_resources(linux.resources) if linux.HasField("resources") else None,
+        resources=resources(linux.resources) if linux.HasField("resources") else None,
         security=_security(linux.security_context),
         stop_signal=_stop_signal(config.stop_signal),
     )
@@ -261,7 +258,7 @@ def to_container(c: Container) -> api_pb2.Container:
 def _reason(c: Container) -> str:
     if c.state != "exited" or c.reason:
         return c.reason
-    return "Completed" if c.exit_code == 0 else "Error"
+    return REASON_COMPLETED if c.exit_code == 0 else REASON_ERROR
 
 
 def _resources_view(r: ContainerResources | None) -> api_pb2.ContainerResources | None:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from criproxy.oci.container import IdMapping, UsernsConfig
+
 _SYSCALLS = {"x86_64": (428, 429, 442), "aarch64": (428, 429, 442)}
 """open_tree, move_mount, mount_setattr: the same numbers on both (the unified table)."""
 _AT_FDCWD = -100
@@ -97,10 +99,13 @@ def _idmapped_bind(source: str, target: Path, userns_fd: int) -> None:
 
 
 def idmapped_rootfs(
-    mounts: Sequence[Mount], userns: str, directory: Path, root_uid: int, root_gid: int
+    mounts: Sequence[Mount], userns: str, directory: Path, mappings: UsernsConfig
 ) -> list[Mount]:
     """The rootfs mounts with every read-only layer idmapped through `userns` (mounted
-    under `directory`) and the writable layer owned by the remapped root. Blocking."""
+    under `directory`, replacing what a crashed attempt left there) and the writable layer
+    owned by the remapped root. Blocking."""
+    release(directory)
+    root_uid, root_gid = _root_ids(mappings)
     if len(mounts) != 1 or mounts[0].type not in ("overlay", "bind"):
         raise FailedPrecondition("a pod user namespace needs an overlayfs or bind rootfs")
     mount = mounts[0]
@@ -159,15 +164,13 @@ def release(directory: Path) -> None:
         directory.rmdir()
 
 
-def root_ids(
-    uids: Sequence[tuple[int, int, int]], gids: Sequence[tuple[int, int, int]]
-) -> tuple[int, int]:
-    """The host uid and gid of the namespace's root, from (container, host, size) maps."""
+def _root_ids(userns: UsernsConfig) -> tuple[int, int]:
+    """The host uid and gid of the namespace's root."""
 
-    def root(maps: Sequence[tuple[int, int, int]]) -> int:
-        for inside, outside, size in maps:
-            if inside <= 0 < inside + size:
-                return outside - inside
+    def root(maps: Sequence[IdMapping]) -> int:
+        for m in maps:
+            if m.container_id <= 0 < m.container_id + m.length:
+                return m.host_id - m.container_id
         raise FailedPrecondition("the pod's user namespace does not map id 0")
 
-    return root(uids), root(gids)
+    return root(userns.uids), root(userns.gids)

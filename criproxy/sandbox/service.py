@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from criproxy.config import Config, RuntimeHandler
     from criproxy.containerd import Containerd, Event, Mount, TaskExitInfo, TaskState
     from criproxy.images.service import ImageService
-    from criproxy.oci.container import IdMapping, UsernsConfig
+    from criproxy.oci.container import IdMapping
 
 log = structlog.get_logger("criproxy.sandbox")
 
@@ -350,10 +350,11 @@ class SandboxService:
                 mounts,
                 userns,
                 idmap_dir,
-                *idmap.root_ids(*_maps(pod.security.userns)),
+                pod.security.userns,
             )
-        restrict = self._config.restrict_oom_score_adj
-        spec = build_spec(sandbox, image.content.config, self._config, restrict)
+        spec = await anyio.to_thread.run_sync(
+            build_spec, sandbox, image.content.config, self._config
+        )
         cni_request = self._cni_request(sandbox)
         results: list[CniResult] = []
         pids: list[int] = []
@@ -762,15 +763,6 @@ def _read_intent(state_dir: Path) -> Sandbox | None:
         return Sandbox.from_json((state_dir / _INTENT).read_bytes())
     except (OSError, ValueError, TypeError, KeyError):
         return None
-
-
-def _maps(
-    userns: UsernsConfig,
-) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-    def as_tuples(maps: tuple[IdMapping, ...]) -> list[tuple[int, int, int]]:
-        return [(m.container_id, m.host_id, m.length) for m in maps]
-
-    return as_tuples(userns.uids), as_tuples(userns.gids)
 
 
 def _id_map(mappings: tuple[IdMapping, ...]) -> str:

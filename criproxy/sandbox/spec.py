@@ -18,9 +18,21 @@ from criproxy.oci import (
 )
 
 if TYPE_CHECKING:
-    from criproxy.config import Config, RestrictOom
+    from criproxy.config import Config
     from criproxy.images.manifest import ImageConfig
     from criproxy.sandbox.model import Sandbox
+
+
+def localhost_seccomp(profile: str) -> dict[str, Any] | None:
+    """A `localhost/<path>` seccomp profile, read and parsed; None for any other kind."""
+    if not profile.startswith("localhost/"):
+        return None
+    path = profile.removeprefix("localhost/")
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise InvalidArgument(f"seccomp profile {path!r} cannot be read: {err.strerror}") from None
+    return seccomp.parse_localhost_profile(text)
 
 
 def _seccomp(profile: str) -> dict[str, Any] | None:
@@ -28,26 +40,16 @@ def _seccomp(profile: str) -> dict[str, Any] | None:
     which the pause keeps) or a localhost file; none for unconfined."""
     if profile == "runtime/default":
         return seccomp.default_profile(default_capabilities())
-    if profile.startswith("localhost/"):
-        path = profile.removeprefix("localhost/")
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise InvalidArgument(
-                f"seccomp profile {path!r} cannot be read: {err.strerror}"
-            ) from None
-        return seccomp.parse_localhost_profile(text)
-    return None
+    return localhost_seccomp(profile)
 
 
-def build_spec(
-    sandbox: Sandbox, image: ImageConfig, config: Config, restrict: RestrictOom
-) -> dict[str, Any]:
-    """containerd's sandbox spec; the pause score is clamped when criproxy may not lower it."""
+def build_spec(sandbox: Sandbox, image: ImageConfig, config: Config) -> dict[str, Any]:
+    """containerd's sandbox spec; the pause score is clamped when criproxy may not lower it.
+    Blocking (reads /proc and a seccomp profile file): call from a worker thread."""
     pod = sandbox.config
     userns = pod.security.userns
     oom = DEFAULT_SANDBOX_OOM_SCORE_ADJ
-    if host.restrict_oom_score_adj(restrict):
+    if host.restrict_oom_score_adj(config.restrict_oom_score_adj):
         oom = restrict_oom_score_adj(oom, host.own_oom_score_adj())
     return sandbox_spec(
         SandboxSpecInput(

@@ -19,7 +19,7 @@ _IMAGE = ImageConfig(user="", diff_ids=(), raw={"config": {"Entrypoint": ["/paus
 def _spec(security: PodSecurity) -> dict[str, object]:
     pod = PodConfig(metadata=PodMetadata("p", "u", "ns"), security=security)
     sandbox = Sandbox(id="s" * 64, config=pod, runtime_handler="", image="pause", created_at_ns=1)
-    return build_spec(sandbox, _IMAGE, Config(), restrict=False)
+    return build_spec(sandbox, _IMAGE, Config(restrict_oom_score_adj=False))
 
 
 def test_runtime_default_seccomp_and_selinux_labels_reach_the_pause() -> None:
