@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
-import anyio
 from google.protobuf.message import DecodeError
 
 from criproxy._generated.containerd.cgroups.v1 import metrics_pb2 as cg1
@@ -47,7 +46,6 @@ __all__ = [
     "pod_sandbox_metrics",
     "pod_sandbox_stats",
     "read_net_dev",
-    "read_pid_net_dev",
 ]
 
 _V1_TYPE = "io.containerd.cgroups.v1.Metrics"
@@ -448,14 +446,6 @@ def read_net_dev(text: str) -> list[InterfaceStats]:
             )
         )
     return interfaces
-
-
-async def read_pid_net_dev(pid: int) -> list[InterfaceStats]:
-    """The interfaces of `pid`'s network namespace (the pause process's: the pod's).
-
-    Read off the event loop; /proc files are small but a stuck procfs must not stall it.
-    """
-    return read_net_dev(await anyio.Path(f"/proc/{pid}/net/dev").read_text())
 
 
 def _pod_interfaces(interfaces: Iterable[InterfaceStats]) -> list[InterfaceStats]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -131,6 +132,7 @@ class UsageService:
         all_containers = [c for cs in members.values() for c in cs]
         await self._ensure_layers(all_containers)
         mountpoint = await self._fs_mountpoint()
+        reads = await anyio.to_thread.run_sync(self._host_reads, pods)
         out = []
         for pod in pods:
             containers = members[pod.id]
@@ -138,8 +140,8 @@ class UsageService:
                 self._container_stats(c, samples.get(c.id), mountpoint) for c in containers
             ]
             parts = [samples[i] for i in (pod.id, *(c.id for c in containers)) if i in samples]
-            interfaces = await self._interfaces(pod)
-            sample, nano = await self._pod_sample(pod, parts, containers, samples)
+            own, interfaces = reads[pod.id]
+            sample, nano = self._pod_sample(pod, own, parts, containers, samples)
             out.append(
                 stats.pod_sandbox_stats(
                     _pod_attributes(pod),
@@ -152,9 +154,25 @@ class UsageService:
             )
         return out
 
-    async def _pod_sample(
+    def _host_reads(
+        self, pods: list[Sandbox]
+    ) -> dict[str, tuple[stats.CgroupSample | None, list[stats.InterfaceStats] | None]]:
+        """Each pod's own cgroup and its netns's interfaces, read in one worker-thread hop
+        for all of them (a /proc or cgroupfs read must not stall the event loop). Blocking."""
+        return {
+            pod.id: (
+                read_pod_cgroup(pod.config.cgroup_parent, self._systemd)
+                if pod.state == "ready"
+                else None,
+                _interfaces(pod),
+            )
+            for pod in pods
+        }
+
+    def _pod_sample(
         self,
         pod: Sandbox,
+        own: stats.CgroupSample | None,
         parts: list[stats.CgroupSample],
         containers: list[Container],
         samples: dict[str, stats.CgroupSample],
@@ -163,14 +181,10 @@ class UsageService:
         else the sum of its pause and containers' cgroups."""
         if pod.state != "ready":
             return None, None
-        if pod.config.cgroup_parent:
-            own = await anyio.to_thread.run_sync(
-                read_pod_cgroup, pod.config.cgroup_parent, self._systemd
-            )
-            if own is not None:
-                previous = self._pod_samples.get(pod.id)
-                self._pod_samples[pod.id] = own
-                return own, stats.nano_cores(previous, own)
+        if own is not None:
+            previous = self._pod_samples.get(pod.id)
+            self._pod_samples[pod.id] = own
+            return own, stats.nano_cores(previous, own)
         if not parts:
             return None, None
         nano = sum(
@@ -180,20 +194,13 @@ class UsageService:
         )
         return _sum(parts), nano
 
-    async def _interfaces(self, pod: Sandbox) -> list[stats.InterfaceStats] | None:
-        if pod.config.host_network or pod.state != "ready" or not pod.pid:
-            return None
-        try:
-            return await stats.read_pid_net_dev(pod.pid)
-        except OSError:
-            return None
-
     # --- metrics --------------------------------------------------------------------
 
     async def pod_metrics(self, pods: list[Sandbox]) -> list[api_pb2.PodSandboxMetrics]:
         members = {p.id: list(self._containers.pod_containers(p.id)) for p in pods}
         running = [c.id for cs in members.values() for c in cs if c.state == "running"]
         samples = await self._sampler.sample(running)
+        reads = await anyio.to_thread.run_sync(self._host_reads, pods)
         out = []
         for pod in pods:
             inputs = []
@@ -219,11 +226,22 @@ class UsageService:
                     pod.id,
                     meta.name,
                     meta.namespace,
-                    interfaces=await self._interfaces(pod),
+                    interfaces=reads[pod.id][1],
                     containers=inputs,
                 )
             )
         return out
+
+
+def _interfaces(pod: Sandbox) -> list[stats.InterfaceStats] | None:
+    """The pod netns's interfaces, from its pause process; None with the host network.
+    Blocking."""
+    if pod.config.host_network or pod.state != "ready" or not pod.pid:
+        return None
+    try:
+        return stats.read_net_dev(Path(f"/proc/{pod.pid}/net/dev").read_text())
+    except OSError:
+        return None
 
 
 def _pod_attributes(pod: Sandbox) -> stats.PodAttributes:

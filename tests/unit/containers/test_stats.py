@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from criproxy._generated.containerd.cgroups.v1 import metrics_pb2 as cg1
@@ -27,7 +25,6 @@ from criproxy.containers.stats import (
     pod_sandbox_metrics,
     pod_sandbox_stats,
     read_net_dev,
-    read_pid_net_dev,
 )
 from criproxy.errors import Internal
 
@@ -357,13 +354,6 @@ def test_this_machines_net_dev_parses() -> None:
         interfaces = read_net_dev(f.read())
     assert interfaces
     assert all(i.name and ":" not in i.name and i.rx_bytes >= 0 for i in interfaces)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_a_pids_net_dev_is_read_off_the_event_loop(anyio_backend: str) -> None:
-    interfaces = await read_pid_net_dev(os.getpid())
-    assert "lo" in [i.name for i in interfaces]  # every network namespace has one
 
 
 def test_network_usage_defaults_to_eth0_lists_all_but_lo() -> None:
