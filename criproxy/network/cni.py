@@ -16,6 +16,7 @@ import ipaddress
 import json
 import math
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -600,12 +601,19 @@ def _benign_del_error(err: CriproxyError, netns: str) -> bool:
 
 
 class _PluginProcess:
-    """One plugin run on a worker thread: spawn, feed stdin, collect both outputs, reap.
+    """One plugin run on a worker thread: spawn, feed stdin, wait, read both outputs.
 
-    A blocking `communicate` on a thread costs the event loop far less than asyncio's pipe
+    A blocking run on a thread costs the event loop far less than asyncio's pipe
     transports and child watcher (three pipes, their callbacks, a pidfd reader per run),
     and the spawn (vfork + exec, which waits for the child's exec) stays off the loop.
     A plugin that exits before reading stdin gives its exit status, not a broken pipe.
+
+    The exit status is read without reaping (`WNOWAIT`) and the zombie is reaped a moment
+    later by `_REAPER`: a multi-threaded (Go) plugin reaped the instant it exits races its
+    last threads' teardown, and the kernel's /proc dcache flush then spins in the reaper
+    (measured with perf: up to 1 ms of CPU per plugin run, a fifth of criproxy's CPU with
+    ten pods at once). stdout and stderr go to memfds read after the exit, so a plugin's
+    child that keeps them open cannot hold the call either.
     """
 
     def __init__(self, path: str, stdin: bytes, env: Mapping[str, str]) -> None:
@@ -616,18 +624,28 @@ class _PluginProcess:
 
     def run(self) -> tuple[int, bytes, bytes]:
         argv, stdin, env = self._args
-        with self._lock:
-            if self._cancelled:
-                return -signal.SIGKILL, b"", b""
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-        out, err = self._process.communicate(stdin)
-        return self._process.returncode, out, err
+        out_fd = os.memfd_create("cni-stdout", os.MFD_CLOEXEC)
+        err_fd = os.memfd_create("cni-stderr", os.MFD_CLOEXEC)
+        try:
+            with self._lock:
+                if self._cancelled:
+                    return -signal.SIGKILL, b"", b""
+                process = self._process = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE, stdout=out_fd, stderr=err_fd, env=env
+                )
+            try:
+                _feed(process, stdin)
+                code = _exit_code(os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT))
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()  # the reaper must not wait on a running plugin
+                raise
+            finally:
+                _REAPER.reap_soon(process)
+            return code, _read_all(out_fd), _read_all(err_fd)
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
 
     def kill(self) -> subprocess.Popen[bytes] | None:
         """Kill the plugin, or keep it from starting; the process to reap, if there is one."""
@@ -637,6 +655,61 @@ class _PluginProcess:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.kill()
             return self._process
+
+
+def _feed(process: subprocess.Popen[bytes], data: bytes) -> None:
+    """Write the plugin's stdin and close it; a plugin that exits unread is no error."""
+    pipe = process.stdin
+    assert pipe is not None
+    with contextlib.suppress(BrokenPipeError):
+        try:
+            pipe.write(data)
+        finally:
+            pipe.close()
+
+
+def _exit_code(status: os.waitid_result | None) -> int:
+    """As `Popen.returncode`: the exit status, or minus the signal that ended it."""
+    assert status is not None  # no WNOHANG
+    if status.si_code == os.CLD_EXITED:
+        return status.si_status
+    return -status.si_status
+
+
+class _Reaper:
+    """Reaps exited plugins `delay` seconds after their exit was read, on one thread.
+
+    A zombie keeps its pid, so nothing else can be signalled by mistake meanwhile.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+        self._queue: queue.SimpleQueue[tuple[float, subprocess.Popen[bytes]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def reap_soon(self, process: subprocess.Popen[bytes]) -> None:
+        self._queue.put((time.monotonic() + self._delay, process))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cni-reaper", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            due, process = self._queue.get()
+            time.sleep(max(0.0, due - time.monotonic()))
+            with contextlib.suppress(OSError):
+                process.wait()
+
+
+_REAPER = _Reaper(delay=0.05)
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything written to a memfd, from its start."""
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
 
 
 async def _run_plugin(

@@ -1,0 +1,85 @@
+"""One plugin process: exit status and outputs, late reaping, outputs held open elsewhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from criproxy.network.cni import _run_plugin
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "plugin"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def zombie_children() -> list[int]:
+    """Pids of this process's children that exited and were not reaped yet."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+async def run(path: str, stdin: bytes = b"{}") -> tuple[int, bytes, bytes]:
+    return await _run_plugin(path, stdin, {"PATH": "/usr/bin:/bin"}, anyio.CapacityLimiter(4))
+
+
+async def test_exit_status_stdout_stderr_and_stdin(tmp_path: Path) -> None:
+    path = script(tmp_path, 'read line; echo "got $line"; echo oops >&2; exit 3\n')
+    code, out, err = await run(path, b"config\n")
+    assert (code, out, err) == (3, b"got config\n", b"oops\n")
+
+
+async def test_a_plugin_ended_by_a_signal_gives_minus_the_signal(tmp_path: Path) -> None:
+    code, _, _ = await run(script(tmp_path, "kill -KILL $$\n"))
+    assert code == -signal.SIGKILL
+
+
+async def test_a_plugin_that_does_not_read_stdin_is_no_broken_pipe(tmp_path: Path) -> None:
+    code, out, _ = await run(script(tmp_path, "echo done\n"), b"x" * (1 << 20))
+    assert (code, out) == (0, b"done\n")
+
+
+async def test_every_plugin_is_reaped_soon_after_its_exit(tmp_path: Path) -> None:
+    path = script(tmp_path, "exit 0\n")
+    for _ in range(5):
+        assert (await run(path))[0] == 0
+    for _ in range(200):  # up to 10 s
+        if not zombie_children():
+            break
+        await anyio.sleep(0.05)
+    assert zombie_children() == []
+
+
+async def test_a_child_holding_the_outputs_open_does_not_hold_the_call(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    path = script(tmp_path, f"sleep 30 & echo $! > {pid_file}\necho '{{}}'\n")
+    code, out, _ = await run(path)
+    child = int(pid_file.read_text())
+    try:
+        assert (code, out) == (0, b"{}\n")
+        os.kill(child, 0)  # still running: the call did not wait for it
+    finally:
+        os.kill(child, signal.SIGKILL)
