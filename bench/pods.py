@@ -189,6 +189,8 @@ class Runtime(Endpoint):
     mount_roots: tuple[Path, ...]
     netns_dir: Path | None = None
     """A private dir of netns pins to list at the end (criproxy's); None for the host's."""
+    pids: tuple[int, ...] = ()
+    """The runtime's own long-lived processes (criproxy and its containerd; containerd)."""
     netns_seen: set[str] = field(default_factory=set)
     live: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
@@ -377,14 +379,53 @@ def sequential(rt: Runtime, pods: int) -> list[Lifecycle]:
     return out
 
 
-def concurrent(rt: Runtime, pods: int, workers: int) -> tuple[list[Lifecycle], float]:
-    """`pods` lifecycles spread over `workers` threads; returns them and the wall time."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy (user, nice, system, irq, softirq)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / _TICK
+
+
+def _own_cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds these processes spent themselves (not their children)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU milliseconds per pod over a concurrent phase: the machine's and the runtime's own.
+
+    The concurrent phase keeps both cores busy, so its lifecycle latency follows the CPU a
+    pod costs in all: the runtime's own processes plus the work both runtimes share (shims,
+    runc, CNI plugins, the kernel's netns and cgroup work) and the bench's client.
+    """
+
+    machine_ms: float
+    runtime_ms: float
+
+    @property
+    def shared_ms(self) -> float:
+        return self.machine_ms - self.runtime_ms
+
+
+def concurrent(rt: Runtime, pods: int, workers: int) -> tuple[list[Lifecycle], float, Cpu]:
+    """`pods` lifecycles spread over `workers` threads; them, the wall time, the CPU."""
+    busy, own = _busy_cpu_s(), _own_cpu_s(rt.pids)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=rt.name) as pool:
         results = list(pool.map(lambda i: rt.lifecycle("con", i), range(pods)))
     wall = time.perf_counter() - start
+    cpu = Cpu((_busy_cpu_s() - busy) * 1000 / pods, (_own_cpu_s(rt.pids) - own) * 1000 / pods)
     print(f"concurrent {rt.name}: {pods} pods, {workers} workers, {wall:.2f}s", file=sys.stderr)
-    return [r for r in results if r is not None], wall
+    return [r for r in results if r is not None], wall, cpu
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -427,6 +468,7 @@ class Result:
     concurrent: dict[str, Stats]
     wall_s: float
     pods_per_s: float
+    cpu: Cpu
     errors: list[str]
 
     def median(self, phase: str) -> object:
@@ -439,6 +481,11 @@ class Result:
                 **self.concurrent,
                 "wall_s": self.wall_s,
                 "pods_per_s": self.pods_per_s,
+                "cpu_ms_per_pod": {
+                    "machine": self.cpu.machine_ms,
+                    "runtime_own": self.cpu.runtime_ms,
+                    "shared": self.cpu.shared_ms,
+                },
             },
             "errors": self.errors,
         }
@@ -511,6 +558,7 @@ def _start(base: Path, stack: contextlib.ExitStack) -> tuple[list[Runtime], str]
             base / "logs" / "criproxy",
             (plain.base, proxy.base),
             netns_dir=proxy.state / "netns",
+            pids=_pids(proxy.proc, plain.proc),
         ),
         Runtime(
             "containerd",
@@ -520,6 +568,7 @@ def _start(base: Path, stack: contextlib.ExitStack) -> tuple[list[Runtime], str]
             ctd_net,
             base / "logs" / "containerd",
             (reference.base,),
+            pids=_pids(reference.proc),
         ),
     ]
     for rt in runtimes:  # reverse order on the stack: leftovers go before the runtimes stop
@@ -527,6 +576,10 @@ def _start(base: Path, stack: contextlib.ExitStack) -> tuple[list[Runtime], str]
         stack.callback(rt.unpin_host_netns)
         stack.callback(rt.remove_leftovers)
     return runtimes, pause_ref
+
+
+def _pids(*procs: subprocess.Popen[bytes] | None) -> tuple[int, ...]:
+    return tuple(p.pid for p in procs if p is not None)
 
 
 def _leak_checks(runtimes: Sequence[Runtime]) -> dict[str, list[Check]]:
@@ -553,9 +606,9 @@ def _measure(args: argparse.Namespace, runtimes: Sequence[Runtime]) -> dict[str,
     con = {rt.name: concurrent(rt, args.pods, args.concurrency) for rt in reversed(runtimes)}
     results = {}
     for rt in runtimes:
-        lifecycles, wall = con[rt.name]
+        lifecycles, wall, cpu = con[rt.name]
         results[rt.name] = Result(
-            by_op(seq[rt.name]), by_op(lifecycles), wall, len(lifecycles) / wall, rt.errors
+            by_op(seq[rt.name]), by_op(lifecycles), wall, len(lifecycles) / wall, cpu, rt.errors
         )
     return results
 
@@ -585,12 +638,16 @@ def _print_report(
                 f"{fmt(s['p90']):>8}{fmt(s['p99']):>8}{fmt(s['max']):>8}"
             )
     print(f"\nconcurrent ({args.concurrency} workers), seconds:")
-    print(f"{'runtime':<12}{'n':>4}{'lifecycle p50':>15}{'p99':>8}{'wall':>9}{'pods/s':>8}")
+    print(
+        f"{'runtime':<12}{'n':>4}{'lifecycle p50':>15}{'p99':>8}{'wall':>9}{'pods/s':>8}"
+        f"{'CPU ms/pod: machine':>21}{'own':>6}{'shared':>8}"
+    )
     for name, res in results.items():
         life = res.concurrent["lifecycle"]
         print(
             f"{name:<12}{life['n']:>4}{fmt(life['p50']):>15}{fmt(life['p99']):>8}"
             f"{res.wall_s:>9.2f}{res.pods_per_s:>8.2f}"
+            f"{res.cpu.machine_ms:>21.1f}{res.cpu.runtime_ms:>6.1f}{res.cpu.shared_ms:>8.1f}"
         )
     print()
     for phase, value in ratios.items():
