@@ -6,6 +6,7 @@ Callers get the project's dataclasses and error types, never containerd's protob
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING
 
 import anyio
@@ -62,16 +63,49 @@ class Containerd:
 
     def __init__(self, address: str, namespace: str, *, _channel: Channel | None = None) -> None:
         self._channel = _channel or Channel(address, namespace)
-        self._version = VersionService(self._channel)
-        self.introspection = IntrospectionService(self._channel)
-        self.snapshots = SnapshotsService(self._channel)
-        self.content = ContentService(self._channel)
-        self.images = ImagesService(self._channel)
-        self.leases = LeasesService(self._channel)
-        self.diff = DiffService(self._channel)
-        self.events = EventsService(self._channel)
-        self.containers = ContainersService(self._channel)
-        self.tasks = TasksService(self._channel)
+
+    # Each helper is made on first use: a leased view (one per pod set-up) needs two or
+    # three of them, and a helper's stub makes a callable for every rpc of its service.
+
+    @functools.cached_property
+    def _version(self) -> VersionService:
+        return VersionService(self._channel)
+
+    @functools.cached_property
+    def introspection(self) -> IntrospectionService:
+        return IntrospectionService(self._channel)
+
+    @functools.cached_property
+    def snapshots(self) -> SnapshotsService:
+        return SnapshotsService(self._channel)
+
+    @functools.cached_property
+    def content(self) -> ContentService:
+        return ContentService(self._channel)
+
+    @functools.cached_property
+    def images(self) -> ImagesService:
+        return ImagesService(self._channel)
+
+    @functools.cached_property
+    def leases(self) -> LeasesService:
+        return LeasesService(self._channel)
+
+    @functools.cached_property
+    def diff(self) -> DiffService:
+        return DiffService(self._channel)
+
+    @functools.cached_property
+    def events(self) -> EventsService:
+        return EventsService(self._channel)
+
+    @functools.cached_property
+    def containers(self) -> ContainersService:
+        return ContainersService(self._channel)
+
+    @functools.cached_property
+    def tasks(self) -> TasksService:
+        return TasksService(self._channel)
 
     def with_lease(self, lease: str) -> Containerd:
         """A view whose every call is made under `lease`; shares this connection."""
