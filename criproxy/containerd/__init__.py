@@ -6,8 +6,7 @@ Callers get the project's dataclasses and error types, never containerd's protob
 from __future__ import annotations
 
 import contextlib
-import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 import anyio
 import structlog
@@ -29,7 +28,7 @@ from criproxy.errors import CriproxyError
 
 if TYPE_CHECKING:
     import datetime
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from anyio.abc import TaskGroup
 
@@ -58,54 +57,48 @@ __all__ = [
 ]
 
 
+_S = TypeVar("_S")
+
+
+class _Helper(Generic[_S]):
+    """A service helper made on first use and kept: a leased view (one per pod set-up) uses
+    two or three of them, and each helper's stub makes a callable for every rpc."""
+
+    def __init__(self, make: Callable[[Channel], _S]) -> None:
+        self._make = make
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _Helper[_S]: ...
+    @overload
+    def __get__(self, obj: Containerd, objtype: type | None = None) -> _S: ...
+    def __get__(self, obj: Containerd | None, objtype: type | None = None) -> _S | _Helper[_S]:
+        if obj is None:
+            return self
+        helper = self._make(obj._channel)
+        obj.__dict__[self._name] = helper  # later lookups find it before the descriptor
+        return helper
+
+
 class Containerd:
     """One channel to one containerd, in one namespace, with a helper per service."""
 
     def __init__(self, address: str, namespace: str, *, _channel: Channel | None = None) -> None:
         self._channel = _channel or Channel(address, namespace)
 
-    # Each helper is made on first use: a leased view (one per pod set-up) needs two or
-    # three of them, and a helper's stub makes a callable for every rpc of its service.
-
-    @functools.cached_property
-    def _version(self) -> VersionService:
-        return VersionService(self._channel)
-
-    @functools.cached_property
-    def introspection(self) -> IntrospectionService:
-        return IntrospectionService(self._channel)
-
-    @functools.cached_property
-    def snapshots(self) -> SnapshotsService:
-        return SnapshotsService(self._channel)
-
-    @functools.cached_property
-    def content(self) -> ContentService:
-        return ContentService(self._channel)
-
-    @functools.cached_property
-    def images(self) -> ImagesService:
-        return ImagesService(self._channel)
-
-    @functools.cached_property
-    def leases(self) -> LeasesService:
-        return LeasesService(self._channel)
-
-    @functools.cached_property
-    def diff(self) -> DiffService:
-        return DiffService(self._channel)
-
-    @functools.cached_property
-    def events(self) -> EventsService:
-        return EventsService(self._channel)
-
-    @functools.cached_property
-    def containers(self) -> ContainersService:
-        return ContainersService(self._channel)
-
-    @functools.cached_property
-    def tasks(self) -> TasksService:
-        return TasksService(self._channel)
+    _version = _Helper(VersionService)
+    introspection = _Helper(IntrospectionService)
+    snapshots = _Helper(SnapshotsService)
+    content = _Helper(ContentService)
+    images = _Helper(ImagesService)
+    leases = _Helper(LeasesService)
+    diff = _Helper(DiffService)
+    events = _Helper(EventsService)
+    containers = _Helper(ContainersService)
+    tasks = _Helper(TasksService)
 
     def with_lease(self, lease: str) -> Containerd:
         """A view whose every call is made under `lease`; shares this connection."""
