@@ -36,8 +36,8 @@ class _StreamEnded(Exception):
     pass
 
 
-_TOPICS = ("tasks", "images")
-"""The event kinds criproxy's handlers act on (task exits and OOMs, image records)."""
+_FILTERS = ('topic=="/tasks/exit"', 'topic=="/tasks/oom"', 'topic~="^/images/"')
+"""The events criproxy's handlers act on: task exits and OOMs, image records."""
 
 
 @dataclass
@@ -84,8 +84,9 @@ class EventLoop:
     async def _read(self, send: ObjectSendStream[Event]) -> None:
         namespace = self.containerd.namespace
         async with send:
-            # Only what a handler acts on: every pod also makes snapshot, container and lease
-            # events that would cost a decode and a dispatch each for nothing.
-            topics = [f'namespace=="{namespace}",topic~="^/{kind}/"' for kind in _TOPICS]
+            # Only what a handler acts on: every pod and container also makes task create,
+            # start and delete events, and snapshot, container and lease events, that would
+            # cost containerd a send and criproxy a decode and a dispatch each for nothing.
+            topics = [f'namespace=="{namespace}",{match}' for match in _FILTERS]
             async for event in self.containerd.events.subscribe(*topics):
                 await send.send(event)
