@@ -18,6 +18,7 @@ import math
 import os
 import queue
 import re
+import selectors
 import signal
 import subprocess
 import threading
@@ -601,19 +602,19 @@ def _benign_del_error(err: CriproxyError, netns: str) -> bool:
 
 
 class _PluginProcess:
-    """One plugin run on a worker thread: spawn, feed stdin, wait, read both outputs.
+    """One plugin run on a worker thread: spawn, collect both outputs, read the exit status.
 
     A blocking run on a thread costs the event loop far less than asyncio's pipe
     transports and child watcher (three pipes, their callbacks, a pidfd reader per run),
     and the spawn (vfork + exec, which waits for the child's exec) stays off the loop.
-    A plugin that exits before reading stdin gives its exit status, not a broken pipe.
 
-    The exit status is read without reaping (`WNOWAIT`) and the zombie is reaped a moment
-    later by `_REAPER`: a multi-threaded (Go) plugin reaped the instant it exits races its
-    last threads' teardown, and the kernel's /proc dcache flush then spins in the reaper
-    (measured with perf: up to 1 ms of CPU per plugin run, a fifth of criproxy's CPU with
-    ten pods at once). stdout and stderr go to memfds read after the exit, so a plugin's
-    child that keeps them open cannot hold the call either.
+    The config goes in as a memfd, so a plugin that exits without reading it, or leaves a
+    child holding its stdin, never blocks the write; stdout and stderr are pipes, as
+    libcni's (a plugin may reopen /dev/stderr). The exit status is read without reaping
+    (`WNOWAIT`) and `_REAPER` reaps the zombie a moment later: a multi-threaded (Go) plugin
+    reaped the instant it exits races its last threads' teardown, and the kernel's /proc
+    dcache flush then spins in the reaper (perf: up to 1 ms of CPU per plugin run, a fifth
+    of criproxy's CPU with ten pods at once).
     """
 
     def __init__(self, path: str, stdin: bytes, env: Mapping[str, str]) -> None:
@@ -624,28 +625,33 @@ class _PluginProcess:
 
     def run(self) -> tuple[int, bytes, bytes]:
         argv, stdin, env = self._args
-        out_fd = os.memfd_create("cni-stdout", os.MFD_CLOEXEC)
-        err_fd = os.memfd_create("cni-stderr", os.MFD_CLOEXEC)
+        config = _memfd("cni-config", stdin)
         try:
             with self._lock:
                 if self._cancelled:
                     return -signal.SIGKILL, b"", b""
                 process = self._process = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=out_fd, stderr=err_fd, env=env
+                    argv,
+                    stdin=config,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
                 )
-            try:
-                _feed(process, stdin)
-                code = _exit_code(os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT))
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()  # the reaper must not wait on a running plugin
-                raise
-            finally:
-                _REAPER.reap_soon(process)
-            return code, _read_all(out_fd), _read_all(err_fd)
         finally:
-            os.close(out_fd)
-            os.close(err_fd)
+            os.close(config)
+        try:
+            out, err = _drain(process)
+            code = _exit_status(process)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()  # the reaper must not wait on a running plugin
+            raise
+        finally:
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            _REAPER.reap_soon(process)
+        return code, out, err
 
     def kill(self) -> subprocess.Popen[bytes] | None:
         """Kill the plugin, or keep it from starting; the process to reap, if there is one."""
@@ -657,19 +663,48 @@ class _PluginProcess:
             return self._process
 
 
-def _feed(process: subprocess.Popen[bytes], data: bytes) -> None:
-    """Write the plugin's stdin and close it; a plugin that exits unread is no error."""
-    pipe = process.stdin
-    assert pipe is not None
-    with contextlib.suppress(BrokenPipeError):
-        try:
-            pipe.write(data)
-        finally:
-            pipe.close()
+_OUTPUT_CAP = 16 * 1024 * 1024
+"""What is kept of each of a plugin's outputs; the rest is read and dropped."""
 
 
-def _exit_code(status: os.waitid_result | None) -> int:
-    """As `Popen.returncode`: the exit status, or minus the signal that ended it."""
+def _memfd(name: str, data: bytes) -> int:
+    """A memfd holding `data`, at offset 0."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _drain(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Both outputs, read until every writer closed them (each kept up to _OUTPUT_CAP)."""
+    assert process.stdout is not None and process.stderr is not None
+    kept = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+    with selectors.PollSelector() as selector:
+        for fd in kept:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            for key, _ in selector.select():
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                buffer = kept[key.fd]
+                buffer += chunk[: max(0, _OUTPUT_CAP - len(buffer))]
+    return bytes(kept[process.stdout.fileno()]), bytes(kept[process.stderr.fileno()])
+
+
+def _exit_status(process: subprocess.Popen[bytes]) -> int:
+    """As `Popen.returncode` (minus the signal that ended it), leaving the zombie."""
+    try:
+        status = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:  # SIGCHLD ignored: the kernel reaped it (Popen then says 0)
+        return process.wait()
     assert status is not None  # no WNOHANG
     if status.si_code == os.CLD_EXITED:
         return status.si_status
@@ -679,7 +714,9 @@ def _exit_code(status: os.waitid_result | None) -> int:
 class _Reaper:
     """Reaps exited plugins `delay` seconds after their exit was read, on one thread.
 
-    A zombie keeps its pid, so nothing else can be signalled by mistake meanwhile.
+    A zombie keeps its pid, so nothing else can be signalled by mistake meanwhile. A
+    plugin still running (killed, and not dead yet) goes back in the queue: the thread
+    never blocks on one.
     """
 
     def __init__(self, delay: float) -> None:
@@ -691,25 +728,38 @@ class _Reaper:
     def reap_soon(self, process: subprocess.Popen[bytes]) -> None:
         self._queue.put((time.monotonic() + self._delay, process))
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="cni-reaper", daemon=True)
-                self._thread.start()
+            if self._thread is not None and self._thread.is_alive():
+                return
+            thread = threading.Thread(target=self._run, name="cni-reaper", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as err:  # no thread to be had: reap what is due here
+                log.warning("cannot start the CNI reaper thread", error=str(err))
+                self._reap_due()
+                return
+            self._thread = thread
+
+    def _reap_due(self) -> None:
+        while True:
+            try:
+                _, process = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(OSError):
+                process.wait()  # exited, or killed: it does not run on
 
     def _run(self) -> None:
         while True:
             due, process = self._queue.get()
             time.sleep(max(0.0, due - time.monotonic()))
-            with contextlib.suppress(OSError):
-                process.wait()
+            try:
+                if process.poll() is None:
+                    self._queue.put((time.monotonic() + self._delay, process))
+            except Exception as err:  # the reaper must outlive any one process
+                log.warning("reaping a CNI plugin failed", pid=process.pid, error=str(err))
 
 
 _REAPER = _Reaper(delay=0.05)
-
-
-def _read_all(fd: int) -> bytes:
-    """Everything written to a memfd, from its start."""
-    size = os.fstat(fd).st_size
-    return os.pread(fd, size, 0) if size else b""
 
 
 async def _run_plugin(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
+from criproxy.network import cni
 from criproxy.network.cni import _run_plugin
 
 pytestmark = pytest.mark.anyio
@@ -73,13 +76,45 @@ async def test_every_plugin_is_reaped_soon_after_its_exit(tmp_path: Path) -> Non
     assert zombie_children() == []
 
 
-async def test_a_child_holding_the_outputs_open_does_not_hold_the_call(tmp_path: Path) -> None:
+async def test_a_child_holding_stdin_does_not_hold_the_call(tmp_path: Path) -> None:
+    """The config is a file, not a pipe: nothing waits for a reader to take it."""
     pid_file = tmp_path / "child.pid"
-    path = script(tmp_path, f"sleep 30 & echo $! > {pid_file}\necho '{{}}'\n")
-    code, out, _ = await run(path)
+    body = f"sleep 30 <&0 >/dev/null 2>&1 &\necho $! > {pid_file}\necho '{{}}'\n"
+    code, out, _ = await run(script(tmp_path, body), b"x" * (1 << 20))
     child = int(pid_file.read_text())
     try:
         assert (code, out) == (0, b"{}\n")
-        os.kill(child, 0)  # still running: the call did not wait for it
+        os.kill(child, 0)  # still running, stdin open: the call did not wait for it
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+async def test_stderr_reopened_by_the_plugin_keeps_every_line(tmp_path: Path) -> None:
+    path = script(tmp_path, "echo first-line >&2\necho second >/dev/stderr\necho third >&2\n")
+    _, _, err = await run(path)
+    assert err == b"first-line\nsecond\nthird\n"
+
+
+async def test_output_beyond_the_cap_is_read_and_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cni, "_OUTPUT_CAP", 1000)
+    code, out, _ = await run(script(tmp_path, "head -c 300000 /dev/zero\n"))
+    assert (code, out) == (0, b"\0" * 1000)
+
+
+def test_a_parent_ignoring_sigchld_still_gets_the_plugins_output(tmp_path: Path) -> None:
+    """With SIGCHLD ignored the kernel reaps every child itself (no status to read)."""
+    path = script(tmp_path, "echo ok\n")
+    probe = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "from criproxy.network.cni import _PluginProcess\n"
+        f"code, out, err = _PluginProcess({path!r}, b'{{}}', {{}}).run()\n"
+        "sys.stdout.write(repr((code, out)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == repr((0, b"ok\n"))
