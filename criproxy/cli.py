@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-
-# criproxy forks only to exec (CNI plugins, containerd); gRPC's fork handlers are for fork
-# without exec, and with gRPC threads busy they crash the child before its exec.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-# gRPC's older polling for unix-socket clients and servers, driven by the asyncio poller
-# thread, costs measurably less CPU per call than its EventEngine thread pool handing every
-# completion over (grpcio 1.85, as pinned: ~35% less per containerd call one at a time,
-# ~8% less of criproxy's CPU per pod with ten pods at once; see bench/README.md).
-os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
-
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +13,9 @@ import anyio
 
 from criproxy import __version__
 from criproxy.config import Config, ConfigError, load_config
+from criproxy.grpc_env import grpc_environment
+
+grpc_environment(os.environ)  # nothing above imports grpc; it reads these when it loads
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,8 +69,16 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
+def default_sigchld() -> None:
+    """Undo an ignored SIGCHLD inherited from the parent: with it the kernel reaps every
+    child itself, and a failed CNI plugin's exit status would read as success."""
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    default_sigchld()
     try:
         config = _load(args)
     except ConfigError as err:

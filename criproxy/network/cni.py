@@ -610,8 +610,10 @@ class _PluginProcess:
 
     The config goes in as a memfd, so a plugin that exits without reading it, or leaves a
     child holding its stdin, never blocks the write; stdout and stderr are pipes, as
-    libcni's (a plugin may reopen /dev/stderr). The exit status is read without reaping
-    (`WNOWAIT`) and `_REAPER` reaps the zombie a moment later: a multi-threaded (Go) plugin
+    libcni's (a plugin may reopen /dev/stderr), read until the plugin has exited and then
+    for `_OUTPUT_GRACE` at most (a child it left running may hold them open for good).
+    The exit status is read without reaping (`WNOWAIT`, through a pidfd, so never of a
+    reused pid) and `_REAPER` reaps the zombie a moment later: a multi-threaded (Go) plugin
     reaped the instant it exits races its last threads' teardown, and the kernel's /proc
     dcache flush then spins in the reaper (perf: up to 1 ms of CPU per plugin run, a fifth
     of criproxy's CPU with ten pods at once).
@@ -637,16 +639,18 @@ class _PluginProcess:
                     stderr=subprocess.PIPE,
                     env=env,
                 )
+                pidfd = os.pidfd_open(process.pid)  # nothing reaps it before this lock goes
         finally:
             os.close(config)
         try:
-            out, err = _drain(process)
-            code = _exit_status(process)
+            out, err = _drain(process, pidfd)
+            code = _exit_status(process, pidfd)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()  # the reaper must not wait on a running plugin
             raise
         finally:
+            os.close(pidfd)
             for pipe in (process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
@@ -665,6 +669,8 @@ class _PluginProcess:
 
 _OUTPUT_CAP = 16 * 1024 * 1024
 """What is kept of each of a plugin's outputs; the rest is read and dropped."""
+_OUTPUT_GRACE = 1.0
+"""How long a plugin's outputs are still read after it exited, while something holds them."""
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -681,15 +687,24 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _drain(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """Both outputs, read until every writer closed them (each kept up to _OUTPUT_CAP)."""
+def _drain(process: subprocess.Popen[bytes], pidfd: int) -> tuple[bytes, bytes]:
+    """Both outputs, read until closed, or until `_OUTPUT_GRACE` after the plugin's exit
+    (`pidfd` readable); each kept up to `_OUTPUT_CAP`."""
     assert process.stdout is not None and process.stderr is not None
     kept = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+    deadline: float | None = None
     with selectors.PollSelector() as selector:
-        for fd in kept:
+        for fd in (*kept, pidfd):
             selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            for key, _ in selector.select():
+        while len(selector.get_map()) > (0 if deadline is not None else 1):
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                break
+            for key, _ in selector.select(timeout):
+                if key.fd == pidfd:
+                    selector.unregister(pidfd)
+                    deadline = time.monotonic() + _OUTPUT_GRACE
+                    continue
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(key.fd)
@@ -699,12 +714,14 @@ def _drain(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
     return bytes(kept[process.stdout.fileno()]), bytes(kept[process.stderr.fileno()])
 
 
-def _exit_status(process: subprocess.Popen[bytes]) -> int:
+def _exit_status(process: subprocess.Popen[bytes], pidfd: int) -> int:
     """As `Popen.returncode` (minus the signal that ended it), leaving the zombie."""
     try:
-        status = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
-    except ChildProcessError:  # SIGCHLD ignored: the kernel reaped it (Popen then says 0)
-        return process.wait()
+        status = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        # Reaped already (by the reaper after a cancel), or SIGCHLD ignored (the kernel
+        # reaped it; criproxy's command resets that, and Popen then says 0).
+        return process.returncode if process.returncode is not None else process.wait()
     assert status is not None  # no WNOHANG
     if status.si_code == os.CLD_EXITED:
         return status.si_status
@@ -776,8 +793,7 @@ async def _run_plugin(
     except BaseException:
         process = run.kill()
         if process is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(process.wait, limiter=limiter)
+            _REAPER.reap_soon(process)  # killed; the abandoned thread ends once it is dead
         raise
 
 

@@ -103,18 +103,48 @@ async def test_output_beyond_the_cap_is_read_and_dropped(
     assert (code, out) == (0, b"\0" * 1000)
 
 
-def test_a_parent_ignoring_sigchld_still_gets_the_plugins_output(tmp_path: Path) -> None:
-    """With SIGCHLD ignored the kernel reaps every child itself (no status to read)."""
-    path = script(tmp_path, "echo ok\n")
-    probe = (
+async def test_a_child_holding_stdout_holds_the_call_only_briefly(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    path = script(tmp_path, f"sleep 30 &\necho $! > {pid_file}\necho '{{}}'\nexit 4\n")
+    code, out, _ = await run(path)
+    child = int(pid_file.read_text())
+    try:
+        assert (code, out) == (4, b"{}\n")
+        os.kill(child, 0)  # still running, stdout open: the call ended at the plugin's exit
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def probe(body: str) -> str:
+    """Run `body` in a fresh interpreter (process-wide signal and gRPC settings)."""
+    done = subprocess.run(
+        [sys.executable, "-c", body], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_an_inherited_ignored_sigchld_is_undone_so_failures_stay_failures(
+    tmp_path: Path,
+) -> None:
+    path = script(tmp_path, "echo partial\nexit 7\n")
+    run_it = f"code, out, _ = _PluginProcess({path!r}, b'{{}}', {{}}).run()\n"
+    ignored = probe(
         "import signal, sys\n"
         "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
         "from criproxy.network.cni import _PluginProcess\n"
-        f"code, out, err = _PluginProcess({path!r}, b'{{}}', {{}}).run()\n"
+        f"{run_it}"
         "sys.stdout.write(repr((code, out)))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
+    # The kernel reaped it: no status to read, the output still comes back.
+    assert ignored == repr((0, b"partial\n"))
+    restored = probe(
+        "import signal, sys\n"
+        "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "from criproxy.cli import default_sigchld\n"
+        "from criproxy.network.cni import _PluginProcess\n"
+        "default_sigchld()\n"
+        f"{run_it}"
+        "sys.stdout.write(repr((code, out)))\n"
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == repr((0, b"ok\n"))
+    assert restored == repr((7, b"partial\n"))
