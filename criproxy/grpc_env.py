@@ -1,6 +1,8 @@
 """criproxy's gRPC settings, for the process that serves: gRPC reads them from the
 environment when it is first imported, so the command sets them before anything imports grpc.
-Clients of criproxy (tests, benches) keep gRPC's defaults.
+Clients of criproxy (tests, benches) keep gRPC's defaults: a synchronous Python client on
+the older polling does not answer a server's GOAWAY while idle, so criproxy's graceful stop
+would wait out its grace period for it.
 """
 
 from __future__ import annotations
