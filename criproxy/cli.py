@@ -6,6 +6,11 @@ import argparse
 import os
 import signal
 import sys
+
+# criproxy forks only to exec (CNI plugins, containerd); gRPC's fork handlers are for fork
+# without exec, and with gRPC threads busy they crash the child before its exec.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +18,6 @@ import anyio
 
 from criproxy import __version__
 from criproxy.config import Config, ConfigError, load_config
-from criproxy.grpc_env import grpc_environment
-
-grpc_environment(os.environ)  # nothing above imports grpc; it reads these when it loads
 
 
 def _parser() -> argparse.ArgumentParser:
