@@ -1,7 +1,7 @@
 """Linux capability names, masks, and the CRI add/drop rules containerd applies.
 
-The caller reads its own capability mask (`CapEff` in /proc/self/status, as containerd's
-`cap.Current()` does) and turns it into names here; "ALL" and privileged containers mean
+The caller reads its own bounding set (`CapBnd` in /proc/self/status: what runc can grant
+a container) and turns it into names here; "ALL" and privileged containers mean
 exactly those names, never a fixed list, because runc cannot grant a capability its
 caller does not hold.
 """
@@ -62,33 +62,10 @@ ALL = "ALL"
 
 
 def from_mask(mask: int) -> tuple[str, ...]:
-    """The names of the capabilities set in `mask` (a `CapEff:`-style bitmap), in kernel
+    """The names of the capabilities set in `mask` (a /proc status `Cap*:` bitmap), in kernel
     order. Bits above the last known capability are ignored: no runtime can name them.
     """
     return tuple(name for bit, name in enumerate(KNOWN) if mask >> bit & 1)
-
-
-def mask_from_names(names: Iterable[str]) -> int:
-    """The mask of `names` (unknown names are ignored)."""
-    index = {name: bit for bit, name in enumerate(KNOWN)}
-    mask = 0
-    for name in names:
-        bit = index.get(normalize(name))
-        if bit is not None:
-            mask |= 1 << bit
-    return mask
-
-
-def from_proc_status(status: str, field: str = "CapEff") -> tuple[str, ...]:
-    """The capability names of one `Cap*:` line of a /proc/<pid>/status text.
-
-    Raises ValueError when the line is missing or not hexadecimal.
-    """
-    prefix = f"{field}:"
-    for line in status.splitlines():
-        if line.startswith(prefix):
-            return from_mask(int(line[len(prefix) :].strip(), 16))
-    raise ValueError(f"no {field} line in the status text")
 
 
 def normalize(name: str) -> str:

@@ -249,8 +249,8 @@ class ContainerSpecInput:
     all_host_devices: tuple[HostDevice, ...] = ()
     """Every device of the host, for privileged containers."""
     bounding_capabilities: tuple[str, ...] = ()
-    """The capabilities criproxy itself may grant (capabilities.from_proc_status of its
-    /proc/self/status, as containerd's cap.Current): `ALL` and privileged mean these, and
+    """The capabilities criproxy itself may grant (its bounding set, `CapBnd` of
+    /proc/self/status): `ALL` and privileged mean these, and
     no container gets one outside them. Empty: every known capability."""
     containerd_namespace: str = "k8s.io"
     cgroup_driver: CgroupDriver = "cgroupfs"

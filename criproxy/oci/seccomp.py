@@ -258,14 +258,13 @@ def parse_localhost_profile(
     text: str,
     *,
     arch: str | None = None,
-    capabilities: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """A Localhost profile file (OCI or Docker format) as an OCI `linux.seccomp` object.
 
     Docker's extras are resolved: `archMap` gives the architectures of this machine when
     `architectures` is absent, a rule's `name` joins its `names`, and `includes`/`excludes`
-    keep or drop a rule by architecture and, when `capabilities` is given, by capability
-    (containerd ignores them and keeps every rule). Raises SpecError on anything runc
+    keep or drop a rule by architecture (their capability lists are ignored, as containerd
+    does: every such rule is kept). Raises SpecError on anything runc
     would refuse later: bad JSON, a missing or unknown action, an unknown operator.
     """
     try:
@@ -280,7 +279,6 @@ def parse_localhost_profile(
 
     machine = _machine(arch or platform.machine())
     native = _NATIVE.get(machine, (f"SCMP_ARCH_{machine.upper()}", machine))
-    caps = None if capabilities is None else {normalize(c) for c in capabilities}
 
     profile: dict[str, Any] = {"defaultAction": default_action}
     if "defaultErrnoRet" in raw:
@@ -294,7 +292,7 @@ def parse_localhost_profile(
     syscalls = []
     for i, entry in enumerate(raw.get("syscalls") or ()):
         rule = _syscall(entry, i)
-        if rule is not None and _applies(entry, native[1], caps):
+        if rule is not None and _applies(entry, native[1]):
             syscalls.append(rule)
     if syscalls:
         profile["syscalls"] = syscalls
@@ -349,12 +347,9 @@ def _syscall(entry: Any, i: int) -> dict[str, Any] | None:
     return rule
 
 
-def _applies(entry: dict[str, Any], go_arch: str, caps: set[str] | None) -> bool:
-    """Docker's includes/excludes filters (minKernel is taken as satisfied).
-
-    Arches there are Go's names (`amd64`, `arm64`); with caps, every included capability
-    must be held and no excluded one.
-    """
+def _applies(entry: dict[str, Any], go_arch: str) -> bool:
+    """Docker's includes/excludes filters by architecture (Go's names: `amd64`, `arm64`);
+    minKernel is taken as satisfied."""
     includes = entry.get("includes") or {}
     excludes = entry.get("excludes") or {}
 
@@ -363,13 +358,4 @@ def _applies(entry: dict[str, Any], go_arch: str, caps: set[str] | None) -> bool
 
     if includes.get("arches") and not arch_listed(includes["arches"]):
         return False
-    if excludes.get("arches") and arch_listed(excludes["arches"]):
-        return False
-    if caps is not None:
-        wanted = {normalize(str(c)) for c in includes.get("caps") or ()}
-        if wanted and not wanted <= caps:
-            return False
-        unwanted = {normalize(str(c)) for c in excludes.get("caps") or ()}
-        if unwanted & caps:
-            return False
-    return True
+    return not (excludes.get("arches") and arch_listed(excludes["arches"]))

@@ -8,8 +8,6 @@ from criproxy.oci import default_capabilities
 from criproxy.oci.capabilities import (
     KNOWN,
     from_mask,
-    from_proc_status,
-    mask_from_names,
     normalize,
     resolve,
 )
@@ -37,19 +35,6 @@ def test_mask_to_names_in_kernel_order() -> None:
     assert from_mask(1 << 21 | 1) == ("CAP_CHOWN", "CAP_SYS_ADMIN")
     # bits the kernel may grow beyond the known list are not names anyone can use
     assert from_mask(1 << 45 | 1 << 5) == ("CAP_KILL",)
-
-
-def test_names_to_mask_round_trip() -> None:
-    assert mask_from_names(HOST) == HOST_MASK
-    assert mask_from_names(["sys_admin", "CAP_CHOWN", "CAP_NOPE"]) == 1 << 21 | 1
-
-
-def test_proc_status_lines() -> None:
-    status = "Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t0000000000200001\n"
-    assert from_proc_status(status) == ("CAP_CHOWN", "CAP_SYS_ADMIN")
-    assert from_proc_status(status, "CapInh") == ()
-    with pytest.raises(ValueError, match="CapBnd"):
-        from_proc_status(status, "CapBnd")
 
 
 @pytest.mark.parametrize(
