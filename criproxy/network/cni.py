@@ -657,14 +657,13 @@ class _PluginProcess:
             _REAPER.reap_soon(process)
         return code, out, err
 
-    def kill(self) -> subprocess.Popen[bytes] | None:
-        """Kill the plugin, or keep it from starting; the process to reap, if there is one."""
+    def kill(self) -> None:
+        """Kill the plugin, or keep it from starting."""
         with self._lock:
             self._cancelled = True
             if self._process is not None and self._process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.kill()
-            return self._process
 
 
 _OUTPUT_CAP = 16 * 1024 * 1024
@@ -782,7 +781,7 @@ _REAPER = _Reaper(delay=0.05)
 async def _run_plugin(
     path: str, stdin: bytes, env: Mapping[str, str], limiter: anyio.CapacityLimiter
 ) -> tuple[int, bytes, bytes]:
-    """Exec a plugin, feed it its config, collect its output; killed (and reaped) if cancelled.
+    """Exec a plugin, feed it its config, collect its output; killed if cancelled.
 
     `limiter` bounds the worker threads of plugin runs, apart from the default pool (file
     IO), which a slow or hung plugin must not starve.
@@ -791,9 +790,7 @@ async def _run_plugin(
     try:
         return await anyio.to_thread.run_sync(run.run, abandon_on_cancel=True, limiter=limiter)
     except BaseException:
-        process = run.kill()
-        if process is not None:
-            _REAPER.reap_soon(process)  # killed; the abandoned thread ends once it is dead
+        run.kill()  # the abandoned thread sees it die and hands it to the reaper
         raise
 
 

@@ -306,6 +306,5 @@ def unpin_netns(path: Path) -> None:
 
 async def remove_netns(path: Path) -> None:
     """Unmount (lazily) and delete a netns pin; a missing or unmounted pin is fine."""
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(_remove, path)
+    await remove_pin(path)
     log.debug("netns removed", netns=str(path))

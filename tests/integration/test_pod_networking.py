@@ -6,11 +6,13 @@ Traffic goes only to loopback and to the pods and bridge this test's CNI network
 from __future__ import annotations
 
 import socket
-import time
 import urllib.request
+
+import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.containers_env import ContainerEnv
+from tests.integration.helpers import wait_until
 from tests.integration.pods_env import BRIDGE
 
 HTTPD = (
@@ -18,10 +20,24 @@ HTTPD = (
 )
 
 
+def _listening(ctr_env: ContainerEnv, container: str) -> None:
+    """Wait until httpd in `container` listens on 8080 (0x1F90, state 0A in /proc/net/tcp*)."""
+
+    def listens() -> bool:
+        table = ctr_env.exec(container, "cat", "/proc/net/tcp", "/proc/net/tcp6").stdout.decode()
+        return any(
+            f[1].endswith(":1F90") and f[3] == "0A"
+            for f in (line.split() for line in table.splitlines())
+            if len(f) > 3
+        )
+
+    wait_until(listens, 30, what=f"httpd listening in {container}")
+
+
 def _serve(ctr_env: ContainerEnv, name: str, **pod_fields: object) -> tuple[str, str]:
     pod_id, pod = ctr_env.pod(name, **pod_fields)
-    ctr_env.run(pod_id, pod, "httpd", args=[HTTPD.format(body=f"hello-from-{name}")])
-    time.sleep(0.3)
+    httpd = ctr_env.run(pod_id, pod, "httpd", args=[HTTPD.format(body=f"hello-from-{name}")])
+    _listening(ctr_env, httpd)
     return pod_id, ctr_env.pods.status(pod_id).status.network.ip
 
 
@@ -38,7 +54,7 @@ def test_two_pods_reach_each_other_by_ip(ctr_env: ContainerEnv) -> None:
     assert int(flags, 16) & 0x1
     local = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 8080"
     httpd = ctr_env.run(client_pod, client, "local-httpd", args=[HTTPD.format(body="local")])
-    time.sleep(0.3)
+    _listening(ctr_env, httpd)
     assert ctr_env.exec(httpd, "sh", "-c", local).stdout.endswith(b"local\n")
 
 
@@ -53,11 +69,8 @@ def test_host_port_reaches_the_server_in_the_pod(ctr_env: ContainerEnv) -> None:
         with urllib.request.urlopen(f"http://{host}:{host_port}/", timeout=10) as response:
             assert response.read() == b"hello-from-hostport\n", host
     ctr_env.pods.stop(pod_id)
-    try:
+    with pytest.raises(OSError):  # the host port no longer answers once the pod stopped
         urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=2)
-        raise AssertionError("the host port still answers after the pod stopped")
-    except OSError:
-        pass
 
 
 def test_host_network_pod_sees_the_hosts_interfaces(ctr_env: ContainerEnv) -> None:
