@@ -160,14 +160,6 @@ class TasksService:
             return None
         return TaskExitInfo(resp.pid, resp.exit_status, resp.exited_at.ToNanoseconds())
 
-    async def close_io(self, container_id: str, exec_id: str = "") -> None:
-        """Close the process's stdin (stdin_once)."""
-        await self._channel.unary(
-            self._stub.CloseIO,
-            tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True),
-            operation=f"close stdin of {container_id}",
-        )
-
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """Apply new `linux.resources` (an OCI LinuxResources object) to the running task."""
         await self._channel.unary(

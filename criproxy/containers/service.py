@@ -26,7 +26,9 @@ import structlog
 
 from criproxy import host, records
 from criproxy.containerd import ContainerRecord, TaskEvent
+from criproxy.containers import spec as spec_builder
 from criproxy.containers.events import EventHub, EventType
+from criproxy.containers.io import ContainerIO, ExecIO
 from criproxy.containers.model import (
     EXTENSION,
     KIND,
@@ -52,7 +54,7 @@ from criproxy.oci.container import (
 )
 from criproxy.sandbox import idmap
 from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
-from criproxy.sandbox.service import runc_options
+from criproxy.sandbox.service import cri_labels, runc_options
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -97,7 +99,7 @@ class ContainerService:
         self._undelivered: set[str] = set()
         """Containers whose CreateContainer call went away before the answer."""
         self._exits: dict[str, anyio.Event] = {}
-        self._ios: dict[str, Any] = {}
+        self._ios: dict[str, ContainerIO] = {}
         self._tg: TaskGroup | None = None
         self._started = anyio.Event()
         self._recovered = anyio.Event()
@@ -138,10 +140,7 @@ class ContainerService:
         return records.by_id_or_prefix(self._containers, container_id, "container")
 
     def get(self, container_id: str) -> Container:
-        found = self.resolve(container_id)
-        if found is None:
-            raise NotFound(f"container {container_id!r} not found")
-        return found
+        return records.required(self.resolve(container_id), "container", container_id)
 
     def all(self) -> list[Container]:
         self._require_recovered()
@@ -169,6 +168,14 @@ class ContainerService:
 
     def pod_containers(self, sandbox_id: str) -> tuple[Container, ...]:
         return tuple(c for c in self._containers.values() if c.sandbox_id == sandbox_id)
+
+    def by_pod(self, sandbox_ids: list[str]) -> dict[str, list[Container]]:
+        """Each of these pods' containers, from one pass over all of them."""
+        members: dict[str, list[Container]] = {i: [] for i in sandbox_ids}
+        for c in self._containers.values():
+            if c.sandbox_id in members:
+                members[c.sandbox_id].append(c)
+        return members
 
     # --- create ------------------------------------------------------------------
 
@@ -226,8 +233,6 @@ class ContainerService:
         key: str,
         log_path: str,
     ) -> Container:
-        from criproxy.containers import spec as spec_builder
-
         snapshotter = self._config.containerd.snapshotter
         handler = self._sandboxes.handler(sandbox.runtime_handler)
         current = self._sandboxes.get(sandbox.id)
@@ -281,9 +286,7 @@ class ContainerService:
                         KIND_LABEL: KIND,
                         SANDBOX_ID_LABEL: sandbox.id,
                         "io.kubernetes.container.name": config.name,
-                        "io.kubernetes.pod.name": sandbox.config.metadata.name,
-                        "io.kubernetes.pod.namespace": sandbox.config.metadata.namespace,
-                        "io.kubernetes.pod.uid": sandbox.config.metadata.uid,
+                        **cri_labels(sandbox.config),
                     },
                     image=container.image.name,
                     runtime=handler.runtime_type,
@@ -330,8 +333,6 @@ class ContainerService:
         self._publish("started", self._containers[container.id])
 
     async def _start(self, container_id: str) -> None:
-        from criproxy.containers.io import ContainerIO
-
         container = self._containers.get(container_id)
         if container is None:
             raise NotFound(f"container {container_id!r} not found")
@@ -397,10 +398,7 @@ class ContainerService:
 
     async def _start_failed(self, container: Container, err: CriproxyError) -> None:
         """As containerd: the container is EXITED with StartError and the runtime's message."""
-        try:
-            await self._delete_task(container.id)
-        except CriproxyError as delete_err:
-            log.warning("task not deleted", container=container.id, error=delete_err.message)
+        await self._delete_task_quietly(container.id)
         io = self._ios.pop(container.id, None)
         if io is not None:
             io.close()
@@ -417,10 +415,7 @@ class ContainerService:
         exit_event = self._exits.pop(container.id, None)
         if exit_event is not None:
             exit_event.set()
-        try:
-            await self._persist(failed)
-        except CriproxyError as persist_err:
-            log.warning("state not saved", container=container.id, error=persist_err.message)
+        await self._persist_quietly(failed)
 
     # --- exits -------------------------------------------------------------------
 
@@ -456,10 +451,7 @@ class ContainerService:
         container = self._containers.get(container_id)
         if container is None or container.state != "running":
             return
-        try:
-            await self._containerd.tasks.delete(container_id)
-        except CriproxyError as err:
-            log.warning("task not deleted", container=container_id, error=err.message)
+        await self._delete_task_quietly(container_id, kill=False)
         io = self._ios.pop(container_id, None)
         if io is not None:
             await io.wait_drained(IO_DRAIN)
@@ -672,10 +664,7 @@ class ContainerService:
         alive = task is not None and task.status in ("running", "paused", "pausing")
         if container.state == "created" and task is not None:
             if not alive:
-                try:
-                    await self._delete_task(container.id)
-                except CriproxyError as err:
-                    log.warning("task not deleted", container=container.id, error=err.message)
+                await self._delete_task_quietly(container.id)
                 return container
             container = container.with_changes(
                 state="running", pid=task.pid, started_at_ns=time.time_ns()
@@ -688,10 +677,7 @@ class ContainerService:
             return container
         # It exited while criproxy was down: record what containerd knows.
         if task is not None:
-            try:
-                await self._containerd.tasks.delete(container.id)
-            except CriproxyError as err:
-                log.warning("task not deleted", container=container.id, error=err.message)
+            await self._delete_task_quietly(container.id, kill=False)
         exited = container.with_changes(
             state="exited",
             pid=0,
@@ -705,8 +691,6 @@ class ContainerService:
     async def _reattach(self, container: Container) -> None:
         """Resume reading a running container's output; one container's broken FIFO or log
         file is logged and must not stop the recovery of the others."""
-        from criproxy.containers.io import ContainerIO
-
         self._exits.setdefault(container.id, anyio.Event())
         if container.id in self._ios:
             return
@@ -726,6 +710,17 @@ class ContainerService:
         self._tg.start_soon(io.run)
         self._ios[container.id] = io
 
+    async def _delete_task_quietly(self, container_id: str, *, kill: bool = True) -> None:
+        """Delete the task (killing it first unless it is known to have exited); a failure
+        is only logged: the caller's state change stands."""
+        try:
+            if kill:
+                await self._delete_task(container_id)
+            else:
+                await self._containerd.tasks.delete(container_id)
+        except CriproxyError as err:
+            log.warning("task not deleted", container=container_id, error=err.message)
+
     async def _persist_quietly(self, container: Container) -> None:
         try:
             await self._persist(container)
@@ -739,8 +734,6 @@ class ContainerService:
     ) -> tuple[bytes, bytes, int]:
         """Run `cmd` in the container; (stdout, stderr, exit code), each stream capped at
         16 MiB. Past `timeout` (0: none) the process is killed and DEADLINE_EXCEEDED raised."""
-        from criproxy.containers.io import ExecIO
-
         container = self.get(container_id)
         if container.state != "running":
             raise FailedPrecondition(
@@ -798,10 +791,7 @@ class ContainerService:
                 raise
         else:
             return exited.exit_status
-        with contextlib.suppress(NotFound):
-            await tasks.kill(container_id, signal.SIGKILL, exec_id=exec_id)
-        with contextlib.suppress(DeadlineExceeded):
-            await tasks.wait(container_id, exec_id, KILL_WAIT)
+        # exec_sync's failure path kills the process and waits for it.
         raise DeadlineExceeded(f"command {shlex.join(cmd)!r} timed out after {timeout:g}s (killed)")
 
     async def reopen_log(self, container_id: str) -> None:

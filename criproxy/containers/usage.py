@@ -55,7 +55,6 @@ class UsageService:
         self._pod_samples: dict[str, stats.CgroupSample] = {}
         self._systemd = systemd
         self._layers_done = anyio.Event()
-        self._mountpoint = ""
 
     async def run(self) -> None:
         """Keeps writable-layer usage fresh in the background; runs until cancelled."""
@@ -78,12 +77,11 @@ class UsageService:
             done.set()
 
     async def _fs_mountpoint(self) -> str:
-        if not self._mountpoint:
-            try:
-                self._mountpoint = await self._images.filesystem.mountpoint()
-            except CriproxyError:
-                return ""
-        return self._mountpoint
+        """The snapshotter's root (cached by the image filesystem); "" when unknown."""
+        try:
+            return await self._images.filesystem.mountpoint()
+        except CriproxyError:
+            return ""
 
     async def _ensure_layers(self, containers: list[Container]) -> None:
         if all(self._sampler.layer(c.id) is not None for c in containers):
@@ -125,7 +123,7 @@ class UsageService:
     # --- pods -----------------------------------------------------------------------
 
     async def pod_stats(self, pods: list[Sandbox]) -> list[api_pb2.PodSandboxStats]:
-        members = {p.id: list(self._containers.pod_containers(p.id)) for p in pods}
+        members = self._containers.by_pod([p.id for p in pods])
         ids = [p.id for p in pods if p.state == "ready"]
         ids += [c.id for cs in members.values() for c in cs if c.state == "running"]
         samples = await self._sampler.sample(ids)
@@ -197,10 +195,12 @@ class UsageService:
     # --- metrics --------------------------------------------------------------------
 
     async def pod_metrics(self, pods: list[Sandbox]) -> list[api_pb2.PodSandboxMetrics]:
-        members = {p.id: list(self._containers.pod_containers(p.id)) for p in pods}
+        members = self._containers.by_pod([p.id for p in pods])
         running = [c.id for cs in members.values() for c in cs if c.state == "running"]
         samples = await self._sampler.sample(running)
-        reads = await anyio.to_thread.run_sync(self._host_reads, pods)
+        interfaces = await anyio.to_thread.run_sync(
+            lambda: {pod.id: _interfaces(pod) for pod in pods}
+        )
         out = []
         for pod in pods:
             inputs = []
@@ -226,7 +226,7 @@ class UsageService:
                     pod.id,
                     meta.name,
                     meta.namespace,
-                    interfaces=reads[pod.id][1],
+                    interfaces=interfaces[pod.id],
                     containers=inputs,
                 )
             )

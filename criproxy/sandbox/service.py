@@ -191,10 +191,7 @@ class SandboxService:
         return records.by_id_or_prefix(self._sandboxes, sandbox_id, "pod sandbox")
 
     def get(self, sandbox_id: str) -> Sandbox:
-        found = self.resolve(sandbox_id)
-        if found is None:
-            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
-        return found
+        return records.required(self.resolve(sandbox_id), "pod sandbox", sandbox_id)
 
     def pods_if_ready(self) -> list[Sandbox]:
         """Every pod, or none before the first recovery (background work)."""
@@ -369,7 +366,7 @@ class SandboxService:
         async def container() -> None:
             record = ContainerRecord(
                 id=sandbox_id,
-                labels={KIND_LABEL: "sandbox", **_cri_labels(pod)},
+                labels={KIND_LABEL: "sandbox", **cri_labels(pod)},
                 image=self._images.sandbox_image,
                 runtime=handler.runtime_type,
                 runtime_options=runc_options(handler, self._config.cgroup_driver),
@@ -776,7 +773,8 @@ def _names_an_interface(sysctls: dict[str, str]) -> bool:
     )
 
 
-def _cri_labels(pod: PodConfig) -> dict[str, str]:
+def cri_labels(pod: PodConfig) -> dict[str, str]:
+    """The pod's labels on every containerd record of it (as containerd's CRI sets them)."""
     return {
         "io.kubernetes.pod.name": pod.metadata.name,
         "io.kubernetes.pod.namespace": pod.metadata.namespace,
