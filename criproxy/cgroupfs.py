@@ -11,10 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from criproxy.containers.stats import CgroupSample, available_bytes, working_set
+from criproxy.containers.stats import (
+    CgroupSample,
+    available_bytes,
+    limit_or_none,
+    working_set,
+)
 
 ROOT = Path("/sys/fs/cgroup")
-_NO_LIMIT = 1 << 62
 
 
 def cgroup_dir(parent: str, systemd: bool) -> str:
@@ -66,10 +70,6 @@ def read_pod_cgroup(parent: str, systemd: bool, root: Path = ROOT) -> CgroupSamp
     return _v1(root, rel)
 
 
-def _limit(value: int) -> int | None:
-    return value if 0 < value < _NO_LIMIT else None
-
-
 def _memory(
     usage: int, limit: int | None, *, inactive: int, rss: int, faults: int, major: int
 ) -> dict[str, object]:
@@ -99,7 +99,7 @@ def _v1(root: Path, rel: str) -> CgroupSample | None:
         fields.update(
             _memory(
                 _int(usage_text),
-                _limit(_int(_read(memory_dir / "memory.limit_in_bytes"))),
+                limit_or_none(_int(_read(memory_dir / "memory.limit_in_bytes"))),
                 inactive=stat.get("total_inactive_file", 0),
                 rss=stat.get("total_rss", 0),
                 faults=stat.get("total_pgfault", 0),
@@ -126,7 +126,7 @@ def _v2(path: Path) -> CgroupSample | None:
         fields.update(
             _memory(
                 _int(current),
-                _limit(int(limit_text)) if limit_text.isdigit() else None,
+                limit_or_none(int(limit_text)) if limit_text.isdigit() else None,
                 inactive=stat.get("inactive_file", 0),
                 rss=stat.get("anon", 0),
                 faults=stat.get("pgfault", 0),

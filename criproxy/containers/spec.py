@@ -30,7 +30,6 @@ from criproxy.oci.container import (
     MountConfig,
     PodFacts,
     container_spec,
-    effective_user,
 )
 from criproxy.sandbox.spec import localhost_seccomp
 
@@ -124,9 +123,13 @@ def build(
         volume_mounts=_image_volumes(image_config, config, volumes_dir, mounts),
     )
     spec = container_spec(inp)
-    uid, gid, groups = effective_user(inp)
+    process_user = spec["process"]["user"]  # resolved once, against the rootfs's files
+    user = EffectiveUser(
+        process_user["uid"],
+        process_user["gid"],
+        tuple(process_user.get("additionalGids", ())),
+    )
     stop_signal = str(image_config.get("StopSignal") or "SIGTERM")
-    user = EffectiveUser(uid, gid, tuple(groups))
     return BuiltSpec(spec, user, _signal_name(stop_signal), swap)
 
 
@@ -245,8 +248,8 @@ def _image_volumes(
 def _copy_image_contents(mounts: Sequence[Mount], volumes: list[tuple[str, str]]) -> None:
     """Copy the image's files at each volume path into its directory: the image's layers
     are mounted read-only on a scratch directory for the copy (one layer: read directly)."""
-    layers = [str(d) for d in rootfs.layer_dirs(mounts)]
-    lowers = [d for d in layers if d not in _upper_dirs(mounts)]
+    uppers = _upper_dirs(mounts)
+    lowers = [d for d in (str(d) for d in rootfs.layer_dirs(mounts)) if d not in uppers]
     with tempfile.TemporaryDirectory(prefix="criproxy-volumes-") as scratch:
         root = scratch
         mounted = False

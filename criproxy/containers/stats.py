@@ -212,7 +212,7 @@ def decode_metrics(type_url: str, value: bytes, *, timestamp_ns: int | None = No
     raise Internal(f"unexpected task metrics type {type_url!r}")
 
 
-def _limit(value: int) -> int | None:
+def limit_or_none(value: int) -> int | None:
     """A cgroup limit, or None for "no limit" (the kernel's near-2**63 or v2's `max`).
 
     0 also reads as no limit: it is what containerd's cgroups library reports for a
@@ -257,7 +257,7 @@ def _from_v1(m: cg1.Metrics, ts: int) -> CgroupSample:
         )
     if m.HasField("memory") and m.memory.HasField("usage"):
         mem = m.memory
-        limit = _limit(mem.usage.limit)
+        limit = limit_or_none(mem.usage.limit)
         ws = working_set(mem.usage.usage, mem.total_inactive_file)
         s = replace(
             s,
@@ -281,7 +281,7 @@ def _from_v1(m: cg1.Metrics, ts: int) -> CgroupSample:
         # memsw counts memory + swap. Its limit file is never 0 where swap is accounted;
         # where it is not, the cgroups library leaves the whole entry zero.
         if mem.swap.limit != 0:
-            memsw_limit = _limit(mem.swap.limit)
+            memsw_limit = limit_or_none(mem.swap.limit)
             s = replace(
                 s,
                 swap_usage_bytes=max(mem.swap.usage - mem.usage.usage, 0),
@@ -347,7 +347,7 @@ def _from_v2(m: cg2.Metrics, ts: int) -> CgroupSample:
         )
     if m.HasField("memory"):
         mem = m.memory
-        limit = _limit(mem.usage_limit)
+        limit = limit_or_none(mem.usage_limit)
         ws = working_set(mem.usage, mem.inactive_file)
         s = replace(
             s,

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.errors import InvalidArgument
-from criproxy.oci.container import IdMapping, UsernsConfig
+from criproxy.oci.container import UsernsConfig
+from criproxy.oci.spec import IdMapping
 from criproxy.sandbox.model import (
     DnsSettings,
     NamespaceMode,

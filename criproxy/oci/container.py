@@ -36,11 +36,13 @@ from criproxy.oci.spec import (
     DEV_SHM,
     RESOLV_CONF,
     CgroupDriver,
+    IdMapping,
     ImageProcess,
     NamespaceMode,
     SpecError,
     _go_clean,
     cgroups_path,
+    id_mapping,
     merge_env,
     ordered_spec,
     restrict_oom_score_adj,
@@ -71,13 +73,6 @@ _CGROUP_MOUNT = {
     "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
 }
 """The cgroup filesystem, read-only (docker's behaviour that containerd keeps)."""
-
-
-@dataclass(frozen=True)
-class IdMapping:
-    container_id: int
-    host_id: int
-    length: int
 
 
 @dataclass(frozen=True)
@@ -425,8 +420,8 @@ def container_spec(inp: ContainerSpecInput) -> dict[str, Any]:
             )
     linux["namespaces"] = _namespaces(inp)
     if sec.userns is not None:
-        linux["uidMappings"] = [_id_mapping(m) for m in sec.userns.uids]
-        linux["gidMappings"] = [_id_mapping(m) for m in sec.userns.gids]
+        linux["uidMappings"] = [id_mapping(m) for m in sec.userns.uids]
+        linux["gidMappings"] = [id_mapping(m) for m in sec.userns.gids]
     if sec.selinux_mount_label:
         linux["mountLabel"] = sec.selinux_mount_label
     seccomp = _seccomp(inp, caps)
@@ -606,14 +601,10 @@ def _bind(m: MountConfig, propagation: str) -> tuple[dict[str, Any], str]:
         "options": options,
     }
     if m.uid_mappings:
-        entry["uidMappings"] = [_id_mapping(x) for x in m.uid_mappings]
+        entry["uidMappings"] = [id_mapping(x) for x in m.uid_mappings]
     if m.gid_mappings:
-        entry["gidMappings"] = [_id_mapping(x) for x in m.gid_mappings]
+        entry["gidMappings"] = [id_mapping(x) for x in m.gid_mappings]
     return entry, propagation
-
-
-def _id_mapping(m: IdMapping) -> dict[str, int]:
-    return {"containerID": m.container_id, "hostID": m.host_id, "size": m.length}
 
 
 def _set_paths(linux: dict[str, Any], key: str, given: tuple[str, ...]) -> None:

@@ -82,6 +82,13 @@ class SandboxResources:
 
 
 @dataclass(frozen=True)
+class IdMapping:
+    container_id: int
+    host_id: int
+    length: int
+
+
+@dataclass(frozen=True)
 class SandboxSpecInput:
     """Everything the pause container's spec depends on, already validated and resolved."""
 
@@ -133,9 +140,9 @@ class SandboxSpecInput:
     etc_group: str | None = None
     userns_path: str = ""
     """The pod's pinned user namespace (which owns its netns); "" for the host's."""
-    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    uid_mappings: tuple[IdMapping, ...] = ()
     """(container id, host id, size) of the pod's user namespace."""
-    gid_mappings: tuple[tuple[int, int, int], ...] = ()
+    gid_mappings: tuple[IdMapping, ...] = ()
 
 
 def cgroups_path(parent: str, container_id: str, driver: CgroupDriver) -> str:
@@ -210,8 +217,8 @@ def sandbox_spec(inp: SandboxSpecInput) -> dict[str, Any]:
     linux["namespaces"] = _namespaces(inp, host_network)
     if inp.userns_path:
         linux["namespaces"].append({"type": "user", "path": inp.userns_path})
-        linux["uidMappings"] = [_mapping(m) for m in inp.uid_mappings]
-        linux["gidMappings"] = [_mapping(m) for m in inp.gid_mappings]
+        linux["uidMappings"] = [id_mapping(m) for m in inp.uid_mappings]
+        linux["gidMappings"] = [id_mapping(m) for m in inp.gid_mappings]
     spec["mounts"] = _mounts(inp)
 
     if inp.selinux_mount_label:
@@ -241,8 +248,9 @@ def sandbox_spec(inp: SandboxSpecInput) -> dict[str, Any]:
     return ordered_spec(spec)
 
 
-def _mapping(m: tuple[int, int, int]) -> dict[str, int]:
-    return {"containerID": m[0], "hostID": m[1], "size": m[2]}
+def id_mapping(m: IdMapping) -> dict[str, int]:
+    """One OCI `uidMappings`/`gidMappings` entry."""
+    return {"containerID": m.container_id, "hostID": m.host_id, "size": m.length}
 
 
 def _namespaces(inp: SandboxSpecInput, host_network: bool) -> list[dict[str, Any]]:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from criproxy.oci.container import IdMapping, UsernsConfig
+    from criproxy.oci.container import UsernsConfig
+    from criproxy.oci.spec import IdMapping
 
 _SYSCALLS = {"x86_64": (428, 429, 442), "aarch64": (428, 429, 442)}
 """open_tree, move_mount, mount_setattr: the same numbers on both (the unified table)."""

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from criproxy.config import Config, RuntimeHandler
     from criproxy.containerd import Containerd, Event, Mount, TaskExitInfo, TaskState
     from criproxy.images.service import ImageService
-    from criproxy.oci.container import IdMapping
+    from criproxy.oci.spec import IdMapping
 
 log = structlog.get_logger("criproxy.sandbox")
 

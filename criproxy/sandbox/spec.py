@@ -83,11 +83,7 @@ def build_spec(sandbox: Sandbox, image: ImageConfig, config: Config) -> dict[str
             selinux_mount_label=pod.security.selinux_label,
             annotations=pod.annotations,
             userns_path=sandbox.userns,
-            uid_mappings=tuple((m.container_id, m.host_id, m.length) for m in userns.uids)
-            if userns
-            else (),
-            gid_mappings=tuple((m.container_id, m.host_id, m.length) for m in userns.gids)
-            if userns
-            else (),
+            uid_mappings=userns.uids if userns else (),
+            gid_mappings=userns.gids if userns else (),
         )
     )

@@ -653,6 +653,7 @@ async def test_close_before_run_closes_everything(tmp_path: Path) -> None:
     )
     io.close()
     assert io.container_log is not None and io.container_log.closed
+    assert io.stdin is not None and io.stdin.closed
     await io.run()  # a run scheduled before the close returns at once
     assert not io.drained
 

@@ -11,10 +11,10 @@ from criproxy.oci.container import (
     ContainerSecurity,
     DeviceConfig,
     HugepageLimit,
-    IdMapping,
     MountConfig,
     UsernsConfig,
 )
+from criproxy.oci.spec import IdMapping
 
 
 def _full() -> Container:

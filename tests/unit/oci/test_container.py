@@ -16,7 +16,6 @@ from criproxy.oci import (
     ContainerSpecInput,
     HostDevice,
     HugepageLimit,
-    IdMapping,
     ImageProcess,
     MountConfig,
     PodFacts,
@@ -31,6 +30,7 @@ from criproxy.oci import (
     linux_resources,
 )
 from criproxy.oci.capabilities import from_mask
+from criproxy.oci.spec import IdMapping
 
 CONTAINER_ID = "c" * 64
 SANDBOX_ID = "f" * 64
