@@ -24,7 +24,9 @@ from criproxy.events import EventLoop
 from criproxy.images.service import ImageService
 from criproxy.metrics import MetricsEndpoint
 from criproxy.node import Node
+from criproxy.recovery import Recovery
 from criproxy.sandbox.service import SandboxService
+from criproxy.store import ContainerStore, RecoveredGate, SandboxStore
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -80,12 +82,14 @@ class _Domain:
     sandboxes: SandboxService
     containers: ContainerService
     usage: UsageService
+    recovery: Recovery
 
     @classmethod
     def build(cls, config: Config, containerd: Containerd) -> _Domain:
+        gate = RecoveredGate()
         images = ImageService(config, containerd)
-        sandboxes = SandboxService(config, containerd, images)
-        containers = ContainerService(config, containerd, images, sandboxes)
+        sandboxes = SandboxService(config, containerd, images, SandboxStore(gate))
+        containers = ContainerService(config, containerd, images, sandboxes, ContainerStore(gate))
         usage = UsageService(
             containerd,
             config.containerd.snapshotter,
@@ -94,12 +98,13 @@ class _Domain:
             containers,
             systemd=config.cgroup_driver == "systemd",
         )
-        return cls(Node(config, containerd), images, sandboxes, containers, usage)
+        recovery = Recovery(containerd, images, sandboxes.deps, containers.deps)
+        return cls(Node(config, containerd), images, sandboxes, containers, usage, recovery)
 
     def events(self, containerd: Containerd) -> EventLoop:
         return EventLoop(
             containerd,
-            recover=[self.images.recover, self.sandboxes.recover, self.containers.recover],
+            recover=[self.recovery.recover],
             handlers=[self.images.on_event, self.sandboxes.on_event, self.containers.on_event],
         )
 
@@ -107,6 +112,7 @@ class _Domain:
         tg.start_soon(self.sandboxes.run)
         tg.start_soon(self.containers.run)
         tg.start_soon(self.usage.run)
+        tg.start_soon(self.recovery.run)
 
 
 def _build_server(domain: _Domain) -> grpc.aio.Server:

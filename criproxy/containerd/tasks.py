@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +13,7 @@ from google.protobuf import any_pb2
 from criproxy._generated.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from criproxy._generated.containerd.types.task import task_pb2
 from criproxy.containerd.client import DEFAULT_TIMEOUT
-from criproxy.errors import NotFound
+from criproxy.errors import DeadlineExceeded, NotFound
 
 if TYPE_CHECKING:
     import builtins
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 
 _PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 _RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+
+_ALIVE = ("running", "paused", "pausing", "created")
+"""Task states that a SIGKILL must end before the task can be deleted."""
 
 _STATUS = {
     task_pb2.UNKNOWN: "unknown",
@@ -233,3 +238,18 @@ class TasksService:
         except NotFound:
             return None
         return TaskExitInfo(resp.pid, resp.exit_status, resp.exited_at.ToNanoseconds())
+
+    async def kill_and_delete(self, container_id: str, wait: float) -> TaskExitInfo | None:
+        """Kill the task (every process) if it is alive, wait up to `wait` seconds for its
+        exit, and delete it; its exit, or None when there is no task (any more)."""
+        state = await self.get(container_id)
+        if state is None:
+            return None
+        if state.status in _ALIVE:
+            try:
+                await self.kill(container_id, signal.SIGKILL, all_processes=True)
+            except NotFound:
+                return None
+            with contextlib.suppress(DeadlineExceeded):
+                await self.wait(container_id, timeout=wait)
+        return await self.delete(container_id)

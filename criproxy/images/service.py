@@ -116,23 +116,7 @@ class ImageService:
             self.store.remove_reference(name)
         log.info("removed image", id=image.id, references=names)
 
-    # --- the index, from containerd ---------------------------------------------------
-
-    async def recover(self) -> None:
-        """Rebuild the index from containerd's image records (start, reconnect)."""
-        records = await self._containerd.images.list()
-        contents: dict[str, ImageContent | None] = {}
-        entries = []
-        for record in records:
-            key = record.target.digest
-            if key not in contents:
-                contents[key] = await self._content_or_none(record)
-            content = contents[key]
-            if content is not None:
-                pinned = record.labels.get(labels.CRI_PINNED) == labels.CRI_PINNED_VALUE
-                entries.append((record.name, content, pinned))
-        self.store.replace_all(entries)
-        log.info("image index rebuilt", images=len(self.store.list()), records=len(records))
+    # --- the index, kept current ------------------------------------------------------
 
     async def on_event(self, event: Event) -> None:
         """Keep the index current when anyone (criproxy, ctr) changes an image record."""
@@ -146,12 +130,13 @@ class ImageService:
         if record is None:
             self.store.remove_reference(payload.name)
             return
-        content = await self._content_or_none(record)
+        content = await self.content_or_none(record)
         if content is not None:
             pinned = record.labels.get(labels.CRI_PINNED) == labels.CRI_PINNED_VALUE
             self.store.add(record.name, content, pinned=pinned)
 
-    async def _content_or_none(self, record: ImageRecord) -> ImageContent | None:
+    async def content_or_none(self, record: ImageRecord) -> ImageContent | None:
+        """What a record's target is; None (logged) for one that cannot be read."""
         try:
             return await self.read_content(record.target)
         except (CriproxyError, ValueError) as err:

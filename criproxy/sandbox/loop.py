@@ -10,10 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
+
+from criproxy.errors import NotFound
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
 
 log = structlog.get_logger("criproxy.sandbox.loop")
 
@@ -64,3 +69,57 @@ class PodLoop:
 
     def close(self) -> None:
         self._send.close()
+
+
+class PodLoops:
+    """Every pod's loop, started on first use in the owner's task group (the sandbox
+    service's run) and closed when the pod is removed."""
+
+    def __init__(self, known: Callable[[str], bool]) -> None:
+        self._known = known
+        """Whether a pod exists (its loop may run jobs)."""
+        self._loops: dict[str, PodLoop] = {}
+        self._tg: TaskGroup | None = None
+        self._started = anyio.Event()
+
+    async def run(self) -> None:
+        """Owns the loops; runs until cancelled (server shutdown)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._started.set()
+            await anyio.sleep_forever()
+
+    async def task_group(self) -> TaskGroup:
+        """The owner's task group, for work that must outlive the call that starts it."""
+        await self._started.wait()
+        assert self._tg is not None
+        return self._tg
+
+    def loop(self, sandbox_id: str) -> PodLoop:
+        loop = self._loops.get(sandbox_id)
+        if loop is None:
+            loop = PodLoop(sandbox_id)
+            self._loops[sandbox_id] = loop
+            assert self._tg is not None, "PodLoops.run is not running"
+            self._tg.start_soon(loop.run)
+        return loop
+
+    async def call(self, sandbox_id: str, job: Job) -> Any:
+        """Run `job` in the pod's loop, serialised with every other change of the pod."""
+        if not self._known(sandbox_id):
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        return await self.loop(sandbox_id).call(job)
+
+    def post(self, sandbox_id: str, job: Job) -> None:
+        """Queue `job` in the pod's loop without waiting (containerd events, reconciles)."""
+        if self._known(sandbox_id):
+            self.loop(sandbox_id).post(job)
+
+    def get(self, sandbox_id: str) -> PodLoop | None:
+        return self._loops.get(sandbox_id)
+
+    def close(self, sandbox_id: str, loop: PodLoop | None = None) -> None:
+        """End the pod's loop after its current job (only `loop`, when given)."""
+        current = self._loops.get(sandbox_id)
+        if current is not None and (loop is None or current is loop):
+            self._loops.pop(sandbox_id).close()

@@ -153,3 +153,36 @@ def test_kill_9_before_the_pause_record_exists_leaves_nothing(
     assert not netns_dir.exists() or os.listdir(netns_dir) == []
     sandbox_dirs = slow_proxy.state / "sandboxes"
     assert not sandbox_dirs.exists() or os.listdir(sandbox_dirs) == []
+
+
+def _active_snapshots(pod_env: PodEnv) -> int:
+    return sum(" Active" in line for line in pod_env.ctr("snapshots", "ls").stdout.splitlines())
+
+
+def _criproxy_leases(pod_env: PodEnv) -> list[str]:
+    listed = pod_env.ctr("leases", "ls", "-q").stdout.split()
+    return [lease for lease in listed if lease.startswith("criproxy-")]
+
+
+def test_kill_9_during_ten_run_pod_sandboxes_frees_their_leases_and_snapshots(
+    slow_proxy: Criproxy, pod_env: PodEnv
+) -> None:
+    active_before = _active_snapshots(pod_env)
+    leases_before = _criproxy_leases(pod_env)
+    results: list[object] = []
+    threads = [_run_in_thread(slow_proxy, f"leased-{i}", results) for i in range(10)]
+    time.sleep(1.5)  # every set-up is inside its slow CNI ADD, under its lease
+    held = [lease for lease in _criproxy_leases(pod_env) if lease not in leases_before]
+    assert len(held) == 10, held
+    slow_proxy.kill()
+    for thread in threads:
+        thread.join(30)
+    slow_proxy.start()  # recovery has run when it answers
+    assert [lease for lease in _criproxy_leases(pod_env) if lease in held] == []
+    pods = slow_proxy.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    for pod in pods:
+        assert pod.state == api_pb2.SANDBOX_NOTREADY
+        slow_proxy.runtime.RemovePodSandbox(
+            api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
+        )
+    assert _active_snapshots(pod_env) == active_before

@@ -1,0 +1,191 @@
+"""CreateContainer: the container's snapshot on the image's layers, its OCI spec, and its
+containerd record (criproxy's JSON as an extension). No task yet: StartContainer makes it.
+
+The name is reserved before any await (one container per name); the work runs in the
+pod's loop, so a kubelet whose call times out still gets the container on its retry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import os
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from criproxy.containerd import ContainerRecord
+from criproxy.containers import spec as spec_builder
+from criproxy.containers.deps import remove_tree
+from criproxy.containers.model import EXTENSION, KIND, Container, ImageInfo
+from criproxy.containers.resources import effective
+from criproxy.errors import FailedPrecondition, NotFound
+from criproxy.sandbox.handlers import cri_labels, resolve_handler, runc_options
+from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
+from criproxy.steps import UndoStack
+
+if TYPE_CHECKING:
+    from criproxy.containers.deps import ContainerDeps
+    from criproxy.images.store import Image
+    from criproxy.oci.container import ContainerConfig
+    from criproxy.sandbox.model import PodMetadata, Sandbox
+
+log = structlog.get_logger("criproxy.containers")
+
+SETUP_LEASE = datetime.timedelta(hours=1)
+
+
+def name_key(config: ContainerConfig, pod: PodMetadata) -> str:
+    """What makes a container's name unique (as containerd's CRI builds it)."""
+    return f"{config.name}_{pod.name}_{pod.namespace}_{pod.uid}_{config.attempt}"
+
+
+async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) -> str:
+    store = deps.store
+    store.gate.require()
+    sandbox = deps.pods.store.get(sandbox_id)
+    if sandbox.state != "ready":
+        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    image = deps.images.status(config.image)
+    if image is None:
+        raise NotFound(f"image {config.image!r} not found: pull it first")
+    key = name_key(config, sandbox.config.metadata)
+    existing = store.names.get(key)
+    if existing is not None and existing in store.undelivered and existing in store.index:
+        # the kubelet's earlier call timed out while the container was being made
+        store.undelivered.discard(existing)
+        return existing
+    container_id = secrets.token_hex(32)
+    store.names.reserve(key, container_id)  # before any await: one container per name
+    log_path = _log_path(sandbox.config.log_directory, config.log_path)
+    job = functools.partial(
+        _create,
+        deps,
+        container_id=container_id,
+        sandbox=sandbox,
+        config=config,
+        image=image,
+        log_path=log_path,
+    )
+    try:
+        container: Container = await deps.pods.loops.call(sandbox.id, job)
+    except Exception:
+        raise  # the job failed: it released the name itself
+    except BaseException:
+        # Cancelled: the job still runs to its end in the pod's loop; a retry gets it.
+        store.undelivered.add(container_id)
+        raise
+    log.info("container created", container=container.id, sandbox=sandbox.id, name=config.name)
+    deps.publish("created", container)
+    return container.id
+
+
+async def _create(
+    deps: ContainerDeps,
+    *,
+    container_id: str,
+    sandbox: Sandbox,
+    config: ContainerConfig,
+    image: Image,
+    log_path: str,
+) -> Container:
+    current = deps.pods.store.index.get(sandbox.id)
+    if current is None or current.state != "ready":
+        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    handler = resolve_handler(deps.config, current.runtime_handler)
+    snapshotter = deps.config.containerd.snapshotter
+    bound = log.bind(container=container_id, sandbox=sandbox.id)
+    undo = UndoStack(bound)
+    undo.push_sync(functools.partial(remove_tree, deps.paths.io_root / container_id))
+    undo.push_sync(functools.partial(remove_tree, deps.paths.volumes_root / container_id))
+    try:
+        async with deps.containerd.leased(
+            "criproxy-container", SETUP_LEASE, release_in=deps.background
+        ) as cd:
+            mounts = await cd.snapshots.prepare(snapshotter, container_id, image.content.chain_id)
+            undo.push(
+                functools.partial(deps.containerd.snapshots.remove, snapshotter, container_id)
+            )
+            built = await anyio.to_thread.run_sync(
+                functools.partial(
+                    spec_builder.build,
+                    container_id,
+                    config,
+                    image,
+                    current,
+                    mounts=mounts,
+                    cfg=deps.config,
+                    volumes_dir=deps.paths.volumes_root / container_id,
+                    target_pid=_target_pid(deps, current, config),
+                )
+            )
+            if config.resources is not None:
+                config = dataclasses.replace(
+                    config, resources=effective(config.resources, built.swap_controller)
+                )
+            container = Container(
+                id=container_id,
+                sandbox_id=sandbox.id,
+                config=config,
+                image=ImageInfo(
+                    id=image.id,
+                    ref=image.repo_digests[0] if image.repo_digests else image.id,
+                    name=image.repo_tags[0] if image.repo_tags else config.image,
+                ),
+                created_at_ns=time.time_ns(),
+                log_path=log_path,
+                stop_signal=config.stop_signal or built.stop_signal,
+                user=built.user,
+                io_dir=str(deps.paths.io_root / container_id),
+            )
+            await cd.containers.create(
+                ContainerRecord(
+                    id=container_id,
+                    labels={
+                        KIND_LABEL: KIND,
+                        SANDBOX_ID_LABEL: sandbox.id,
+                        "io.kubernetes.container.name": config.name,
+                        **cri_labels(sandbox.config),
+                    },
+                    image=container.image.name,
+                    runtime=handler.runtime_type,
+                    runtime_options=runc_options(handler, deps.config.cgroup_driver),
+                    spec=built.spec,
+                    snapshotter=snapshotter,
+                    snapshot_key=container_id,
+                    extensions={EXTENSION: container.to_json()},
+                )
+            )
+    except BaseException:
+        deps.store.names.release(container_id)
+        deps.store.undelivered.discard(container_id)
+        await undo.unwind()
+        raise
+    deps.store.put(container, built.spec)
+    return container
+
+
+def _target_pid(deps: ContainerDeps, sandbox: Sandbox, config: ContainerConfig) -> int:
+    """The pid whose namespace a container with pid mode TARGET joins."""
+    if config.security.pid != "target":
+        return 0
+    target = deps.store.index.get(config.security.target_id)
+    if target is None or target.sandbox_id != sandbox.id:
+        raise NotFound(
+            f"target container {config.security.target_id!r} not found in pod {sandbox.id}"
+        )
+    if target.state != "running" or not target.pid:
+        raise FailedPrecondition(f"target container {target.id} is not running")
+    return target.pid
+
+
+def _log_path(log_directory: str, log_path: str) -> str:
+    """The absolute log file; its directory is made when the container starts (as
+    containerd's CRI does), also when the pod's log directory is gone."""
+    if not log_path or not log_directory:
+        return ""
+    return os.path.normpath(os.path.join(log_directory, log_path))

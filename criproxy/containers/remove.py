@@ -1,0 +1,63 @@
+"""RemoveContainer: SIGKILL if running, then the task, snapshot, FIFOs, volumes and idmapped
+layers, and the record last. The log file stays: the kubelet removes it. Idempotent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from criproxy.containers.deps import KILL_WAIT, remove_tree
+from criproxy.containers.stop import stop_container
+from criproxy.errors import FailedPrecondition, NotFound
+from criproxy.sandbox import idmap
+
+if TYPE_CHECKING:
+    from criproxy.containers.deps import ContainerDeps
+
+log = structlog.get_logger("criproxy.containers")
+
+
+async def remove(deps: ContainerDeps, container_id: str) -> None:
+    container = deps.store.resolve(container_id)
+    if container is None:
+        return
+    await stop_container(deps, container, 0)
+    try:
+        await deps.pods.loops.call(container.sandbox_id, lambda: _remove(deps, container.id))
+    except NotFound:
+        await _remove(deps, container.id)  # the pod is gone already
+
+
+async def remove_pod_containers(deps: ContainerDeps, sandbox_id: str) -> None:
+    """Before a pod goes: its containers go."""
+    for container in deps.store.pod_containers(sandbox_id):
+        await remove(deps, container.id)
+
+
+async def _remove(deps: ContainerDeps, container_id: str) -> None:
+    container = deps.store.index.get(container_id)
+    if container is None:
+        return
+    if container.state == "running":
+        raise FailedPrecondition(f"container {container_id} is still running")
+    await deps.containerd.tasks.kill_and_delete(container_id, KILL_WAIT)  # it holds the rootfs
+    paths = deps.paths
+
+    def remove_files() -> None:
+        idmap.release(paths.idmap_root / container_id)  # before any rmtree: nothing may
+        remove_tree(Path(container.io_dir))  # reach into a layer
+        remove_tree(paths.volumes_root / container_id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            deps.containerd.snapshots.remove, deps.config.containerd.snapshotter, container_id
+        )
+        tg.start_soon(anyio.to_thread.run_sync, remove_files)
+    # Last: while the record exists, a criproxy killed above finishes the job after restart.
+    await deps.containerd.containers.delete(container_id)
+    deps.store.remove(container_id)
+    log.info("container removed", container=container_id)
+    deps.publish("deleted", container)

@@ -1,0 +1,118 @@
+"""StartContainer: the container's FIFOs and log writer, then its task (on the snapshot,
+idmapped through the pod's user namespace where it has one), started. A start that fails
+leaves the container EXITED with StartError and the runtime's message, as containerd."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from criproxy.containers.io import ContainerIO
+from criproxy.errors import CriproxyError, FailedPrecondition, Internal, NotFound
+from criproxy.sandbox import idmap
+from criproxy.sandbox.handlers import resolve_handler
+
+if TYPE_CHECKING:
+    from criproxy.containers.deps import ContainerDeps
+    from criproxy.containers.model import Container
+
+log = structlog.get_logger("criproxy.containers")
+
+START_ERROR_EXIT_CODE = 128
+
+
+async def start(deps: ContainerDeps, container_id: str) -> None:
+    container = deps.store.get(container_id)
+    await deps.pods.loops.call(container.sandbox_id, lambda: _start(deps, container.id))
+    started = deps.store.index.get(container.id)
+    if started is not None:
+        deps.publish("started", started)
+
+
+async def _start(deps: ContainerDeps, container_id: str) -> None:
+    container = deps.store.index.get(container_id)
+    if container is None:
+        raise NotFound(f"container {container_id!r} not found")
+    if container.state != "created":
+        raise FailedPrecondition(
+            f"container {container_id} is {container.state.upper()}, not CREATED"
+        )
+    sandbox = deps.pods.store.get(container.sandbox_id)
+    if sandbox.state != "ready":
+        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    handler = resolve_handler(deps.config, sandbox.runtime_handler)
+    tasks = deps.containerd.tasks
+    cfg = container.config
+    io = await ContainerIO.create(
+        Path(container.io_dir),
+        container.id,
+        log_path=container.log_path,
+        stdin=cfg.stdin,
+        tty=cfg.tty,
+        stdin_once=cfg.stdin_once,
+        max_line_size=deps.config.max_container_log_line_size,
+    )
+    try:
+        mounts = await deps.containerd.snapshots.mounts(
+            deps.config.containerd.snapshotter, container.id
+        )
+        userns = sandbox.config.security.userns
+        if sandbox.userns and userns is not None:
+            mounts = await anyio.to_thread.run_sync(
+                idmap.idmapped_rootfs,
+                mounts,
+                sandbox.userns,
+                deps.paths.idmap_root / container.id,
+                userns,
+            )
+        deps.exits[container.id] = anyio.Event()
+        deps.background.start_soon(io.run)
+        deps.ios[container.id] = io
+        await tasks.create(
+            container.id,
+            mounts,
+            stdin=io.fifos.stdin,
+            stdout=io.fifos.stdout,
+            stderr=io.fifos.stderr,
+            terminal=cfg.tty,
+            runtime_path=handler.runtime_path,
+        )
+        started_at = time.time_ns()  # before: a quick exit must not precede it
+        pid = await tasks.start(container.id)
+    except BaseException as err:
+        failure = err if isinstance(err, CriproxyError) else Internal(f"start failed: {err!r}")
+        with anyio.CancelScope(shield=True):
+            await _start_failed(deps, container, failure)
+        if isinstance(err, Exception) and failure is not err:
+            raise failure from None
+        raise
+    running = container.with_changes(state="running", pid=pid, started_at_ns=started_at)
+    deps.store.put(running)
+    await deps.persist(running)
+    log.info("container started", container=container.id, pid=pid)
+
+
+async def _start_failed(deps: ContainerDeps, container: Container, err: CriproxyError) -> None:
+    """As containerd: the container is EXITED with StartError and the runtime's message."""
+    await deps.delete_task_quietly(container.id)
+    io = deps.ios.pop(container.id, None)
+    if io is not None:
+        io.close()
+    await anyio.to_thread.run_sync(idmap.release, deps.paths.idmap_root / container.id)
+    failed = container.with_changes(
+        state="exited",
+        exit_code=START_ERROR_EXIT_CODE,
+        finished_at_ns=time.time_ns(),
+        started_at_ns=0,
+        reason="StartError",
+        message=err.message,
+    )
+    deps.store.put(failed)
+    exit_event = deps.exits.pop(container.id, None)
+    if exit_event is not None:
+        exit_event.set()
+    await deps.persist_quietly(failed)

@@ -1,0 +1,58 @@
+"""StopPodSandbox: the pod's containers stop first, then the pause task is killed beside
+CNI DEL; the pod stays listed (NOTREADY) until it is removed. Idempotent."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from criproxy.network.netns import remove_netns
+from criproxy.sandbox.deps import STOP_TIMEOUT, cni_request
+from criproxy.steps import both
+
+if TYPE_CHECKING:
+    from criproxy.containerd import TaskExitInfo
+    from criproxy.sandbox.deps import PodDeps
+
+log = structlog.get_logger("criproxy.sandbox")
+
+
+async def stop_pod(deps: PodDeps, sandbox_id: str) -> None:
+    """Also for an unknown id (the kubelet retries stops of pods that are gone)."""
+    sandbox = deps.store.resolve(sandbox_id)
+    if sandbox is None:
+        return
+    for hook in deps.before_stop:
+        await hook(sandbox.id)
+    await deps.loops.loop(sandbox.id).call(lambda: stop_in_loop(deps, sandbox.id))
+
+
+async def stop_in_loop(deps: PodDeps, sandbox_id: str) -> None:
+    sandbox = deps.store.index.get(sandbox_id)
+    if sandbox is None:
+        return
+    torn_down = not sandbox.netns and sandbox.cni_result is None
+    if sandbox.state == "notready" and torn_down and sandbox.pid == 0:
+        return  # already stopped and torn down
+
+    async def kill() -> TaskExitInfo | None:
+        exited = await deps.containerd.tasks.kill_and_delete(sandbox.id, STOP_TIMEOUT)
+        deps.tasks_deleted.add(sandbox.id)
+        return exited
+
+    async def network() -> None:
+        if not sandbox.config.host_network and not torn_down:
+            await deps.cni.teardown(cni_request(sandbox), sandbox.cni_result)
+
+    exited, _ = await both(kill(), network())
+    if sandbox.netns:
+        await remove_netns(Path(sandbox.netns))
+    changes: dict[str, object] = {"state": "notready", "netns": "", "pid": 0, "cni_result": None}
+    if exited is not None and not sandbox.exited_at_ns:
+        changes["exit_code"] = exited.exit_status
+        changes["exited_at_ns"] = exited.exited_at_ns or time.time_ns()
+    await deps.persist(sandbox.with_changes(**changes))
+    log.info("pod sandbox stopped", sandbox=sandbox_id)

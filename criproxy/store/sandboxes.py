@@ -1,0 +1,73 @@
+"""The pod sandboxes criproxy knows, their names, and the setups still under way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from criproxy.errors import InvalidArgument
+from criproxy.store.index import Index
+from criproxy.store.names import NameRegistrar
+
+if TYPE_CHECKING:
+    from criproxy.errors import CriproxyError
+    from criproxy.sandbox.model import Sandbox
+    from criproxy.store.gate import RecoveredGate
+
+
+@dataclass
+class PodSetup:
+    """A RunPodSandbox under way, or finished but not yet answered: a retry of the same
+    pod waits for it and gets its id (never a second pod)."""
+
+    id: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: CriproxyError | None = None
+    delivered: bool = False
+    """Whether a RunPodSandbox call returned this id; until then a retry gets it too."""
+
+
+class SandboxStore:
+    def __init__(self, gate: RecoveredGate) -> None:
+        self.gate = gate
+        self.index: Index[Sandbox] = Index("pod sandbox")
+        self.names = NameRegistrar("pod sandbox")
+        self.setups: dict[str, PodSetup] = {}
+        """By sandbox id, from the first RunPodSandbox until an answer was delivered."""
+
+    # --- queries (memory only: never wait on containerd or CNI) ------------------------
+
+    def resolve(self, sandbox_id: str) -> Sandbox | None:
+        """A sandbox by full id or unique id prefix."""
+        if not sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        self.gate.require()
+        return self.index.resolve(sandbox_id)
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        if not sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        self.gate.require()
+        return self.index.require(sandbox_id)
+
+    def pods(self) -> list[Sandbox]:
+        """The pods List answers with (one being set up is not listed yet)."""
+        self.gate.require()
+        return [s for s in self.index if s.state != "creating"]
+
+    def pods_if_ready(self) -> list[Sandbox]:
+        """Every pod, or none before the first recovery (background work)."""
+        return self.index.values() if self.gate.is_open else []
+
+    # --- changes ------------------------------------------------------------------------
+
+    def put(self, sandbox: Sandbox) -> None:
+        """Add or replace; the name is reserved by whoever makes or recovers the pod."""
+        self.index.put(sandbox)
+
+    def remove(self, sandbox_id: str) -> None:
+        self.index.pop(sandbox_id)
+        self.names.release(sandbox_id)
+        self.setups.pop(sandbox_id, None)
