@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from criproxy import cgroupfs, records
+from criproxy import records
 from criproxy.containerd import ContainerRecord, RuncOptions
 from criproxy.errors import (
     AlreadyExists,
@@ -61,6 +61,7 @@ from criproxy.sandbox.model import (
     Sandbox,
 )
 from criproxy.sandbox.spec import build_spec
+from criproxy.stats import cgroupfs
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup

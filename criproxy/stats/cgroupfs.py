@@ -3,7 +3,8 @@ for UpdatePodSandboxResources.
 
 containerd's CRI reads the pod cgroup the kubelet made, so the pod's figures include
 its limit (available bytes) and stay monotonic when a container goes; summing the
-containers' cgroups cannot do either. Blocking: call from a worker thread.
+containers' cgroups cannot do either. The sample is the same CgroupSample containerd's
+metrics decode to (`containerd.py`). Blocking: call from a worker thread.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from criproxy.containers.stats import (
+from criproxy.stats.sample import (
     CgroupSample,
     available_bytes,
     limit_or_none,
     working_set,
 )
+
+__all__ = ["ROOT", "apply_pod_limits", "cgroup_dir", "read_pod_cgroup"]
 
 ROOT = Path("/sys/fs/cgroup")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from criproxy.cgroupfs import cgroup_dir, read_pod_cgroup
+from criproxy.stats.cgroupfs import apply_pod_limits, cgroup_dir, read_pod_cgroup
 
 
 def _write(path: Path, text: str) -> None:
@@ -54,8 +54,6 @@ def test_a_missing_cgroup_reads_as_none(tmp_path: Path) -> None:
 
 
 def test_pod_limits_are_written_for_v1_and_v2(tmp_path: Path) -> None:
-    from criproxy.cgroupfs import apply_pod_limits
-
     resources: dict[str, object] = {
         "cpu_shares": "1024",
         "cpu_quota": "50000",
