@@ -84,4 +84,6 @@ def _convert(hint: Any, value: Any) -> Any:
     if origin in (dict, Mapping):
         _, value_hint = typing.get_args(hint)
         return {k: _convert(value_hint, v) for k, v in value.items()}
+    if hint is int and isinstance(value, str):
+        return int(value)  # protobuf's JSON form of an int64, in records of older versions
     return value

@@ -17,7 +17,6 @@ from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
 from criproxy.containers.service import ContainerService
-from criproxy.containers.usage import UsageService
 from criproxy.cri import ImageServicer, RuntimeServicer, service_handler
 from criproxy.errors import CriproxyError
 from criproxy.events import EventLoop
@@ -26,6 +25,7 @@ from criproxy.metrics import MetricsEndpoint
 from criproxy.node import Node
 from criproxy.recovery import Recovery
 from criproxy.sandbox.service import SandboxService
+from criproxy.stats import UsageService
 from criproxy.store import ContainerStore, RecoveredGate, SandboxStore
 
 if TYPE_CHECKING:

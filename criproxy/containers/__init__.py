@@ -1,1 +1,1 @@
-"""CRI containers: create, start, stop, status, IO and logs, exec, stats."""
+"""CRI containers: create, start, stop, status, IO and logs, exec."""

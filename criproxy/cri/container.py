@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containers.model import REASON_COMPLETED, REASON_ERROR
+from criproxy.cri.convert.resources import linux_resources_view
 from criproxy.cri.sandbox import id_mappings, namespace_mode, selinux_label, userns_config
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
@@ -96,10 +97,12 @@ def _mount(i: int, m: api_pb2.Mount) -> MountConfig:
     )
 
 
-def resources(r: api_pb2.LinuxContainerResources) -> ContainerResources:
+def resources(
+    r: api_pb2.LinuxContainerResources, field: str = "config.linux.resources"
+) -> ContainerResources:
     """LinuxContainerResources (of a ContainerConfig or an update), validated."""
     if r.cpu_period < 0 or r.cpu_quota < -1 or r.cpu_shares < 0 or r.memory_limit_in_bytes < 0:
-        raise InvalidArgument("config.linux.resources: negative cpu or memory value")
+        raise InvalidArgument(f"{field}: negative cpu or memory value")
     return ContainerResources(
         cpu_period=r.cpu_period,
         cpu_quota=r.cpu_quota,
@@ -264,23 +267,7 @@ def _reason(c: Container) -> str:
 def _resources_view(r: ContainerResources | None) -> api_pb2.ContainerResources | None:
     if r is None:
         return None
-    return api_pb2.ContainerResources(
-        linux=api_pb2.LinuxContainerResources(
-            cpu_period=r.cpu_period,
-            cpu_quota=r.cpu_quota,
-            cpu_shares=r.cpu_shares,
-            memory_limit_in_bytes=r.memory_limit_in_bytes,
-            oom_score_adj=r.oom_score_adj,
-            cpuset_cpus=r.cpuset_cpus,
-            cpuset_mems=r.cpuset_mems,
-            hugepage_limits=[
-                api_pb2.HugepageLimit(page_size=h.page_size, limit=h.limit)
-                for h in r.hugepage_limits
-            ],
-            unified=r.unified,
-            memory_swap_limit_in_bytes=r.memory_swap_limit_in_bytes,
-        )
-    )
+    return api_pb2.ContainerResources(linux=linux_resources_view(r))
 
 
 def _mount_view(m: MountConfig) -> api_pb2.Mount:

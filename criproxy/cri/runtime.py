@@ -5,28 +5,25 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, TypeVar
 
-from google.protobuf import json_format
-
 from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from criproxy.containers import stats
 from criproxy.cri import container as container_cri
 from criproxy.cri import sandbox as sandbox_cri
+from criproxy.cri.convert import metrics as metrics_cri
+from criproxy.cri.convert import stats as stats_cri
 from criproxy.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from google.protobuf.message import Message
-
     from criproxy.containers.events import ContainerEvent
     from criproxy.containers.model import Container
     from criproxy.containers.service import ContainerService
-    from criproxy.containers.usage import UsageService
     from criproxy.cri.handlers import Context
     from criproxy.node import Node
     from criproxy.sandbox.model import Sandbox
     from criproxy.sandbox.service import SandboxService
+    from criproxy.stats import UsageService
 
 _T = TypeVar("_T")
 
@@ -42,10 +39,6 @@ def _batches(items: list[_T]) -> Iterator[list[_T]]:
     """A Stream* rpc's pages: at least one, so an empty result still answers."""
     for start in range(0, max(len(items), 1), _STREAM_BATCH):
         yield items[start : start + _STREAM_BATCH]
-
-
-def _as_dict(message: Message) -> dict[str, object]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 _EVENT_TYPES = {
@@ -90,48 +83,55 @@ class RuntimeServicer:
         self, request: api_pb2.ContainerStatsRequest, context: Context
     ) -> api_pb2.ContainerStatsResponse:
         container = self._containers.get(request.container_id)
-        (item,) = await self._usage.container_stats([container])
-        return api_pb2.ContainerStatsResponse(stats=item)
+        (usage,) = await self._usage.container_usage([container])
+        return api_pb2.ContainerStatsResponse(stats=stats_cri.container_stats(usage))
 
     async def ListContainerStats(  # noqa: N802
         self, request: api_pb2.ListContainerStatsRequest, context: Context
     ) -> api_pb2.ListContainerStatsResponse:
-        items = await self._usage.container_stats(self._stats_containers(request.filter))
+        items = await self._container_stats(request.filter)
         return api_pb2.ListContainerStatsResponse(stats=items)
 
     async def StreamContainerStats(  # noqa: N802
         self, request: api_pb2.StreamContainerStatsRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
-        items = await self._usage.container_stats(self._stats_containers(request.filter))
+        items = await self._container_stats(request.filter)
         for batch in _batches(items):
             yield api_pb2.StreamContainerStatsResponse(container_stats=batch)
 
-    def _stats_containers(self, flt: api_pb2.ContainerStatsFilter) -> list[Container]:
+    async def _container_stats(
+        self, flt: api_pb2.ContainerStatsFilter
+    ) -> list[api_pb2.ContainerStats]:
         """As containerd: only running containers have stats in the lists."""
         as_list = api_pb2.ContainerFilter(
             id=flt.id, pod_sandbox_id=flt.pod_sandbox_id, label_selector=flt.label_selector
         )
-        return [c for c in self._containers_matching(as_list) if c.state == "running"]
+        running = [c for c in self._containers_matching(as_list) if c.state == "running"]
+        return [stats_cri.container_stats(u) for u in await self._usage.container_usage(running)]
 
     async def PodSandboxStats(  # noqa: N802
         self, request: api_pb2.PodSandboxStatsRequest, context: Context
     ) -> api_pb2.PodSandboxStatsResponse:
         sandbox = self._sandboxes.get(request.pod_sandbox_id)
-        (item,) = await self._usage.pod_stats([sandbox])
-        return api_pb2.PodSandboxStatsResponse(stats=item)
+        (usage,) = await self._usage.pod_usage([sandbox])
+        return api_pb2.PodSandboxStatsResponse(stats=stats_cri.pod_sandbox_stats(usage))
 
     async def ListPodSandboxStats(  # noqa: N802
         self, request: api_pb2.ListPodSandboxStatsRequest, context: Context
     ) -> api_pb2.ListPodSandboxStatsResponse:
-        items = await self._usage.pod_stats(self._stats_pods(request.filter))
+        items = await self._pod_stats(request.filter)
         return api_pb2.ListPodSandboxStatsResponse(stats=items)
 
     async def StreamPodSandboxStats(  # noqa: N802
         self, request: api_pb2.StreamPodSandboxStatsRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
-        items = await self._usage.pod_stats(self._stats_pods(request.filter))
+        items = await self._pod_stats(request.filter)
         for batch in _batches(items):
             yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=batch)
+
+    async def _pod_stats(self, flt: api_pb2.PodSandboxStatsFilter) -> list[api_pb2.PodSandboxStats]:
+        pods = self._stats_pods(flt)
+        return [stats_cri.pod_sandbox_stats(u) for u in await self._usage.pod_usage(pods)]
 
     def _stats_pods(self, flt: api_pb2.PodSandboxStatsFilter) -> list[Sandbox]:
         """As containerd: the ready pods only."""
@@ -141,22 +141,24 @@ class RuntimeServicer:
     async def ListMetricDescriptors(  # noqa: N802
         self, request: api_pb2.ListMetricDescriptorsRequest, context: Context
     ) -> api_pb2.ListMetricDescriptorsResponse:
-        return api_pb2.ListMetricDescriptorsResponse(descriptors=stats.metric_descriptors())
+        return api_pb2.ListMetricDescriptorsResponse(descriptors=metrics_cri.metric_descriptors())
 
     async def ListPodSandboxMetrics(  # noqa: N802
         self, request: api_pb2.ListPodSandboxMetricsRequest, context: Context
     ) -> api_pb2.ListPodSandboxMetricsResponse:
-        pods = self._stats_pods(api_pb2.PodSandboxStatsFilter())
-        return api_pb2.ListPodSandboxMetricsResponse(
-            pod_metrics=await self._usage.pod_metrics(pods)
-        )
+        return api_pb2.ListPodSandboxMetricsResponse(pod_metrics=await self._pod_metrics())
 
     async def StreamPodSandboxMetrics(  # noqa: N802
         self, request: api_pb2.StreamPodSandboxMetricsRequest, context: Context
     ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
-        items = await self._usage.pod_metrics(self._stats_pods(api_pb2.PodSandboxStatsFilter()))
+        items = await self._pod_metrics()
         for batch in _batches(items):
             yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=batch)
+
+    async def _pod_metrics(self) -> list[api_pb2.PodSandboxMetrics]:
+        """Every ready pod's metrics (the calls take no filter)."""
+        pods = self._stats_pods(api_pb2.PodSandboxStatsFilter())
+        return [metrics_cri.pod_sandbox_metrics(p) for p in await self._usage.pod_metrics(pods)]
 
     # --- containers ------------------------------------------------------------------
 
@@ -238,7 +240,7 @@ class RuntimeServicer:
         if not request.HasField("linux"):
             raise InvalidArgument("linux resources are required")
         await self._containers.update_resources(
-            request.container_id, container_cri.resources(request.linux)
+            request.container_id, container_cri.resources(request.linux, "linux")
         )
         return api_pb2.UpdateContainerResourcesResponse()
 
@@ -322,8 +324,12 @@ class RuntimeServicer:
             raise InvalidArgument("pod_sandbox_id is required")
         await self._sandboxes.update_resources(
             request.pod_sandbox_id,
-            _as_dict(request.overhead) if request.HasField("overhead") else None,
-            _as_dict(request.resources) if request.HasField("resources") else None,
+            container_cri.resources(request.overhead, "overhead")
+            if request.HasField("overhead")
+            else None,
+            container_cri.resources(request.resources, "resources")
+            if request.HasField("resources")
+            else None,
         )
         return api_pb2.UpdatePodSandboxResourcesResponse()
 

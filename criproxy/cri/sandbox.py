@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.cri.convert.resources import resources_json
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import UsernsConfig
 from criproxy.oci.spec import IdMapping
@@ -311,8 +312,8 @@ def verbose_info(sandbox: Sandbox) -> dict[str, str]:
         "cniResult": cni_result_view(sandbox.cni_result),
         "sandboxFiles": sandbox.files_dir,
         "shm": sandbox.shm,
-        "overhead": sandbox.overhead,
-        "resources": sandbox.resources,
+        "overhead": resources_json(sandbox.overhead),
+        "resources": resources_json(sandbox.resources),
     }
     return {"info": json.dumps(info, sort_keys=True)}
 

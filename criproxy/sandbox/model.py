@@ -10,7 +10,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from criproxy import records
-from criproxy.oci.container import UsernsConfig  # noqa: TC001 (records resolves hints)
+from criproxy.oci.container import (  # noqa: TC001 (records resolves hints)
+    ContainerResources,
+    UsernsConfig,
+)
 
 NamespaceMode = Literal["pod", "container", "node", "target"]
 SandboxState = Literal["creating", "ready", "notready"]
@@ -109,8 +112,8 @@ class Sandbox:
     shm: str = ""
     userns: str = ""
     """The pinned user namespace of a pod with one of its own."""
-    overhead: dict[str, Any] | None = None
-    resources: dict[str, Any] | None = None
+    overhead: ContainerResources | None = None
+    resources: ContainerResources | None = None
     """The pod's overhead and resources as last given by UpdatePodSandboxResources."""
 
     def with_changes(self, **changes: Any) -> Sandbox:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from criproxy.config import Config
     from criproxy.containerd import Containerd, Event
     from criproxy.images.service import ImageService
+    from criproxy.oci.container import ContainerResources
     from criproxy.sandbox.model import PodConfig, Sandbox
     from criproxy.store import SandboxStore
 
@@ -60,8 +61,8 @@ class SandboxService:
     async def update_resources(
         self,
         sandbox_id: str,
-        overhead: dict[str, object] | None,
-        resources: dict[str, object] | None,
+        overhead: ContainerResources | None,
+        resources: ContainerResources | None,
     ) -> None:
         await update.update_resources(self.deps, sandbox_id, overhead, resources)
 

@@ -8,18 +8,19 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from criproxy import cgroupfs
 from criproxy.errors import FailedPrecondition, NotFound
+from criproxy.stats import apply_pod_limits
 
 if TYPE_CHECKING:
+    from criproxy.oci.container import ContainerResources
     from criproxy.sandbox.deps import PodDeps
 
 
 async def update_resources(
     deps: PodDeps,
     sandbox_id: str,
-    overhead: dict[str, object] | None,
-    resources: dict[str, object] | None,
+    overhead: ContainerResources | None,
+    resources: ContainerResources | None,
 ) -> None:
     sandbox = deps.store.get(sandbox_id)
 
@@ -31,7 +32,7 @@ async def update_resources(
         if resources and parent and current.state == "ready":
             try:
                 await anyio.to_thread.run_sync(
-                    cgroupfs.apply_pod_limits,
+                    apply_pod_limits,
                     parent,
                     deps.config.cgroup_driver == "systemd",
                     resources,

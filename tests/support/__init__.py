@@ -1,5 +1,6 @@
-"""Test support: OCI images built from busybox-static and a real docker-registry to push them to.
+"""Test support: OCI images built from busybox-static and a real docker-registry to push them to,
+and the cgroup metrics and net/dev texts the stats tests read.
 
-Nothing here mocks the system under test; these build the inputs (images, registries) that
-criproxy's tests pull, import and run.
+Nothing here mocks the system under test; these build the inputs (images, registries, metrics)
+that criproxy's tests pull, import, run and decode.
 """

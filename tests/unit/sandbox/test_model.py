@@ -31,3 +31,28 @@ def test_sandbox_record_round_trips_through_json() -> None:
         cni_result={"cniVersion": "1.0.0"},
     )
     assert Sandbox.from_json(sandbox.to_json()) == sandbox
+
+
+def test_resources_in_a_record_of_an_older_version_read_as_dataclasses() -> None:
+    """Older records kept UpdatePodSandboxResources' values in protobuf's JSON form."""
+    import json
+
+    from criproxy.oci.container import ContainerResources, HugepageLimit
+    from criproxy.sandbox.model import PodConfig, PodMetadata, Sandbox
+
+    current = Sandbox("s", PodConfig(PodMetadata("n", "u", "ns")), "", "pause", 1)
+    raw = json.loads(current.to_json())
+    raw["resources"] = {
+        "cpu_shares": "512",
+        "memory_limit_in_bytes": "268435456",
+        "hugepage_limits": [{"page_size": "2MB", "limit": "1048576"}],
+    }
+    raw["overhead"] = {"cpu_shares": "10"}
+    sandbox = Sandbox.from_json(json.dumps(raw).encode())
+    assert sandbox.resources == ContainerResources(
+        cpu_shares=512,
+        memory_limit_in_bytes=268435456,
+        hugepage_limits=(HugepageLimit("2MB", 1048576),),
+    )
+    assert sandbox.overhead == ContainerResources(cpu_shares=10)
+    assert Sandbox.from_json(sandbox.to_json()) == sandbox

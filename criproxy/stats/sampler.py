@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from criproxy.containers import stats
 from criproxy.errors import CriproxyError
+from criproxy.stats.containerd import decode_metrics
+from criproxy.stats.sample import CgroupSample, nano_cores
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from criproxy.containerd import Containerd
 
-log = structlog.get_logger("criproxy.containers.sampler")
+log = structlog.get_logger("criproxy.stats.sampler")
 
 SAMPLE_TIMEOUT = 2.0
 """How long one metrics sweep may take before the last samples are used."""
@@ -44,12 +45,12 @@ class Sampler:
     def __init__(self, containerd: Containerd, snapshotter: str) -> None:
         self._containerd = containerd
         self._snapshotter = snapshotter
-        self._last: dict[str, stats.CgroupSample] = {}
-        self._previous: dict[str, stats.CgroupSample] = {}
+        self._last: dict[str, CgroupSample] = {}
+        self._previous: dict[str, CgroupSample] = {}
         self._layers: dict[str, LayerUsage] = {}
         self._refreshing = False
 
-    async def sample(self, ids: Iterable[str]) -> dict[str, stats.CgroupSample]:
+    async def sample(self, ids: Iterable[str]) -> dict[str, CgroupSample]:
         """The newest sample of each running task among `ids` (absent: none ever taken)."""
         wanted = list(dict.fromkeys(ids))
         if not wanted:
@@ -61,7 +62,7 @@ class Sampler:
             metrics = []
         for m in metrics:
             try:
-                sample = stats.decode_metrics(m.type_url, m.value, timestamp_ns=m.timestamp_ns)
+                sample = decode_metrics(m.type_url, m.value, timestamp_ns=m.timestamp_ns)
             except CriproxyError as err:
                 log.debug("metrics not decoded", container=m.container_id, error=err.message)
                 continue
@@ -75,7 +76,7 @@ class Sampler:
         last = self._last.get(container_id)
         if last is None:
             return 0
-        return stats.nano_cores(self._previous.get(container_id), last)
+        return nano_cores(self._previous.get(container_id), last)
 
     def layer(self, container_id: str) -> LayerUsage | None:
         return self._layers.get(container_id)

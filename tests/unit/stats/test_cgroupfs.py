@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from criproxy.cgroupfs import cgroup_dir, read_pod_cgroup
+from criproxy.oci.container import ContainerResources
+from criproxy.stats.cgroupfs import apply_pod_limits, cgroup_dir, read_pod_cgroup
 
 
 def _write(path: Path, text: str) -> None:
@@ -54,14 +55,9 @@ def test_a_missing_cgroup_reads_as_none(tmp_path: Path) -> None:
 
 
 def test_pod_limits_are_written_for_v1_and_v2(tmp_path: Path) -> None:
-    from criproxy.cgroupfs import apply_pod_limits
-
-    resources: dict[str, object] = {
-        "cpu_shares": "1024",
-        "cpu_quota": "50000",
-        "cpu_period": "100000",
-        "memory_limit_in_bytes": "268435456",
-    }
+    resources = ContainerResources(
+        cpu_shares=1024, cpu_quota=50000, cpu_period=100000, memory_limit_in_bytes=268435456
+    )
     v1 = tmp_path / "v1"
     for controller in ("cpu", "memory"):
         (v1 / controller / "pods" / "p").mkdir(parents=True)
@@ -79,4 +75,4 @@ def test_pod_limits_are_written_for_v1_and_v2(tmp_path: Path) -> None:
     assert (pod / "memory.max").read_text() == "268435456"
     assert (pod / "cpu.weight").read_text() == "39"  # runc's shares-to-weight conversion
 
-    assert apply_pod_limits("/pods/p", False, {"cpu_shares": "0"}, root=v1) == []
+    assert apply_pod_limits("/pods/p", False, ContainerResources(), root=v1) == []

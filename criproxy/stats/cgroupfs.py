@@ -3,20 +3,27 @@ for UpdatePodSandboxResources.
 
 containerd's CRI reads the pod cgroup the kubelet made, so the pod's figures include
 its limit (available bytes) and stay monotonic when a container goes; summing the
-containers' cgroups cannot do either. Blocking: call from a worker thread.
+containers' cgroups cannot do either. The sample is the same CgroupSample containerd's
+metrics decode to (`containerd.py`). Blocking: call from a worker thread.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from criproxy.containers.stats import (
+from criproxy.stats.sample import (
     CgroupSample,
     available_bytes,
     limit_or_none,
     working_set,
 )
+
+if TYPE_CHECKING:
+    from criproxy.oci.container import ContainerResources
+
+__all__ = ["ROOT", "apply_pod_limits", "cgroup_dir", "read_pod_cgroup"]
 
 ROOT = Path("/sys/fs/cgroup")
 
@@ -141,24 +148,16 @@ def _v2(path: Path) -> CgroupSample | None:
     return CgroupSample(timestamp_ns=time.time_ns(), cgroup_version=2, **fields)  # type: ignore[arg-type]
 
 
-def _number(resources: dict[str, object], key: str) -> int:
-    """A CRI int64 field of a JSON-rendered message (int64 renders as a string)."""
-    try:
-        return int(str(resources.get(key) or 0))
-    except ValueError:
-        return 0
-
-
 def apply_pod_limits(
-    parent: str, systemd: bool, resources: dict[str, object], root: Path = ROOT
+    parent: str, systemd: bool, resources: ContainerResources, root: Path = ROOT
 ) -> list[str]:
-    """Write the pod's CPU and memory limits (CRI LinuxContainerResources as JSON) into its
-    cgroup; the files written. Unset (zero) fields are left alone."""
+    """Write the pod's CPU and memory limits into its cgroup; the files written. Unset
+    (zero) fields are left alone."""
     rel = cgroup_dir(parent, systemd)
-    period = _number(resources, "cpu_period")
-    quota = _number(resources, "cpu_quota")
-    shares = _number(resources, "cpu_shares")
-    memory = _number(resources, "memory_limit_in_bytes")
+    period = resources.cpu_period
+    quota = resources.cpu_quota
+    shares = resources.cpu_shares
+    memory = resources.memory_limit_in_bytes
     writes: list[tuple[Path, str]] = []
     if (root / "cgroup.controllers").exists():
         pod = root / rel

@@ -1,49 +1,177 @@
-"""The CRI stats and metrics calls: containers', pods', and the cAdvisor-style metrics.
+"""The CRI stats and metrics calls' figures: containers', pods', and the metrics' inputs.
 
 Everything is answered from one metrics sweep per call plus cached layer usage, within
-the caller's deadline (see sampler.py); nothing here changes state.
+the caller's deadline (see sampler.py); nothing here changes state. The answers are
+this module's dataclasses; `criproxy/cri/convert/` turns them into CRI messages.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import structlog
 
-from criproxy.cgroupfs import read_pod_cgroup
-from criproxy.containers import stats
-from criproxy.containers.sampler import FS_USAGE_INTERVAL, Sampler
 from criproxy.errors import CriproxyError
+from criproxy.stats.cgroupfs import read_pod_cgroup
+from criproxy.stats.sample import CgroupSample, InterfaceStats, nano_cores, read_net_dev
+from criproxy.stats.sampler import FS_USAGE_INTERVAL, Sampler
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
     from anyio.abc import TaskGroup
 
-    from criproxy._generated.cri.runtime.v1 import api_pb2
     from criproxy.containerd import Containerd
     from criproxy.containers.model import Container
-    from criproxy.containers.service import ContainerService
     from criproxy.images.service import ImageService
     from criproxy.sandbox.model import Sandbox
-    from criproxy.sandbox.service import SandboxService
 
-log = structlog.get_logger("criproxy.containers.usage")
+__all__ = [
+    "ContainerAttributes",
+    "ContainerIndex",
+    "ContainerMetricsInput",
+    "ContainerUsage",
+    "PodAttributes",
+    "PodIndex",
+    "PodMetricsInput",
+    "PodUsage",
+    "UsageService",
+]
+
+log = structlog.get_logger("criproxy.stats.usage")
 
 LAYER_WAIT = 1.0
 """How long a call waits for the first measurement of a layer before answering without."""
 
 
+@dataclass(frozen=True)
+class ContainerAttributes:
+    """What CRI's ContainerAttributes carries, from criproxy's own container record."""
+
+    id: str
+    name: str
+    attempt: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PodAttributes:
+    """What CRI's PodSandboxAttributes carries, from criproxy's own sandbox record."""
+
+    id: str
+    name: str
+    uid: str
+    namespace: str
+    attempt: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One container's ContainerStats figures.
+
+    Without a sample (no task) only the attributes and the writable layer are reported,
+    as containerd answers for a created or exited container. `nano_cores` None leaves
+    CRI's field unset. `fs_mountpoint` is the image filesystem the writable layer lives
+    on (ImageFsInfo's mountpoint), which the kubelet matches the two by; the layer's
+    timestamp None means the sample's.
+    """
+
+    attributes: ContainerAttributes
+    sample: CgroupSample | None
+    nano_cores: int | None
+    writable_layer_bytes: int
+    writable_layer_inodes: int
+    fs_mountpoint: str
+    fs_timestamp_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class PodUsage:
+    """One pod's PodSandboxStats figures: the pod cgroup's CPU and memory, network,
+    processes, its containers.
+
+    `process_count` is the sum of the containers' `pids` (containerd counts the pod's
+    processes so, leaving the pause process out). `interfaces` is None for a pod on the
+    host network, which has no network stats of its own. `timestamp_ns` stamps the
+    network and process figures; None means the sample's time, else now.
+    """
+
+    attributes: PodAttributes
+    sample: CgroupSample | None
+    nano_cores: int | None
+    containers: tuple[ContainerUsage, ...]
+    process_count: int
+    interfaces: tuple[InterfaceStats, ...] | None
+    timestamp_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class ContainerMetricsInput:
+    """One container's inputs to ListPodSandboxMetrics, gathered from its record and task."""
+
+    id: str
+    name: str
+    image: str
+    """The image as the user asked for it (containerd's `UserSpecifiedImage`)."""
+    sample: CgroupSample | None
+    """None when the container has no task: then only record-derived metrics are sent."""
+    started_at_ns: int = 0
+    writable_layer_bytes: int | None = None
+    fs_device: str = ""
+    """The `device` label of container_fs_usage_bytes: the image filesystem's mountpoint."""
+    cpu_shares: int | None = None
+    cpu_period: int | None = None
+    cpu_quota: int | None = None
+    memory_reservation_bytes: int | None = None
+    """From the OCI spec's Linux resources; None when not set (the metric is then omitted)."""
+
+
+@dataclass(frozen=True)
+class PodMetricsInput:
+    """One pod's inputs to ListPodSandboxMetrics: network at pod level, the rest per
+    container. `interfaces` None (host network) sends no network series; `timestamp_ns`
+    stamps the pod-level metrics, None meaning now."""
+
+    sandbox_id: str
+    pod_name: str
+    namespace: str
+    interfaces: tuple[InterfaceStats, ...] | None
+    containers: tuple[ContainerMetricsInput, ...]
+    timestamp_ns: int | None = None
+
+
+class PodIndex(Protocol):
+    """The pods UsageService reports on (the sandbox service or its store)."""
+
+    def pods_if_ready(self) -> Iterable[Sandbox]: ...
+
+
+class ContainerIndex(Protocol):
+    """The containers UsageService reports on, and each pod's members."""
+
+    def all_if_ready(self) -> Iterable[Container]: ...
+
+    def by_pod(self, sandbox_ids: list[str]) -> Mapping[str, Sequence[Container]]: ...
+
+
 class UsageService:
+    """Samples containers and pods for the stats and metrics calls; owns the background
+    refresh of writable-layer usage (`run`)."""
+
     def __init__(
         self,
         containerd: Containerd,
         snapshotter: str,
         images: ImageService,
-        sandboxes: SandboxService,
-        containers: ContainerService,
+        sandboxes: PodIndex,
+        containers: ContainerIndex,
         *,
         systemd: bool = False,
     ) -> None:
@@ -52,7 +180,7 @@ class UsageService:
         self._sandboxes = sandboxes
         self._containers = containers
         self._tg: TaskGroup | None = None
-        self._pod_samples: dict[str, stats.CgroupSample] = {}
+        self._pod_samples: dict[str, CgroupSample] = {}
         self._systemd = systemd
         self._layers_done = anyio.Event()
 
@@ -93,19 +221,19 @@ class UsageService:
 
     # --- containers -----------------------------------------------------------------
 
-    async def container_stats(self, containers: list[Container]) -> list[api_pb2.ContainerStats]:
+    async def container_usage(self, containers: list[Container]) -> list[ContainerUsage]:
         running = [c.id for c in containers if c.state == "running"]
         samples = await self._sampler.sample(running)
         await self._ensure_layers(containers)
         mountpoint = await self._fs_mountpoint()
-        return [self._container_stats(c, samples.get(c.id), mountpoint) for c in containers]
+        return [self._container_usage(c, samples.get(c.id), mountpoint) for c in containers]
 
-    def _container_stats(
-        self, c: Container, sample: stats.CgroupSample | None, mountpoint: str
-    ) -> api_pb2.ContainerStats:
+    def _container_usage(
+        self, c: Container, sample: CgroupSample | None, mountpoint: str
+    ) -> ContainerUsage:
         layer = self._sampler.layer(c.id)
-        return stats.container_stats(
-            stats.ContainerAttributes(
+        return ContainerUsage(
+            ContainerAttributes(
                 id=c.id,
                 name=c.config.name,
                 attempt=c.config.attempt,
@@ -113,7 +241,7 @@ class UsageService:
                 annotations=c.config.annotations,
             ),
             sample if c.state == "running" else None,
-            usage_nano_cores=self._sampler.nano_cores(c.id) if sample else None,
+            nano_cores=self._sampler.nano_cores(c.id) if sample else None,
             writable_layer_bytes=layer.bytes if layer else 0,
             writable_layer_inodes=layer.inodes if layer else 0,
             fs_mountpoint=mountpoint,
@@ -122,7 +250,7 @@ class UsageService:
 
     # --- pods -----------------------------------------------------------------------
 
-    async def pod_stats(self, pods: list[Sandbox]) -> list[api_pb2.PodSandboxStats]:
+    async def pod_usage(self, pods: list[Sandbox]) -> list[PodUsage]:
         members = self._containers.by_pod([p.id for p in pods])
         ids = [p.id for p in pods if p.state == "ready"]
         ids += [c.id for cs in members.values() for c in cs if c.state == "running"]
@@ -134,18 +262,17 @@ class UsageService:
         out = []
         for pod in pods:
             containers = members[pod.id]
-            container_stats = [
-                self._container_stats(c, samples.get(c.id), mountpoint) for c in containers
-            ]
             parts = [samples[i] for i in (pod.id, *(c.id for c in containers)) if i in samples]
             own, interfaces = reads[pod.id]
             sample, nano = self._pod_sample(pod, own, parts, containers, samples)
             out.append(
-                stats.pod_sandbox_stats(
+                PodUsage(
                     _pod_attributes(pod),
                     sample,
-                    usage_nano_cores=nano,
-                    containers=container_stats,
+                    nano_cores=nano,
+                    containers=tuple(
+                        self._container_usage(c, samples.get(c.id), mountpoint) for c in containers
+                    ),
                     process_count=sample.pids if sample else 0,
                     interfaces=interfaces,
                 )
@@ -154,7 +281,7 @@ class UsageService:
 
     def _host_reads(
         self, pods: list[Sandbox]
-    ) -> dict[str, tuple[stats.CgroupSample | None, list[stats.InterfaceStats] | None]]:
+    ) -> dict[str, tuple[CgroupSample | None, tuple[InterfaceStats, ...] | None]]:
         """Each pod's own cgroup and its netns's interfaces, read in one worker-thread hop
         for all of them (a /proc or cgroupfs read must not stall the event loop). Blocking."""
         return {
@@ -170,11 +297,11 @@ class UsageService:
     def _pod_sample(
         self,
         pod: Sandbox,
-        own: stats.CgroupSample | None,
-        parts: list[stats.CgroupSample],
-        containers: list[Container],
-        samples: dict[str, stats.CgroupSample],
-    ) -> tuple[stats.CgroupSample | None, int | None]:
+        own: CgroupSample | None,
+        parts: list[CgroupSample],
+        containers: Sequence[Container],
+        samples: dict[str, CgroupSample],
+    ) -> tuple[CgroupSample | None, int | None]:
         """The pod's own cgroup when it has one (limit, monotonic counters, as containerd);
         else the sum of its pause and containers' cgroups."""
         if pod.state != "ready":
@@ -182,7 +309,7 @@ class UsageService:
         if own is not None:
             previous = self._pod_samples.get(pod.id)
             self._pod_samples[pod.id] = own
-            return own, stats.nano_cores(previous, own)
+            return own, nano_cores(previous, own)
         if not parts:
             return None, None
         nano = sum(
@@ -194,7 +321,7 @@ class UsageService:
 
     # --- metrics --------------------------------------------------------------------
 
-    async def pod_metrics(self, pods: list[Sandbox]) -> list[api_pb2.PodSandboxMetrics]:
+    async def pod_metrics(self, pods: list[Sandbox]) -> list[PodMetricsInput]:
         members = self._containers.by_pod([p.id for p in pods])
         running = [c.id for cs in members.values() for c in cs if c.state == "running"]
         samples = await self._sampler.sample(running)
@@ -208,7 +335,7 @@ class UsageService:
                 layer = self._sampler.layer(c.id)
                 res = c.config.resources
                 inputs.append(
-                    stats.ContainerMetricsInput(
+                    ContainerMetricsInput(
                         id=c.id,
                         name=c.config.name,
                         image=c.image.name,
@@ -222,31 +349,31 @@ class UsageService:
                 )
             meta = pod.config.metadata
             out.append(
-                stats.pod_sandbox_metrics(
+                PodMetricsInput(
                     pod.id,
                     meta.name,
                     meta.namespace,
                     interfaces=interfaces[pod.id],
-                    containers=inputs,
+                    containers=tuple(inputs),
                 )
             )
         return out
 
 
-def _interfaces(pod: Sandbox) -> list[stats.InterfaceStats] | None:
+def _interfaces(pod: Sandbox) -> tuple[InterfaceStats, ...] | None:
     """The pod netns's interfaces, from its pause process; None with the host network.
     Blocking."""
     if pod.config.host_network or pod.state != "ready" or not pod.pid:
         return None
     try:
-        return stats.read_net_dev(Path(f"/proc/{pod.pid}/net/dev").read_text())
+        return tuple(read_net_dev(Path(f"/proc/{pod.pid}/net/dev").read_text()))
     except OSError:
         return None
 
 
-def _pod_attributes(pod: Sandbox) -> stats.PodAttributes:
+def _pod_attributes(pod: Sandbox) -> PodAttributes:
     meta = pod.config.metadata
-    return stats.PodAttributes(
+    return PodAttributes(
         id=pod.id,
         name=meta.name,
         uid=meta.uid,
@@ -277,12 +404,12 @@ _SUMMED = (
 )
 
 
-def _sum(parts: list[stats.CgroupSample]) -> stats.CgroupSample:
+def _sum(parts: list[CgroupSample]) -> CgroupSample:
     """The pod as the sum of its pause container and its containers (their cgroups are the
     pod's processes); the newest timestamp, no limit of its own."""
     first = parts[0]
     totals = {name: sum(getattr(p, name) for p in parts) for name in _SUMMED}
-    return dataclasses.replace(
+    return replace(
         first,
         timestamp_ns=max(p.timestamp_ns for p in parts) or time.time_ns(),
         has_cpu=any(p.has_cpu for p in parts),
