@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from criproxy.network import cni
+from criproxy.network.cni import cni
 from criproxy.network.cni import _run_plugin
 
 pytestmark = pytest.mark.anyio
