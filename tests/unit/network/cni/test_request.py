@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 
 from criproxy.errors import InvalidArgument
-from criproxy.network.cni import Bandwidth, parse_bandwidth_annotations, parse_quantity
+from criproxy.network.cni.request import (
+    POD_ANNOTATIONS_CAPABILITY,
+    Bandwidth,
+    CniRequest,
+    DnsConfig,
+    PortMapping,
+    parse_bandwidth_annotations,
+    parse_quantity,
+)
 
 MAX_UINT32 = 2**32 - 1
 
@@ -60,3 +68,33 @@ def test_bad_values_name_the_annotation(value: str, reason: str) -> None:
         parse_bandwidth_annotations({"kubernetes.io/ingress-bandwidth": value})
     assert "kubernetes.io/ingress-bandwidth" in err.value.message
     assert reason in err.value.message
+
+
+def test_capability_args_follow_containerd_names() -> None:
+    request = CniRequest(
+        "abc",
+        "/run/netns/abc",
+        port_mappings=(PortMapping(8080, 80, "TCP", "127.0.0.1"), PortMapping(53, 53, "udp")),
+        bandwidth=Bandwidth(1000, 2, 3000, 4),
+        dns=DnsConfig(("10.0.0.10",), ("svc.cluster.local",), ("ndots:5",)),
+        cgroup_path="/kubepods/pod1",
+        annotations={"a": "b"},
+    )
+    assert request.capability_args() == {
+        POD_ANNOTATIONS_CAPABILITY: {"a": "b"},
+        "portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+            {"hostPort": 53, "containerPort": 53, "protocol": "udp"},
+        ],
+        "bandwidth": {"ingressRate": 1000, "ingressBurst": 2, "egressRate": 3000, "egressBurst": 4},
+        "dns": {
+            "servers": ["10.0.0.10"],
+            "searches": ["svc.cluster.local"],
+            "options": ["ndots:5"],
+        },
+        "cgroupPath": "/kubepods/pod1",
+    }
+
+
+def test_minimal_request_offers_only_the_pod_annotations() -> None:
+    assert CniRequest("abc", "/x").capability_args() == {POD_ANNOTATIONS_CAPABILITY: {}}

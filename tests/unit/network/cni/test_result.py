@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from criproxy.network.cni import (
+from criproxy.network.cni.result import (
     CniInterface,
     IpConfig,
     convert_result,

@@ -1,16 +1,19 @@
-"""The Cni runner against fake plugins: environment, chaining, cleanup on failure, DEL."""
+"""The Cni runner against fake plugins: environment, chaining, cleanup on failure, DEL, and
+the reaper thread its run() owns."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
+import anyio
 import pytest
 
 from criproxy.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
 from criproxy.network.cni import Cni, CniPluginError, CniRequest, PortMapping
-from tests.unit.network.conftest import FakeCni
+from tests.unit.network.cni.conftest import FakeCni
 
 pytestmark = pytest.mark.anyio
 
@@ -321,3 +324,20 @@ async def test_check_is_skipped_when_disabled_or_before_0_4_0(fake_cni: FakeCni)
     fake_cni.write_conflist([{"type": "alpha"}], version="0.3.1")
     await cni.check(request(), None)
     assert fake_cni.calls_of("CHECK") == []
+
+
+async def test_a_running_cni_owns_its_reaper_thread_and_ends_it(fake_cni: FakeCni) -> None:
+    fake_cni.write_conflist([{"type": "alpha"}])
+    cni = make_cni(fake_cni)
+
+    def reapers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "cni-reaper"]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cni.run)
+        result = await cni.setup(request())
+        assert len(reapers()) == 1
+        await cni.teardown(request(), result.raw)
+        tg.cancel_scope.cancel()
+    assert reapers() == []
+    assert order(fake_cni.calls_of("DEL")) == ["alpha"]
