@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
+
 from criproxy.network.cni import Cni
 from criproxy.sandbox import exits, remove, run, stop, update
 from criproxy.sandbox.deps import PodDeps, PodPaths
@@ -38,8 +40,11 @@ class SandboxService:
         self.store = store
 
     async def run(self) -> None:
-        """Owns pod set-ups and pod loops; runs until cancelled (server shutdown)."""
-        await self.deps.loops.run()
+        """Owns pod set-ups, pod loops and the CNI plugins' reaper; runs until cancelled
+        (server shutdown)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.deps.cni.run)
+            tg.start_soon(self.deps.loops.run)
 
     def before_stop(self, hook: Callable[[str], Awaitable[None]]) -> None:
         """`hook(pod id)` runs before a pod stops (its containers stop first)."""
