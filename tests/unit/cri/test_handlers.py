@@ -6,6 +6,7 @@ serves the real servicers over a unix socket and sends them raw bytes, as a fuzz
 
 from __future__ import annotations
 
+import asyncio
 import random
 import tempfile
 from collections import Counter
@@ -32,11 +33,6 @@ RUNTIME = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
 IMAGE = api_pb2.DESCRIPTOR.services_by_name["ImageService"]
 NOT_A_MESSAGE = b"\xff\xff\xff"
 """Field 31 with wire type 7: no message decodes from it."""
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @dataclass(frozen=True)
@@ -88,9 +84,29 @@ class RecordingServicer:
         )
 
 
+class EndingServicer:
+    """A unary and a streaming rpc that end as `outcome` says: an abort of their own or a
+    cancellation."""
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+
+    async def _end(self, context: Any) -> None:
+        if self.outcome == "abort":
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many")
+        raise asyncio.CancelledError
+
+    async def ExecSync(self, request: Any, context: Any) -> Any:
+        await self._end(context)
+
+    async def GetContainerEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        yield api_pb2.ContainerEventResponse(container_id="c1")
+        await self._end(context)
+
+
 def _handler(servicer: object, name: str, service: Any = RUNTIME) -> Any:
     generic = service_handler(service, servicer)
-    handler = generic.service(_Details(f"/{service.full_name}/{name}"))  # type: ignore[arg-type]
+    handler = generic.service(_Details(f"/{service.full_name}/{name}"))
     assert handler is not None
     return handler
 
@@ -177,6 +193,24 @@ async def test_an_unexpected_error_answers_internal_naming_the_rpc() -> None:
     assert context.details == "internal error in StartContainer: RuntimeError: boom"
 
 
+@pytest.mark.parametrize("method", ["ExecSync", "GetContainerEvents"])
+@pytest.mark.parametrize(
+    ("outcome", "raised", "code"),
+    [
+        ("abort", grpc.aio.AbortError, "RESOURCE_EXHAUSTED"),
+        ("cancel", asyncio.CancelledError, "CANCELLED"),
+    ],
+)
+async def test_a_call_that_aborts_or_is_cancelled_is_logged_with_its_code(
+    method: str, outcome: str, raised: type[BaseException], code: str
+) -> None:
+    context = FakeContext()
+    with structlog.testing.capture_logs() as logs, pytest.raises(raised):
+        await _call(_handler(EndingServicer(outcome), method), b"", context)
+    (line,) = [e for e in logs if e["event"] == "cri call"]
+    assert (line["method"], line["code"]) == (method, code)
+
+
 @pytest.mark.parametrize("method", ["Attach", "StreamPodSandboxMetrics"])
 async def test_an_rpc_the_servicer_lacks_answers_unimplemented_naming_it(method: str) -> None:
     context = FakeContext()
@@ -191,17 +225,10 @@ async def test_an_rpc_the_servicer_lacks_answers_unimplemented_naming_it(method:
 # --- over a real server -----------------------------------------------------------------
 
 
-class Unreachable:
-    """A domain object no call in these tests should get to: any use answers UNAVAILABLE."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise errors.Unavailable(f"the domain is not part of this test (wanted {name})")
-
-
 @pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
+async def channel(unreachable: Any) -> AsyncIterator[grpc.aio.Channel]:
     """The real servicers and handlers of both services on a unix socket, no containerd."""
-    domain: Any = Unreachable()
+    domain = unreachable
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         [
