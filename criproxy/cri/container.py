@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containers.model import REASON_COMPLETED, REASON_ERROR
 from criproxy.cri.convert.resources import linux_resources_view
-from criproxy.cri.sandbox import id_mappings, namespace_mode, selinux_label, userns_config
+from criproxy.cri.sandbox import (
+    id_mappings,
+    legacy_profile,
+    namespace_mode,
+    security_profile,
+    selinux_label,
+    userns_config,
+)
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
     ContainerConfig,
@@ -37,31 +44,13 @@ _PROPAGATION: dict[int, Propagation] = {
     api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
 _PROPAGATION_VALUES = {v: k for k, v in _PROPAGATION.items()}
+_CONTEXT = "config.linux.security_context"
 _STATES = {
     "created": api_pb2.CONTAINER_CREATED,
     "running": api_pb2.CONTAINER_RUNNING,
     "exited": api_pb2.CONTAINER_EXITED,
     "unknown": api_pb2.CONTAINER_UNKNOWN,
 }
-
-
-def _security_profile(profile: api_pb2.SecurityProfile, legacy: str) -> str:
-    if profile.profile_type == api_pb2.SecurityProfile.RuntimeDefault:
-        return "runtime/default"
-    if profile.profile_type == api_pb2.SecurityProfile.Localhost:
-        if not profile.localhost_ref:
-            raise InvalidArgument("a Localhost security profile needs localhost_ref")
-        return f"localhost/{profile.localhost_ref}"
-    if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
-        return "unconfined" if not legacy else _legacy_profile(legacy)
-    return _legacy_profile(legacy)
-
-
-def _legacy_profile(value: str) -> str:
-    """The deprecated string fields: `runtime/default`, `docker/default`, `localhost/...`."""
-    if value == "docker/default":
-        return "runtime/default"
-    return value
 
 
 def _mount(i: int, m: api_pb2.Mount) -> MountConfig:
@@ -101,8 +90,14 @@ def resources(
     r: api_pb2.LinuxContainerResources, field: str = "config.linux.resources"
 ) -> ContainerResources:
     """LinuxContainerResources (of a ContainerConfig or an update), validated."""
-    if r.cpu_period < 0 or r.cpu_quota < -1 or r.cpu_shares < 0 or r.memory_limit_in_bytes < 0:
-        raise InvalidArgument(f"{field}: negative cpu or memory value")
+    for name, value, least in (
+        ("cpu_period", r.cpu_period, 0),
+        ("cpu_quota", r.cpu_quota, -1),
+        ("cpu_shares", r.cpu_shares, 0),
+        ("memory_limit_in_bytes", r.memory_limit_in_bytes, 0),
+    ):
+        if value < least:
+            raise InvalidArgument(f"{field}.{name} {value} is less than {least}")
     return ContainerResources(
         cpu_period=r.cpu_period,
         cpu_quota=r.cpu_quota,
@@ -127,9 +122,21 @@ def _capability_names(names: Iterable[str], field: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _profile(
+    profile: api_pb2.SecurityProfile | None, legacy: str, name: str, legacy_name: str
+) -> str:
+    """The seccomp or AppArmor profile, else its deprecated string field; an Unconfined
+    profile given beside a string takes the string."""
+    if profile is not None:
+        value = security_profile(profile, f"{_CONTEXT}.{name}")
+        if value != "unconfined" or not legacy:
+            return value
+    return legacy_profile(legacy, f"{_CONTEXT}.{legacy_name}")
+
+
 def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
     options = ctx.namespace_options
-    field = "config.linux.security_context.namespace_options"
+    field = f"{_CONTEXT}.namespace_options"
     pid = namespace_mode(options.pid, f"{field}.pid")
     if pid == "target" and not options.target_id:
         raise InvalidArgument("namespace_options.target_id is required with pid mode TARGET")
@@ -154,18 +161,24 @@ def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
         # Default proc mount and none for Unmasked); nothing given means none.
         masked_paths=tuple(ctx.masked_paths),
         readonly_paths=tuple(ctx.readonly_paths),
-        seccomp=_security_profile(ctx.seccomp, ctx.seccomp_profile_path)
-        if ctx.HasField("seccomp")
-        else _legacy_profile(ctx.seccomp_profile_path),
-        apparmor=_security_profile(ctx.apparmor, ctx.apparmor_profile)
-        if ctx.HasField("apparmor")
-        else _legacy_profile(ctx.apparmor_profile),
+        seccomp=_profile(
+            ctx.seccomp if ctx.HasField("seccomp") else None,
+            ctx.seccomp_profile_path,
+            "seccomp",
+            "seccomp_profile_path",
+        ),
+        apparmor=_profile(
+            ctx.apparmor if ctx.HasField("apparmor") else None,
+            ctx.apparmor_profile,
+            "apparmor",
+            "apparmor_profile",
+        ),
         selinux_process_label=selinux_label(ctx),
         pid=pid,
         target_id=options.target_id,
         ipc=namespace_mode(options.ipc, f"{field}.ipc"),
         network=namespace_mode(options.network, f"{field}.network"),
-        userns=userns_config(options, "config.linux.security_context.namespace_options"),
+        userns=userns_config(options, field),
     )
 
 

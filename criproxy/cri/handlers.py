@@ -1,8 +1,10 @@
 """Turns the servicer classes into gRPC method handlers for every rpc of a CRI service.
 
-Every call passes through here once: domain errors become gRPC statuses (never a
-traceback), and each call is logged and measured with its method, duration and status
-code. An rpc the servicer does not define answers UNIMPLEMENTED naming the rpc.
+Every call passes through here once: the request is decoded here (not by grpc, which
+would answer UNKNOWN for bytes that are not the message), domain errors become gRPC
+statuses (never a traceback), and each call is logged and measured with its method,
+duration and status code. An rpc the servicer does not define answers UNIMPLEMENTED
+naming the rpc.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 import structlog
+from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
 from criproxy import errors, metrics
@@ -22,6 +25,7 @@ from criproxy.cri.errors import status_code
 
 if TYPE_CHECKING:
     from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+    from google.protobuf.message import Message
 
 log = structlog.get_logger("criproxy.cri")
 
@@ -66,11 +70,19 @@ class _Call:
         log.info("cri call", **fields)
 
 
-def _unary(method: str, inner: UnaryBehavior) -> UnaryBehavior:
-    async def behavior(request: Any, context: Context) -> Any:
+def _decode(request_cls: type[Message], raw: bytes) -> Message:
+    try:
+        return request_cls.FromString(raw)
+    except DecodeError as err:
+        name = request_cls.DESCRIPTOR.full_name
+        raise errors.InvalidArgument(f"cannot decode the request as {name}: {err}") from None
+
+
+def _unary(method: str, request_cls: type[Message], inner: UnaryBehavior) -> UnaryBehavior:
+    async def behavior(raw: bytes, context: Context) -> Any:
         call = _Call(method)
         try:
-            return await inner(request, context)
+            return await inner(_decode(request_cls, raw), context)
         except grpc.aio.AbortError:
             call.aborted(context)
             raise
@@ -85,11 +97,11 @@ def _unary(method: str, inner: UnaryBehavior) -> UnaryBehavior:
     return behavior
 
 
-def _stream(method: str, inner: StreamBehavior) -> StreamBehavior:
-    async def behavior(request: Any, context: Context) -> AsyncIterator[Any]:
+def _stream(method: str, request_cls: type[Message], inner: StreamBehavior) -> StreamBehavior:
+    async def behavior(raw: bytes, context: Context) -> AsyncIterator[Any]:
         call = _Call(method)
         try:
-            async for item in inner(request, context):
+            async for item in inner(_decode(request_cls, raw), context):
                 yield item
         except grpc.aio.AbortError:
             call.aborted(context)
@@ -125,6 +137,7 @@ def service_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
     """Handlers for every rpc of `service`: the servicer's method of that name, or UNIMPLEMENTED.
 
     Client-streaming rpcs do not exist in CRI v1, so only unary and server-streaming are built.
+    grpc hands the behaviours the raw request bytes (no deserializer): they decode them.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -139,8 +152,8 @@ def service_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
         )
         wrap = _stream if method.server_streaming else _unary
         handlers[method.name] = factory(
-            wrap(method.name, implementation),
-            request_deserializer=request_cls.FromString,
+            wrap(method.name, request_cls, implementation),
+            request_deserializer=None,
             response_serializer=response_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

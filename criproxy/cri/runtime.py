@@ -239,9 +239,8 @@ class RuntimeServicer:
     ) -> api_pb2.UpdateContainerResourcesResponse:
         if not request.HasField("linux"):
             raise InvalidArgument("linux resources are required")
-        await self._containers.update_resources(
-            request.container_id, container_cri.resources(request.linux, "linux")
-        )
+        resources = container_cri.resources(request.linux, "linux")
+        await self._containers.update_resources(request.container_id, resources)
         return api_pb2.UpdateContainerResourcesResponse()
 
     async def ReopenContainerLog(  # noqa: N802

@@ -49,7 +49,6 @@ def namespace_mode(value: int, field: str) -> NamespaceMode:
 
 _PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
 _SYSCTL = re.compile(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$")
-_IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
 _IPC_SYSCTL_NAMES = (
     "kernel.shmall",
     "kernel.shmmax",
@@ -145,15 +144,40 @@ def selinux_label(
     return ":".join(parts) if any(parts) else ""
 
 
-def _seccomp(ctx: api_pb2.LinuxSandboxSecurityContext) -> str:
-    if ctx.HasField("seccomp"):
-        profile = ctx.seccomp
-        if profile.profile_type == api_pb2.SecurityProfile.RuntimeDefault:
-            return "runtime/default"
-        if profile.profile_type == api_pb2.SecurityProfile.Localhost:
-            return f"localhost/{profile.localhost_ref}"
+def security_profile(profile: api_pb2.SecurityProfile, field: str) -> str:
+    """A SecurityProfile as criproxy names it: `runtime/default`, `localhost/<ref>` or
+    `unconfined`."""
+    kind = profile.profile_type
+    if kind == api_pb2.SecurityProfile.RuntimeDefault:
+        return "runtime/default"
+    if kind == api_pb2.SecurityProfile.Localhost:
+        if not profile.localhost_ref:
+            raise InvalidArgument(f"{field}: a Localhost profile needs localhost_ref")
+        return f"localhost/{profile.localhost_ref}"
+    if kind == api_pb2.SecurityProfile.Unconfined:
         return "unconfined"
-    return ctx.seccomp_profile_path or ""
+    raise InvalidArgument(f"{field}.profile_type {kind} is unknown")
+
+
+def legacy_profile(value: str, field: str) -> str:
+    """A deprecated profile string field: `""` (unset), `unconfined`, `runtime/default` (or
+    `docker/default`, its old name, as containerd reads it) or `localhost/<ref>`."""
+    if value == "docker/default":
+        return "runtime/default"
+    if value in ("", "unconfined", "runtime/default") or (
+        value.startswith("localhost/") and value != "localhost/"
+    ):
+        return value
+    raise InvalidArgument(
+        f"{field} {value!r} is not unconfined, runtime/default or localhost/<profile>"
+    )
+
+
+def _seccomp(ctx: api_pb2.LinuxSandboxSecurityContext) -> str:
+    field = "config.linux.security_context"
+    if ctx.HasField("seccomp"):
+        return security_profile(ctx.seccomp, f"{field}.seccomp")
+    return legacy_profile(ctx.seccomp_profile_path, f"{field}.seccomp_profile_path")
 
 
 def id_mappings(items: Iterable[api_pb2.IDMapping]) -> tuple[IdMapping, ...]:
