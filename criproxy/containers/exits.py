@@ -30,7 +30,7 @@ def on_event(deps: ContainerDeps, event: Event) -> None:
         return
     loops = deps.pods.loops
     if payload.action == "oom":
-        loops.post(container.sandbox_id, functools.partial(_oom, deps, container.id))
+        loops.post(container.sandbox_id, functools.partial(oom, deps, container.id))
     elif payload.action == "exit" and payload.main_process:
         loops.post(
             container.sandbox_id,
@@ -40,11 +40,15 @@ def on_event(deps: ContainerDeps, event: Event) -> None:
         )
 
 
-async def _oom(deps: ContainerDeps, container_id: str) -> None:
+async def oom(deps: ContainerDeps, container_id: str) -> None:
+    """containerd may report the OOM kill after the exit it caused: an exited container's
+    reason becomes OOMKilled then too (as containerd's CRI sets it on either order)."""
     container = deps.store.index.get(container_id)
     if container is None or container.oom_killed:
         return
     updated = container.with_changes(oom_killed=True)
+    if container.state == "exited" and container.reason != "StartError":
+        updated = updated.with_changes(reason=REASON_OOM_KILLED)
     deps.store.put(updated)
     await deps.persist(updated)
 

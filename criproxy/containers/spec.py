@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from criproxy import host
-from criproxy.containers import rootfs
+from criproxy.containers import rootfs, signals
 from criproxy.containers.model import EffectiveUser
 from criproxy.errors import FailedPrecondition, Internal, InvalidArgument
 from criproxy.oci import ImageProcess, capabilities
@@ -130,7 +129,7 @@ def build(
         tuple(process_user.get("additionalGids", ())),
     )
     stop_signal = str(image_config.get("StopSignal") or "SIGTERM")
-    return BuiltSpec(spec, user, _signal_name(stop_signal), swap)
+    return BuiltSpec(spec, user, signals.from_image(stop_signal), swap)
 
 
 def _ensure_host_path(mount: MountConfig) -> None:
@@ -300,14 +299,3 @@ def _upper_dirs(mounts: Sequence[Mount]) -> set[str]:
         if option.startswith("upperdir=")
     }
 
-
-def _signal_name(value: str) -> str:
-    """An image's StopSignal (`SIGQUIT`, `QUIT` or `3`) as a signal name."""
-    text = value.strip().upper()
-    if text.isdigit():
-        try:
-            return signal.Signals(int(text)).name
-        except ValueError:
-            return "SIGTERM"
-    name = text if text.startswith("SIG") else f"SIG{text}"
-    return name if name in signal.Signals.__members__ else "SIGTERM"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from criproxy.containers import exits
+from criproxy.containers import exits, signals
 from criproxy.containers.deps import KILL_WAIT
 from criproxy.errors import CriproxyError, DeadlineExceeded, NotFound
 
@@ -39,7 +39,7 @@ async def stop_container(deps: ContainerDeps, container: Container, timeout: flo
     if exited is None:
         return
     if timeout > 0:
-        await _kill(deps, container, _signal_number(container.stop_signal), exited)
+        await _kill(deps, container, signals.number(container.stop_signal), exited)
         with anyio.move_on_after(timeout):
             await exited.wait()
         if exited.is_set():
@@ -72,10 +72,3 @@ async def _kill(
             await exited.wait()
         if not exited.is_set():
             raise
-
-
-def _signal_number(name: str) -> int:
-    try:
-        return int(signal.Signals[name or "SIGTERM"])
-    except KeyError:
-        return int(signal.SIGTERM)

@@ -757,6 +757,18 @@ def test_devices_and_the_configured_stop_signal(ctr_env: ContainerEnv) -> None:
     time.sleep(0.3)
     ctr_env.stop(container, timeout=30)
     assert ctr_env.status(container).status.exit_code == 42
+    # a real-time stop signal is sent as the number it stands for (SIGRTMIN+1 = 35)
+    realtime = ctr_env.run(
+        pod_id,
+        pod,
+        "rt",
+        args=["trap 'exit 43' 35; sleep 1000 & wait"],
+        stop_signal=api_pb2.SIGRTMINPLUS1,
+    )
+    assert ctr_env.status(realtime).status.stop_signal == api_pb2.SIGRTMINPLUS1
+    time.sleep(0.3)
+    ctr_env.stop(realtime, timeout=30)
+    assert ctr_env.status(realtime).status.exit_code == 43
 
 
 def test_stats_answer_from_the_last_sample_when_the_shim_is_stuck(
