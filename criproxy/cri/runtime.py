@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from criproxy.cri import container as container_cri
-from criproxy.cri import sandbox as sandbox_cri
+from criproxy.cri.convert import container as container_cri
 from criproxy.cri.convert import metrics as metrics_cri
+from criproxy.cri.convert import sandbox as sandbox_cri
 from criproxy.cri.convert import stats as stats_cri
 from criproxy.errors import InvalidArgument
 

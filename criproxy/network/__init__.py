@@ -1,1 +1,2 @@
-"""CNI invocation and network namespaces."""
+"""Pod networking: CNI (`cni/`: configuration, requests, results, the plugin runner) and
+network namespaces (`netns`)."""

@@ -13,8 +13,8 @@ from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containers.events import ContainerEvent
 from criproxy.containers.model import Container, ImageInfo
 from criproxy.cri import RuntimeServicer
-from criproxy.cri import container as container_cri
-from criproxy.cri import sandbox as sandbox_cri
+from criproxy.cri.convert import container as container_cri
+from criproxy.cri.convert import sandbox as sandbox_cri
 from criproxy.cri.runtime import _event_response
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import ContainerConfig

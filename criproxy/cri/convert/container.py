@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containers.model import REASON_COMPLETED, REASON_ERROR
 from criproxy.cri.convert.resources import linux_resources_view
-from criproxy.cri.sandbox import (
+from criproxy.cri.convert.sandbox import (
     id_mappings,
     legacy_profile,
     namespace_mode,

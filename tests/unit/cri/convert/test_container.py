@@ -12,7 +12,7 @@ import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containers.model import Container, EffectiveUser, ImageInfo
-from criproxy.cri import container as container_cri
+from criproxy.cri.convert import container as container_cri
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
     ContainerConfig,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from criproxy.cri import sandbox as sandbox_cri
+from criproxy.cri.convert import sandbox as sandbox_cri
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import ContainerResources, UsernsConfig
 from criproxy.oci.spec import IdMapping
