@@ -25,11 +25,12 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import structlog
 
+from criproxy import records as records_json
 from criproxy.containerd.leases import owner_alive
 from criproxy.containers import exits as container_exits
 from criproxy.containers.create import name_key
@@ -52,13 +53,15 @@ from criproxy.sandbox.run import read_intent
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from criproxy.containerd import Containerd, TaskState
+    from criproxy.containerd import Containerd, ContainerRecord, TaskState
     from criproxy.containers.deps import ContainerDeps
     from criproxy.images.service import ImageService
     from criproxy.images.store import ImageContent
     from criproxy.sandbox.deps import PodDeps
 
 log = structlog.get_logger("criproxy.recovery")
+
+R = TypeVar("R")
 
 RECONCILE_INTERVAL = 60.0
 LEASE_PREFIX = "criproxy-"
@@ -160,16 +163,8 @@ class Recovery:
         """Every sandbox from its pause container's record; the ids of all records (the
         unreadable ones too: what they own is never an orphan)."""
         deps = self._pods
-        records = await self._containerd.containers.list(f'labels."{KIND_LABEL}"==sandbox')
-        for record in records:
-            raw = record.extensions.get(SANDBOX_EXTENSION)
-            if raw is None:
-                continue
-            try:
-                sandbox = Sandbox.from_json(raw)
-            except (ValueError, TypeError, KeyError) as err:
-                log.warning("sandbox record unreadable", sandbox=record.id, error=str(err))
-                continue
+        records, sandboxes = await self._read("sandbox", SANDBOX_EXTENSION, Sandbox)
+        for sandbox in sandboxes:
             deps.store.put(sandbox)
             try:
                 await pod_exits.repaired(deps, sandbox, tasks.get(sandbox.id))
@@ -181,6 +176,23 @@ class Recovery:
                 log.warning("sandbox name taken twice", sandbox=sandbox.id, error=err.message)
             deps.loops.loop(sandbox.id)
         return {record.id for record in records}
+
+    async def _read(
+        self, kind: str, extension: str, cls: type[R]
+    ) -> tuple[list[ContainerRecord], list[R]]:
+        """criproxy's containerd records of one kind, and what each says; one unreadable
+        record is logged and must not stop the recovery of the others."""
+        records = await self._containerd.containers.list(f'labels."{KIND_LABEL}"=={kind}')
+        read = []
+        for record in records:
+            raw = record.extensions.get(extension)
+            if raw is None:
+                continue
+            try:
+                read.append(records_json.from_json(cls, raw))
+            except Exception as err:
+                log.error(f"{kind} record unreadable", id=record.id, error=repr(err))
+        return records, read
 
     async def _sweep_pod_orphans(self, known: set[str]) -> None:
         """What a criproxy killed early in RunPodSandbox left with no record: the netns pin
@@ -211,18 +223,11 @@ class Recovery:
     async def _rebuild_containers(self, tasks: Mapping[str, TaskState]) -> None:
         """Every container from its record and its task; running ones' output re-attached."""
         deps = self._containers
-        records = await self._containerd.containers.list(f'labels."{KIND_LABEL}"=={CONTAINER_KIND}')
-        for record in records:
-            raw = record.extensions.get(CONTAINER_EXTENSION)
-            if raw is None:
-                continue
-            try:
-                container = Container.from_json(raw)
-            except Exception as err:  # one bad record must not stop the recovery
-                log.error("container record unreadable", container=record.id, error=repr(err))
-                continue
-            container = await self._container_state(container, tasks.get(container.id))
-            deps.store.put(container, record.spec)
+        records, containers = await self._read(CONTAINER_KIND, CONTAINER_EXTENSION, Container)
+        specs = {record.id: record.spec for record in records}
+        for recorded in containers:
+            container = await self._container_state(recorded, tasks.get(recorded.id))
+            deps.store.put(container, specs.get(container.id))
             sandbox = self._pods.store.index.get(container.sandbox_id)
             if sandbox is not None:
                 key = name_key(container.config, sandbox.config.metadata)
