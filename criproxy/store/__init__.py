@@ -4,12 +4,13 @@ membership, and the gate that holds queries until the first recovery has run."""
 
 from criproxy.store.containers import ContainerStore
 from criproxy.store.gate import RecoveredGate
-from criproxy.store.index import Index
+from criproxy.store.index import GatedIndex, Index
 from criproxy.store.names import NameRegistrar
 from criproxy.store.sandboxes import PodSetup, SandboxStore
 
 __all__ = [
     "ContainerStore",
+    "GatedIndex",
     "Index",
     "NameRegistrar",
     "PodSetup",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from criproxy.errors import InvalidArgument
-from criproxy.store.index import Index
+from criproxy.store.index import GatedIndex
 from criproxy.store.names import NameRegistrar
 
 if TYPE_CHECKING:
@@ -13,10 +12,9 @@ if TYPE_CHECKING:
     from criproxy.store.gate import RecoveredGate
 
 
-class ContainerStore:
+class ContainerStore(GatedIndex["Container"]):
     def __init__(self, gate: RecoveredGate) -> None:
-        self.gate = gate
-        self.index: Index[Container] = Index("container")
+        super().__init__(gate, "container", "container_id")
         self.names = NameRegistrar("container")
         self.specs: dict[str, dict[str, Any]] = {}
         """The OCI spec each container was created (or last updated) with."""
@@ -27,18 +25,6 @@ class ContainerStore:
         """Pod id -> its container ids, in creation order."""
 
     # --- queries (memory only) ----------------------------------------------------------
-
-    def resolve(self, container_id: str) -> Container | None:
-        if not container_id:
-            raise InvalidArgument("container_id is required")
-        self.gate.require()
-        return self.index.resolve(container_id)
-
-    def get(self, container_id: str) -> Container:
-        if not container_id:
-            raise InvalidArgument("container_id is required")
-        self.gate.require()
-        return self.index.require(container_id)
 
     def all(self) -> list[Container]:
         self.gate.require()

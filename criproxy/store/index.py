@@ -9,6 +9,8 @@ from criproxy.errors import InvalidArgument, NotFound
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from criproxy.store.gate import RecoveredGate
+
 
 class _Record(Protocol):
     @property
@@ -65,3 +67,28 @@ class Index(Generic[R]):
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+class GatedIndex(Generic[R]):
+    """The lookups a CRI call makes: the id field is required, and nothing is answered
+    from memory before the first recovery (the gate)."""
+
+    def __init__(self, gate: RecoveredGate, what: str, field: str) -> None:
+        self.gate = gate
+        self.index: Index[R] = Index(what)
+        self._field = field
+
+    def resolve(self, wanted: str) -> R | None:
+        """By full id or unique id prefix; None when there is none."""
+        self._check(wanted)
+        return self.index.resolve(wanted)
+
+    def get(self, wanted: str) -> R:
+        """By full id or unique id prefix; NOT_FOUND when there is none."""
+        self._check(wanted)
+        return self.index.require(wanted)
+
+    def _check(self, wanted: str) -> None:
+        if not wanted:
+            raise InvalidArgument(f"{self._field} is required")
+        self.gate.require()

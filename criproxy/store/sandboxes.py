@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from criproxy.errors import InvalidArgument
-from criproxy.store.index import Index
+from criproxy.store.index import GatedIndex
 from criproxy.store.names import NameRegistrar
 
 if TYPE_CHECKING:
@@ -29,28 +28,14 @@ class PodSetup:
     """Whether a RunPodSandbox call returned this id; until then a retry gets it too."""
 
 
-class SandboxStore:
+class SandboxStore(GatedIndex["Sandbox"]):
     def __init__(self, gate: RecoveredGate) -> None:
-        self.gate = gate
-        self.index: Index[Sandbox] = Index("pod sandbox")
+        super().__init__(gate, "pod sandbox", "pod_sandbox_id")
         self.names = NameRegistrar("pod sandbox")
         self.setups: dict[str, PodSetup] = {}
         """By sandbox id, from the first RunPodSandbox until an answer was delivered."""
 
     # --- queries (memory only: never wait on containerd or CNI) ------------------------
-
-    def resolve(self, sandbox_id: str) -> Sandbox | None:
-        """A sandbox by full id or unique id prefix."""
-        if not sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is required")
-        self.gate.require()
-        return self.index.resolve(sandbox_id)
-
-    def get(self, sandbox_id: str) -> Sandbox:
-        if not sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is required")
-        self.gate.require()
-        return self.index.require(sandbox_id)
 
     def pods(self) -> list[Sandbox]:
         """The pods List answers with (one being set up is not listed yet)."""
