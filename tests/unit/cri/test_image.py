@@ -10,7 +10,8 @@ import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containerd.types import Descriptor
-from criproxy.cri.image import ImageServicer, to_cri_image
+from criproxy.cri.convert.image import to_cri_image
+from criproxy.cri.image import ImageServicer
 from criproxy.errors import InvalidArgument
 from criproxy.images.auth import Credentials
 from criproxy.images.fsinfo import FilesystemUsage
