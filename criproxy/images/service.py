@@ -126,12 +126,14 @@ class ImageService:
         if payload.action == "delete":
             self.store.remove_reference(payload.name)
             return
+        removals = self.store.removals(payload.name)
         record = await self._containerd.images.get(payload.name)
         if record is None:
             self.store.remove_reference(payload.name)
             return
         content = await self.content_or_none(record)
-        if content is not None:
+        # A RemoveImage that returned while this event was read stands (it answered OK).
+        if content is not None and self.store.removals(payload.name) == removals:
             pinned = record.labels.get(labels.CRI_PINNED) == labels.CRI_PINNED_VALUE
             self.store.add(record.name, content, pinned=pinned)
 

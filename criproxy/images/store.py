@@ -64,6 +64,8 @@ class ImageStore:
     _refs: dict[str, str] = field(default_factory=dict)
     """record name -> image id"""
     _pinned_ids: set[str] = field(default_factory=set)
+    _removals: dict[str, int] = field(default_factory=dict)
+    """record name -> how often a reference of that name was removed (see `removals`)."""
 
     def replace_all(self, entries: Iterable[tuple[str, ImageContent, bool]]) -> None:
         """Rebuild from (record name, content, pinned label) triples, as recovery reads them."""
@@ -82,7 +84,13 @@ class ImageStore:
         if previous and previous != content.id:
             self._drop_if_unnamed(previous)
 
+    def removals(self, name: str) -> int:
+        """A counter that moves whenever `name` is removed: work that read a record and
+        awaited meanwhile compares it before adding, so a removal in between stands."""
+        return self._removals.get(name, 0)
+
     def remove_reference(self, name: str) -> None:
+        self._removals[name] = self._removals.get(name, 0) + 1
         image_id = self._refs.pop(name, None)
         if image_id:
             self._drop_if_unnamed(image_id)
