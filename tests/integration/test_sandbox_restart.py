@@ -178,11 +178,13 @@ def test_kill_9_during_ten_run_pod_sandboxes_frees_their_leases_and_snapshots(
     for thread in threads:
         thread.join(30)
     slow_proxy.start()  # recovery has run when it answers
-    assert [lease for lease in _criproxy_leases(pod_env) if lease in held] == []
     pods = slow_proxy.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
-    for pod in pods:
-        assert pod.state == api_pb2.SANDBOX_NOTREADY
-        slow_proxy.runtime.RemovePodSandbox(
-            api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
-        )
+    try:
+        assert [lease for lease in _criproxy_leases(pod_env) if lease in held] == []
+        assert {pod.state for pod in pods} <= {api_pb2.SANDBOX_NOTREADY}
+    finally:
+        for pod in pods:
+            slow_proxy.runtime.RemovePodSandbox(
+                api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
+            )
     assert _active_snapshots(pod_env) == active_before
