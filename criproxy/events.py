@@ -1,8 +1,8 @@
 """The one containerd event subscription of criproxy, and its dispatcher.
 
-At start and after every reconnect: subscribe, then run the recovery hooks (which rebuild
-the in-memory stores from containerd), then handle the events that arrived meanwhile and
-after. Events are applied idempotently, so one that recovery already saw does no harm,
+At start and after every reconnect: subscribe, then run the recovery (`criproxy.recovery`:
+it rebuilds the in-memory stores from containerd, or reconciles them), then handle the
+events that arrived meanwhile and after. Events are applied idempotently, so one that recovery already saw does no harm,
 and none that happens after the subscription is missed.
 """
 
