@@ -2,8 +2,8 @@
 
 At start and after every reconnect: subscribe, then run the recovery (`criproxy.recovery`:
 it rebuilds the in-memory stores from containerd, or reconciles them), then handle the
-events that arrived meanwhile and after. Events are applied idempotently, so one that recovery already saw does no harm,
-and none that happens after the subscription is missed.
+events that arrived meanwhile and after. Events are applied idempotently, so one that
+recovery already saw does no harm, and none that happens after the subscription is missed.
 """
 
 from __future__ import annotations
