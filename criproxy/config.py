@@ -66,6 +66,14 @@ class StreamServerSection:
 
 
 @dataclass(frozen=True)
+class X509KeyPair:
+    """containerd's `x509_key_pair_streaming`: the streaming server's TLS pair."""
+
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     address: str = ""
     """`host:port` of the Prometheus endpoint; empty keeps it off."""
@@ -107,6 +115,11 @@ class Config:
     cni: CniSection = CniSection()
     registry: RegistrySection = RegistrySection()
     stream_server: StreamServerSection = StreamServerSection()
+    enable_tls_streaming: bool = False
+    """Serve exec/attach/port-forward over TLS (a self-signed pair unless one is given)."""
+    x509_key_pair_streaming: X509KeyPair = X509KeyPair()
+    stream_idle_timeout: float = 4 * 3600.0
+    """A streaming connection with no data either way for this long is closed."""
     metrics: MetricsSection = MetricsSection()
     runtimes: Mapping[str, RuntimeHandler] = field(default_factory=_default_runtimes)
 
@@ -197,6 +210,16 @@ def _abs_str(key: str, value: object) -> str:
     return str(_abs_path(key, value))
 
 
+def _abs_or_empty(key: str, value: object) -> str:
+    return "" if value == "" else _abs_str(key, value)
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(key, value, "true or false")
+    return value
+
+
 def _socket_address(key: str, value: object) -> str:
     """An absolute socket path, `unix://` prefix allowed; empty selects managed mode."""
     text = _str(key, value)
@@ -213,6 +236,13 @@ def _int_range(low: int, high: int) -> Callable[[str, object], int]:
         return value
 
     return parse
+
+
+def _positive_duration(key: str, value: object) -> float:
+    seconds = _duration(key, value)
+    if seconds <= 0:
+        raise _bad(key, value, "a duration above zero such as '4h'")
+    return seconds
 
 
 def _duration(key: str, value: object) -> float:
@@ -359,6 +389,11 @@ _TOP: Mapping[str, Parser] = {
     "stream_server": _sub(
         StreamServerSection, {"address": _nonempty, "port": _int_range(0, 65535)}
     ),
+    "enable_tls_streaming": _bool,
+    "x509_key_pair_streaming": _sub(
+        X509KeyPair, {"tls_cert_file": _abs_or_empty, "tls_key_file": _abs_or_empty}
+    ),
+    "stream_idle_timeout": _positive_duration,
     "metrics": _sub(MetricsSection, {"address": _host_port}),
     "runtimes": _runtimes,
 }
@@ -372,6 +407,12 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
             "default_runtime_name",
             config.default_runtime_name,
             "one of the configured runtimes: " + ", ".join(sorted(config.runtimes)),
+        )
+    pair = config.x509_key_pair_streaming
+    if bool(pair.tls_cert_file) != bool(pair.tls_key_file):
+        raise ConfigError(
+            "config keys 'x509_key_pair_streaming.tls_cert_file' and 'tls_key_file' go "
+            "together: give both, or neither for a self-signed pair"
         )
     return config
 

@@ -50,6 +50,10 @@ class DataLoss(CriproxyError):
     """Content did not match its digest: corrupt data from a registry or an archive."""
 
 
+class ResourceExhausted(CriproxyError):
+    """A bounded resource is used up (streaming tokens in flight); retrying later may work."""
+
+
 class Internal(CriproxyError):
     """A failure of criproxy or of a dependency that retrying will not fix."""
 

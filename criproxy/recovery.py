@@ -21,8 +21,10 @@ whose event was lost (between a recovery and the live subscription) is seen.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -34,7 +36,7 @@ from criproxy import records as records_json
 from criproxy.containerd.leases import owner_alive
 from criproxy.containers import exits as container_exits
 from criproxy.containers.create import name_key
-from criproxy.containers.deps import UNKNOWN_EXIT_CODE, remove_tree
+from criproxy.containers.deps import KILL_WAIT, UNKNOWN_EXIT_CODE, remove_tree
 from criproxy.containers.io import ContainerIO
 from criproxy.containers.model import EXTENSION as CONTAINER_EXTENSION
 from criproxy.containers.model import KIND as CONTAINER_KIND
@@ -257,6 +259,7 @@ class Recovery:
         if container.state != "running":
             return container
         if alive:
+            await self._end_orphan_execs(container)
             await self._reattach(container)
             return container
         # It exited while criproxy was down: record what containerd knows.
@@ -293,6 +296,28 @@ class Recovery:
             return
         deps.background.start_soon(io.run)
         deps.ios[container.id] = io
+
+    async def _end_orphan_execs(self, container: Container) -> None:
+        """Exec processes a killed criproxy started (ExecSync or a streaming session, none
+        of which outlives it): killed and deleted, their FIFOs removed. Their FIFOs in the
+        container's IO dir name them."""
+        tasks = self._containerd.tasks
+        io_dir = Path(container.io_dir)
+        names = await anyio.to_thread.run_sync(_leftovers, io_dir, set())
+        exec_ids = {n.rsplit("-", 1)[0] for n in names if not n.startswith(container.id)}
+        for exec_id in sorted(exec_ids):
+            log.info(
+                "ending an exec of a criproxy that is gone", container=container.id, exec_id=exec_id
+            )
+            with contextlib.suppress(CriproxyError):
+                await tasks.kill(container.id, signal.SIGKILL, exec_id=exec_id)
+                await tasks.wait(container.id, exec_id, KILL_WAIT)
+            with contextlib.suppress(CriproxyError):
+                await tasks.delete_process(container.id, exec_id)
+            for name in names:
+                if name.startswith(exec_id):
+                    with contextlib.suppress(OSError):
+                        (io_dir / name).unlink()
 
     async def _sweep_container_orphans(self) -> None:
         """What containers that no longer exist left (a kill -9 before their record was made

@@ -7,9 +7,11 @@ import dataclasses
 import os
 import signal
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 import grpc.aio
 import structlog
 
@@ -27,6 +29,8 @@ from criproxy.recovery import Recovery
 from criproxy.sandbox.service import SandboxService
 from criproxy.stats import UsageService
 from criproxy.store import ContainerStore, RecoveredGate, SandboxStore
+from criproxy.streaming.server import StreamServer
+from criproxy.streaming.tls import server_context
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,6 +38,12 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from criproxy.config import Config
+    from criproxy.containers.streams import (
+        AttachRequest,
+        ExecRequest,
+        PortForwardRequest,
+        SessionStreams,
+    )
 
 log = structlog.get_logger("criproxy.server")
 
@@ -83,6 +93,7 @@ class _Domain:
     containers: ContainerService
     usage: UsageService
     recovery: Recovery
+    streams: StreamServer
 
     @classmethod
     def build(cls, config: Config, containerd: Containerd) -> _Domain:
@@ -99,7 +110,16 @@ class _Domain:
             systemd=config.cgroup_driver == "systemd",
         )
         recovery = Recovery(containerd, images, sandboxes.deps, containers.deps)
-        return cls(Node(config, containerd), images, sandboxes, containers, usage, recovery)
+        streams = StreamServer(
+            config.stream_server.address,
+            config.stream_server.port,
+            _Sessions(containers, sandboxes),
+            idle_timeout=config.stream_idle_timeout,
+            ssl_context=_streaming_tls(config),
+        )
+        return cls(
+            Node(config, containerd), images, sandboxes, containers, usage, recovery, streams
+        )
 
     def events(self, containerd: Containerd) -> EventLoop:
         return EventLoop(
@@ -108,16 +128,49 @@ class _Domain:
             handlers=[self.images.on_event, self.sandboxes.on_event, self.containers.on_event],
         )
 
-    def start_background(self, tg: TaskGroup) -> None:
+    async def start_background(self, tg: TaskGroup) -> None:
         tg.start_soon(self.sandboxes.run)
         tg.start_soon(self.containers.run)
         tg.start_soon(self.usage.run)
         tg.start_soon(self.recovery.run)
+        try:
+            await tg.start(self.streams.run)
+        except OSError as err:
+            raise StartError(f"cannot serve streaming on {self.streams.address}: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sessions:
+    """The streaming server's sessions, run by the domain."""
+
+    containers: ContainerService
+    sandboxes: SandboxService
+
+    async def exec(self, request: ExecRequest, streams: SessionStreams) -> int:
+        return await self.containers.exec_session(request, streams)
+
+    async def attach(self, request: AttachRequest, streams: SessionStreams) -> int:
+        return await self.containers.attach_session(request, streams)
+
+    async def dial(self, request: PortForwardRequest, port: int) -> anyio.abc.ByteStream:
+        return await self.sandboxes.dial(request.sandbox_id, port)
+
+
+def _streaming_tls(config: Config) -> ssl.SSLContext | None:
+    if not config.enable_tls_streaming:
+        return None
+    pair = config.x509_key_pair_streaming
+    try:
+        return server_context(pair.tls_cert_file, pair.tls_key_file, config.state / "streaming")
+    except (OSError, ssl.SSLError) as err:
+        raise StartError(f"cannot load the streaming server's TLS key pair: {err}") from None
 
 
 def _build_server(domain: _Domain) -> grpc.aio.Server:
     services = api_pb2.DESCRIPTOR.services_by_name
-    runtime = RuntimeServicer(domain.node, domain.sandboxes, domain.containers, domain.usage)
+    runtime = RuntimeServicer(
+        domain.node, domain.sandboxes, domain.containers, domain.usage, domain.streams
+    )
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers(
         [
@@ -167,7 +220,7 @@ async def serve(config: Config) -> None:
             async with anyio.create_task_group() as tg:
                 if managed is not None:
                     tg.start_soon(managed.supervise)
-                domain.start_background(tg)
+                await domain.start_background(tg)
                 tg.start_soon(events.run)
                 # Answer List/Status from a filled index right away, unless containerd is
                 # down: then serve anyway (Status says so) and fill it when it is back.

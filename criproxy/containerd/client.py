@@ -7,6 +7,7 @@ noticed within about a second rather than grpc's default of up to two minutes.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
@@ -62,6 +63,22 @@ class StreamMethod(Protocol[_Req_contra, _Resp_co]):
     ) -> AsyncIterable[_Resp_co]: ...
 
 
+async def _cancellable(call: Awaitable[_Resp]) -> _Resp:
+    """Await a grpc.aio call so that an anyio cancel scope can cancel it.
+
+    Cancelled directly, a grpc.aio call raises a CancelledError of its own that anyio does
+    not recognise as its cancellation, so it escapes the cancel scope (a `move_on_after`
+    around a call would end the whole task). Run as a task behind a shield, the call is
+    cancelled by us and the waiter gets anyio's own CancelledError.
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
 class Channel:
     """A grpc.aio channel to one containerd socket with the namespace header on every call."""
 
@@ -99,7 +116,7 @@ class Channel:
     ) -> _Resp:
         """Call one unary rpc; a failure raises the project's error type for its code."""
         try:
-            return await method(request, timeout=timeout, metadata=self._metadata)
+            return await _cancellable(method(request, timeout=timeout, metadata=self._metadata))
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err.code(), err.details(), operation) from None
 

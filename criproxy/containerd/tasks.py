@@ -154,6 +154,23 @@ class TasksService:
             operation=f"exec in task {container_id}",
         )
 
+    async def close_io(self, container_id: str, exec_id: str = "") -> None:
+        """Close the process's stdin (its EOF); the shim closes its end of the stdin FIFO."""
+        await self._channel.unary(
+            self._stub.CloseIO,
+            tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True),
+            operation=f"close the stdin of {container_id} {exec_id}".rstrip(),
+        )
+
+    async def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+        await self._channel.unary(
+            self._stub.ResizePty,
+            tasks_pb2.ResizePtyRequest(
+                container_id=container_id, exec_id=exec_id, width=width, height=height
+            ),
+            operation=f"resize the terminal of {container_id} {exec_id}".rstrip(),
+        )
+
     async def delete_process(self, container_id: str, exec_id: str) -> TaskExitInfo | None:
         try:
             resp = await self._channel.unary(

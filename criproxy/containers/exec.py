@@ -5,6 +5,7 @@ exec sessions will live beside it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import shlex
 import signal
@@ -16,11 +17,18 @@ import anyio
 import structlog
 
 from criproxy.containers.deps import IO_DRAIN, KILL_WAIT
-from criproxy.containers.io import ExecIO
-from criproxy.errors import CriproxyError, DeadlineExceeded, FailedPrecondition, InvalidArgument
+from criproxy.containers.io import ExecIO, FifoReader, FifoWriter, create_fifos
+from criproxy.errors import (
+    CriproxyError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+)
 
 if TYPE_CHECKING:
     from criproxy.containers.deps import ContainerDeps
+    from criproxy.containers.streams import ExecRequest, OutputStream, SessionStreams
 
 log = structlog.get_logger("criproxy.containers")
 
@@ -89,3 +97,148 @@ async def _wait(
         return exited.exit_status
     # exec_sync's failure path kills the process and waits for it.
     raise DeadlineExceeded(f"command {shlex.join(cmd)!r} timed out after {timeout:g}s (killed)")
+
+
+
+async def exec_session(deps: ContainerDeps, request: ExecRequest, streams: SessionStreams) -> int:
+    """A streaming exec (kubectl exec): the process's stdin, output and terminal wired to
+    the client's streams; its exit code. The client going away (this call cancelled) kills
+    and deletes the process; the end of its stdin is containerd's CloseIO, so a shell
+    reading stdin ends."""
+    container = deps.store.get(request.container_id)
+    if container.state != "running":
+        raise FailedPrecondition(
+            f"container {container.id} is {container.state.upper()}, not RUNNING"
+        )
+    spec = deps.store.specs.get(container.id) or {}
+    process = dict(spec.get("process") or {})
+    process["args"] = list(request.cmd)
+    process["terminal"] = request.tty
+    exec_id = secrets.token_hex(16)
+    bound = log.bind(container=container.id, exec_id=exec_id)
+    fifos = await anyio.to_thread.run_sync(
+        functools.partial(
+            create_fifos,
+            Path(container.io_dir),
+            exec_id,
+            stdin=request.stdin,
+            stdout=request.stdout,
+            stderr=request.stderr and not request.tty,
+        )
+    )
+    io = _SessionIO()
+    tasks = deps.containerd.tasks
+    try:
+        io.open(fifos.stdin, fifos.stdout, fifos.stderr)
+        await tasks.exec(
+            container.id,
+            exec_id,
+            process,
+            stdin=fifos.stdin,
+            stdout=fifos.stdout,
+            stderr=fifos.stderr,
+            terminal=request.tty,
+        )
+        try:
+            await tasks.start(container.id, exec_id)
+            exit_code = await _serve(deps, container.id, exec_id, streams, io)
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(CriproxyError):
+                await tasks.kill(container.id, signal.SIGKILL, exec_id=exec_id)
+                await tasks.wait(container.id, exec_id, KILL_WAIT)
+            bound.info("exec session ended before its process: killed")
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await tasks.delete_process(container.id, exec_id)
+                except CriproxyError as err:
+                    bound.debug("exec not deleted", error=err.message)
+    finally:
+        io.close()
+        with contextlib.suppress(Internal):
+            fifos.remove()
+    bound.debug("exec session ended", exit_code=exit_code)
+    return exit_code
+
+
+class _SessionIO:
+    """Our ends of a streaming exec's FIFOs."""
+
+    def __init__(self) -> None:
+        self.stdin: FifoWriter | None = None
+        self.stdout: FifoReader | None = None
+        self.stderr: FifoReader | None = None
+
+    def open(self, stdin: str, stdout: str, stderr: str) -> None:
+        self.stdout = FifoReader.open(stdout) if stdout else None
+        self.stderr = FifoReader.open(stderr) if stderr else None
+        self.stdin = FifoWriter.open(stdin) if stdin else None
+
+    def close(self) -> None:
+        for end in (self.stdin, self.stdout, self.stderr):
+            if end is not None:
+                end.close()
+
+
+async def _serve(
+    deps: ContainerDeps, container_id: str, exec_id: str, streams: SessionStreams, io: _SessionIO
+) -> int:
+    """Pump until the process has exited and its output is drained (or `IO_DRAIN` has
+    passed: a child may hold the FIFOs); its exit code."""
+    tasks = deps.containerd.tasks
+    drain = anyio.CancelScope()
+
+    async def outputs() -> None:
+        with drain:
+            async with anyio.create_task_group() as pumps:
+                if io.stdout is not None:
+                    pumps.start_soon(_copy_out, io.stdout, streams.stdout)
+                if io.stderr is not None:
+                    pumps.start_soon(_copy_out, io.stderr, streams.stderr)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outputs)
+        async with anyio.create_task_group() as inputs:
+            if io.stdin is not None and streams.stdin is not None:
+                inputs.start_soon(_copy_in, deps, container_id, exec_id, streams, io.stdin)
+            if streams.resize is not None:
+                inputs.start_soon(_resize, deps, container_id, exec_id, streams)
+            exited = await tasks.wait(container_id, exec_id, None)
+            inputs.cancel_scope.cancel()
+        drain.deadline = anyio.current_time() + IO_DRAIN
+    return exited.exit_status
+
+
+async def _copy_out(reader: FifoReader, sink: OutputStream | None) -> None:
+    with contextlib.suppress(anyio.ClosedResourceError):
+        while data := await reader.read():
+            if sink is not None:
+                await sink.send(data)
+
+
+async def _copy_in(
+    deps: ContainerDeps,
+    container_id: str,
+    exec_id: str,
+    streams: SessionStreams,
+    stdin: FifoWriter,
+) -> None:
+    assert streams.stdin is not None
+    try:
+        while True:
+            await stdin.write(await streams.stdin.receive())
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+    stdin.close()
+    with contextlib.suppress(CriproxyError):
+        await deps.containerd.tasks.close_io(container_id, exec_id)
+
+
+async def _resize(
+    deps: ContainerDeps, container_id: str, exec_id: str, streams: SessionStreams
+) -> None:
+    assert streams.resize is not None
+    async for size in streams.resize:
+        with contextlib.suppress(CriproxyError):
+            await deps.containerd.tasks.resize_pty(container_id, exec_id, size.width, size.height)

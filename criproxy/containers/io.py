@@ -37,7 +37,7 @@ import structlog
 from criproxy.errors import AlreadyExists, Internal
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 __all__ = [
     "DEFAULT_MAX_LINE_SIZE",
@@ -52,7 +52,6 @@ __all__ = [
     "Stream",
     "collect",
     "create_fifos",
-    "drain",
     "pump_to_log",
     "rfc3339_nano",
 ]
@@ -492,27 +491,31 @@ class ContainerLog:
 # --- Pumps -------------------------------------------------------------------------------
 
 
-async def pump_to_log(reader: FifoReader, stream: Stream, container_log: ContainerLog) -> None:
-    """Copy one stream into the log until EOF (or until the reader is closed).
+async def pump_to_log(
+    reader: FifoReader,
+    stream: Stream,
+    container_log: ContainerLog | None,
+    attachers: Callable[[], Iterable[Attacher]] = tuple,
+) -> None:
+    """Copy one stream into the log (none: dropped) and to the attached clients until EOF
+    (or until the reader is closed).
 
     Whatever was read is written even if the pump is cancelled, and the unfinished last
     line is written as P (a later reader's continuation then joins it, as the kubelet
-    joins P records).
+    joins P records). A client that does not read holds the output back (as with
+    containerd); the log still gets everything.
     """
     try:
         while data := await reader.read():
-            await container_log.write(stream, data)
+            if container_log is not None:
+                await container_log.write(stream, data)
+            for attacher in attachers():
+                await attacher.deliver(stream, data)
     except anyio.ClosedResourceError:
         pass
     finally:
-        await container_log.finish(stream)
-
-
-async def drain(reader: FifoReader) -> None:
-    """Read and discard until EOF (a container without a log path)."""
-    with contextlib.suppress(anyio.ClosedResourceError):
-        while await reader.read():
-            pass
+        if container_log is not None:
+            await container_log.finish(stream)
 
 
 class CappedBuffer:
@@ -631,6 +634,30 @@ class _ProcessOutput:
         """What `close` frees besides the readers."""
 
 
+class Attacher:
+    """One attached client's share of a container's output: a small bounded queue per
+    stream, so a client that stops reading holds the output back instead of growing it."""
+
+    QUEUE = 16
+
+    def __init__(self, *, stdout: bool, stderr: bool) -> None:
+        self._send, self.output = anyio.create_memory_object_stream[tuple[Stream, bytes]](
+            self.QUEUE
+        )
+        self._wanted = {"stdout"} if stdout else set()
+        self._wanted |= {"stderr"} if stderr else set()
+
+    async def deliver(self, stream: Stream, data: bytes) -> None:
+        if stream not in self._wanted:
+            return
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._send.send((stream, data))
+
+    def end(self) -> None:
+        """No more output: the client's reader ends once it has taken what is queued."""
+        self._send.close()
+
+
 class ContainerIO(_ProcessOutput):
     """A CRI container's IO: the read ends of its output FIFOs, its stdin, and its log.
 
@@ -659,6 +686,7 @@ class ContainerIO(_ProcessOutput):
         """Attach closes `stdin` when its first session's input ends."""
         self.container_log = container_log
         """None when the container has no log path: its output is drained and dropped."""
+        self._attachers: set[Attacher] = set()
 
     @classmethod
     async def create(
@@ -749,10 +777,21 @@ class ContainerIO(_ProcessOutput):
         )
 
     async def _pump(self, stream: Stream, reader: FifoReader) -> None:
-        if self.container_log is None:
-            await drain(reader)
+        await pump_to_log(reader, stream, self.container_log, lambda: tuple(self._attachers))
+
+    def add_attacher(self, *, stdout: bool, stderr: bool) -> Attacher:
+        """A client's view of the container's output from now on, until it detaches or
+        the output ends."""
+        attacher = Attacher(stdout=stdout, stderr=stderr)
+        if self.drained or self._closing:
+            attacher.end()
         else:
-            await pump_to_log(reader, stream, self.container_log)
+            self._attachers.add(attacher)
+        return attacher
+
+    def remove_attacher(self, attacher: Attacher) -> None:
+        self._attachers.discard(attacher)
+        attacher.end()
 
     async def reopen(self) -> None:
         """ReopenContainerLog: a new file at the log path; nothing to do without a log."""
@@ -766,6 +805,9 @@ class ContainerIO(_ProcessOutput):
         super().close()
 
     def _release(self) -> None:
+        for attacher in self._attachers:
+            attacher.end()
+        self._attachers.clear()
         if self.container_log is not None:
             self.container_log.close()
 

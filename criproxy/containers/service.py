@@ -13,8 +13,19 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
-from criproxy.containers import create, exec, exits, logs, remove, resources, start, stop
+from criproxy.containers import (
+    attach,
+    create,
+    exec,
+    exits,
+    logs,
+    remove,
+    resources,
+    start,
+    stop,
+)
 from criproxy.containers.deps import ContainerDeps, ContainerPaths
+from criproxy.errors import FailedPrecondition
 from criproxy.sandbox.handlers import resolve_handler, runc_options
 
 if TYPE_CHECKING:
@@ -22,6 +33,7 @@ if TYPE_CHECKING:
     from criproxy.containerd import Containerd, Event
     from criproxy.containers.events import EventHub
     from criproxy.containers.model import Container
+    from criproxy.containers.streams import AttachRequest, ExecRequest, SessionStreams
     from criproxy.images.service import ImageService
     from criproxy.oci.container import ContainerConfig, ContainerResources
     from criproxy.sandbox.service import SandboxService
@@ -76,6 +88,12 @@ class ContainerService:
     ) -> tuple[bytes, bytes, int]:
         return await exec.exec_sync(self.deps, container_id, cmd, timeout)
 
+    async def exec_session(self, request: ExecRequest, streams: SessionStreams) -> int:
+        return await exec.exec_session(self.deps, request, streams)
+
+    async def attach_session(self, request: AttachRequest, streams: SessionStreams) -> int:
+        return await attach.attach_session(self.deps, request, streams)
+
     async def reopen_log(self, container_id: str) -> None:
         await logs.reopen_log(self.deps, container_id)
 
@@ -95,6 +113,16 @@ class ContainerService:
 
     def all(self) -> list[Container]:
         return self.store.all()
+
+    def running(self, container_id: str) -> Container:
+        """A container that runs (exec and attach need one): NOT_FOUND or
+        FAILED_PRECONDITION otherwise."""
+        container = self.store.get(container_id)
+        if container.state != "running":
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state.upper()}, not RUNNING"
+            )
+        return container
 
     def all_if_ready(self) -> list[Container]:
         return self.store.all_if_ready()

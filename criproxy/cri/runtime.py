@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, TypeVar
 
@@ -11,6 +12,7 @@ from criproxy.cri.convert import container as container_cri
 from criproxy.cri.convert import metrics as metrics_cri
 from criproxy.cri.convert import sandbox as sandbox_cri
 from criproxy.cri.convert import stats as stats_cri
+from criproxy.cri.convert import streams as streams_cri
 from criproxy.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from criproxy.sandbox.model import Sandbox
     from criproxy.sandbox.service import SandboxService
     from criproxy.stats import UsageService
+    from criproxy.streaming.server import StreamServer
 
 _T = TypeVar("_T")
 
@@ -71,11 +74,13 @@ class RuntimeServicer:
         sandboxes: SandboxService,
         containers: ContainerService,
         usage: UsageService,
+        streams: StreamServer,
     ) -> None:
         self._node = node
         self._sandboxes = sandboxes
         self._containers = containers
         self._usage = usage
+        self._streams = streams
 
     # --- stats and metrics ------------------------------------------------------------
 
@@ -258,6 +263,30 @@ class RuntimeServicer:
             request.container_id, list(request.cmd), float(request.timeout)
         )
         return api_pb2.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=code)
+
+    async def Exec(  # noqa: N802
+        self, request: api_pb2.ExecRequest, context: Context
+    ) -> api_pb2.ExecResponse:
+        exec_request = streams_cri.exec_request(request)
+        container = self._containers.running(exec_request.container_id)
+        exec_request = dataclasses.replace(exec_request, container_id=container.id)
+        return api_pb2.ExecResponse(url=self._streams.url("exec", exec_request))
+
+    async def Attach(  # noqa: N802
+        self, request: api_pb2.AttachRequest, context: Context
+    ) -> api_pb2.AttachResponse:
+        attach_request = streams_cri.attach_request(request)
+        container = self._containers.running(attach_request.container_id)
+        attach_request = dataclasses.replace(attach_request, container_id=container.id)
+        return api_pb2.AttachResponse(url=self._streams.url("attach", attach_request))
+
+    async def PortForward(  # noqa: N802
+        self, request: api_pb2.PortForwardRequest, context: Context
+    ) -> api_pb2.PortForwardResponse:
+        forward = streams_cri.port_forward_request(request)
+        sandbox = self._sandboxes.ready(forward.sandbox_id)
+        forward = dataclasses.replace(forward, sandbox_id=sandbox.id)
+        return api_pb2.PortForwardResponse(url=self._streams.url("portforward", forward))
 
     async def GetContainerEvents(  # noqa: N802
         self, request: api_pb2.GetEventsRequest, context: Context

@@ -308,3 +308,42 @@ async def remove_netns(path: Path) -> None:
     """Unmount (lazily) and delete a netns pin; a missing or unmounted pin is fine."""
     await remove_pin(path)
     log.debug("netns removed", netns=str(path))
+
+
+def dial_in_netns(netns: Path | None, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to `port` on loopback (127.0.0.1, then ::1) inside `netns` (None:
+    the host's), made by a dedicated thread that entered the netns: a socket belongs to
+    the netns it was created in, and setns is per thread. Blocking; OSError when nothing
+    listens."""
+    made: list[socket.socket] = []
+    errors: list[OSError] = []
+
+    def connect() -> None:
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((host, port))
+            except OSError as err:
+                sock.close()
+                errors.append(err)
+                continue
+            sock.setblocking(False)
+            made.append(sock)
+            return
+
+    if netns is None:
+        connect()
+    else:
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _on_netns_thread(
+                f"criproxy-dial-{netns.name[:12]}",
+                lambda: _check(_libc.setns(target, _CLONE_NEWNET), f"setns into {netns}"),
+                connect,
+            )
+        finally:
+            os.close(target)
+    if made:
+        return made[0]
+    raise errors[-1] if errors else OSError(f"cannot connect to port {port}")

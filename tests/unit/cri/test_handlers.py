@@ -232,7 +232,7 @@ async def channel(unreachable: Any) -> AsyncIterator[grpc.aio.Channel]:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         [
-            service_handler(RUNTIME, RuntimeServicer(domain, domain, domain, domain)),
+            service_handler(RUNTIME, RuntimeServicer(domain, domain, domain, domain, domain)),
             service_handler(IMAGE, ImageServicer(domain)),
         ]
     )

@@ -81,14 +81,14 @@ pytestmark = pytest.mark.anyio
 async def test_bad_requests_are_refused_before_the_domain(
     unreachable: Any, method: str, request_: Any, message: str
 ) -> None:
-    servicer = RuntimeServicer(unreachable, unreachable, unreachable, unreachable)
+    servicer = RuntimeServicer(unreachable, unreachable, unreachable, unreachable, unreachable)
     with pytest.raises(InvalidArgument) as err:
         await getattr(servicer, method)(request_, None)
     assert err.value.message == message
 
 
 async def test_version(unreachable: Any) -> None:
-    servicer = RuntimeServicer(unreachable, unreachable, unreachable, unreachable)
+    servicer = RuntimeServicer(unreachable, unreachable, unreachable, unreachable, unreachable)
     assert await servicer.Version(api_pb2.VersionRequest(), None) == api_pb2.VersionResponse(
         version="0.1.0",
         runtime_name="criproxy",
@@ -104,7 +104,7 @@ async def test_runtime_config_names_the_cgroup_driver(
     unreachable: Any, driver: str, value: int
 ) -> None:
     node: Any = SimpleNamespace(config=SimpleNamespace(cgroup_driver=driver))
-    servicer = RuntimeServicer(node, unreachable, unreachable, unreachable)
+    servicer = RuntimeServicer(node, unreachable, unreachable, unreachable, unreachable)
     response = await servicer.RuntimeConfig(api_pb2.RuntimeConfigRequest(), None)
     assert response.linux.cgroup_driver == value
 
@@ -160,7 +160,7 @@ async def test_list_pod_sandbox_by_id_prefix(
     unreachable: Any, prefix: str, listed: list[str]
 ) -> None:
     sandboxes: Any = Records([_sandbox(i) for i in ("aa11", "aa22", "bb33")])
-    servicer = RuntimeServicer(unreachable, sandboxes, unreachable, unreachable)
+    servicer = RuntimeServicer(unreachable, sandboxes, unreachable, unreachable, unreachable)
     request = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(id=prefix))
     response = await servicer.ListPodSandbox(request, None)
     assert [s.id for s in response.items] == listed
@@ -183,7 +183,7 @@ async def test_list_containers_by_id_prefix_and_pod(
     containers: Any = Records(
         [_container("c1"), _container("c2"), _container("d3", sandbox_id="bb33")]
     )
-    servicer = RuntimeServicer(unreachable, unreachable, containers, unreachable)
+    servicer = RuntimeServicer(unreachable, unreachable, containers, unreachable, unreachable)
     request = api_pb2.ListContainersRequest(
         filter=api_pb2.ContainerFilter(id=prefix, pod_sandbox_id=pod)
     )

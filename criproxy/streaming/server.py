@@ -1,0 +1,329 @@
+"""The streaming server: HTTP/1.1 (h11) on its own port, one route per session kind
+(`/exec/TOKEN`, `/attach/TOKEN`, `/portforward/TOKEN`), the upgrade to SPDY/3.1 (or
+WebSocket), and the idle timeout.
+
+A token is taken (single use) before anything else; an unknown, used or expired one is
+404. Each connection runs in the server's task group and ends with its session, with the
+client, with the idle timeout, or with the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import ssl
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import anyio.abc
+import h11
+import structlog
+from anyio.streams.tls import TLSListener
+
+from criproxy.containers.streams import (
+    AttachRequest,
+    ExecRequest,
+    PortForwardRequest,
+    SessionStreams,
+)
+from criproxy.streaming import portforward, remotecommand
+from criproxy.streaming.remotecommand import StreamOptions
+from criproxy.streaming.spdy import SpdyConnection
+from criproxy.streaming.tokens import TokenStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from anyio.abc import ByteStream, TaskStatus
+
+log = structlog.get_logger("criproxy.streaming")
+
+KINDS = ("exec", "attach", "portforward")
+REQUEST_TIMEOUT = 30.0
+"""How long a client has to send its request line and headers."""
+_MAX_REQUEST = 64 * 1024
+_IDLE_CHECK = 30.0
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """An accepted request, about to switch protocols."""
+
+    kind: str
+    request: object
+    """What the token was issued for."""
+    headers: Sequence[tuple[bytes, bytes]]
+    """The HTTP request's headers, names lower-cased."""
+    method: bytes
+    target: bytes
+
+    def header_values(self, name: bytes) -> list[str]:
+        """Every value of a header, comma lists split."""
+        values: list[str] = []
+        for key, value in self.headers:
+            if key == name:
+                values += [v.strip() for v in value.decode("latin-1").split(",") if v.strip()]
+        return values
+
+
+class Sessions(Protocol):
+    """The sessions themselves (containers and pods), as the server runs them."""
+
+    async def exec(self, request: ExecRequest, streams: SessionStreams) -> int: ...
+
+    async def attach(self, request: AttachRequest, streams: SessionStreams) -> int: ...
+
+    async def dial(self, request: PortForwardRequest, port: int) -> anyio.abc.ByteStream: ...
+
+
+class StreamServer:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        sessions: Sessions,
+        *,
+        idle_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        tokens: TokenStore | None = None,
+    ) -> None:
+        self._address = address
+        self._port = port
+        self._sessions = sessions
+        self._idle_timeout = idle_timeout
+        self._ssl = ssl_context
+        self.tokens = tokens or TokenStore()
+        self._bound: tuple[str, int] | None = None
+        self._ready = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen (started once bound: a port in use fails the start) and serve until
+        cancelled (server shutdown)."""
+        listener: anyio.abc.Listener[ByteStream] = await anyio.create_tcp_listener(
+            local_host=self._address, local_port=self._port, reuse_port=False
+        )
+        sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
+        self._bound = (str(sockname[0]), int(sockname[1]))
+        if self._ssl is not None:
+            listener = TLSListener(listener, self._ssl, standard_compatible=False)
+        self._ready.set()
+        task_status.started()
+        log.info("streaming server listening", url=self.base_url)
+        async with listener:
+            await listener.serve(self._serve_one)
+
+    async def ready(self) -> None:
+        await self._ready.wait()
+
+    @property
+    def address(self) -> str:
+        return f"{self._address}:{self._port}"
+
+    @property
+    def base_url(self) -> str:
+        assert self._bound is not None, "the streaming server does not listen yet"
+        host, port = self._bound
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{_url_host(host)}:{port}"
+
+    def url(self, kind: str, request: object) -> str:
+        """A single-use URL for one session."""
+        return f"{self.base_url}/{kind}/{self.tokens.issue(kind, request)}"
+
+    async def _serve_one(self, stream: ByteStream) -> None:
+        try:
+            async with stream:
+                await self._serve(stream)
+        except (anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError, OSError):
+            pass  # the client went away
+        except Exception as err:  # one connection must never take the server down
+            log.warning("streaming connection failed", error=repr(err), exc_info=err)
+
+    async def _serve(self, stream: ByteStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
+        request = None
+        with anyio.move_on_after(REQUEST_TIMEOUT):
+            request = await _read_request(conn, stream)
+        if request is None:
+            return
+        kind, token = _route(request.target)
+        if kind is None:
+            await respond(
+                conn, stream, 404, "not found: the path is not /exec|attach|portforward/TOKEN"
+            )
+            return
+        taken = self.tokens.take(kind, token)
+        if taken is None:
+            await respond(conn, stream, 404, "unknown, used or expired token")
+            return
+        upgrade = Upgrade(
+            kind=kind,
+            request=taken,
+            headers=[(k.lower(), v) for k, v in request.headers],
+            method=request.method,
+            target=request.target,
+        )
+        if b"spdy/3.1" in b",".join(v.lower() for k, v in upgrade.headers if k == b"upgrade"):
+            await self._serve_spdy(upgrade, conn, stream)
+            return
+        await respond(
+            conn, stream, 400, "an upgrade to SPDY/3.1 or WebSocket is required for this session"
+        )
+
+    async def _serve_spdy(self, upgrade: Upgrade, conn: h11.Connection, stream: ByteStream) -> None:
+        offered = upgrade.header_values(b"x-stream-protocol-version")
+        supported = (
+            (portforward.PROTOCOL,) if upgrade.kind == "portforward" else remotecommand.PROTOCOLS
+        )
+        protocol = next((p for p in offered if p in supported), "") if offered else supported[-1]
+        if not protocol:
+            await respond(
+                conn,
+                stream,
+                403,
+                f"unable to upgrade: unable to negotiate protocol: client supports {offered}, "
+                f"server accepts {list(supported)}",
+                [("X-Accepted-Stream-Protocol-Versions", p) for p in supported],
+            )
+            return
+        initial = await switch_protocols(
+            conn,
+            stream,
+            [
+                ("Connection", "Upgrade"),
+                ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", protocol),
+            ],
+        )
+        spdy = SpdyConnection(stream, server=True, initial=initial)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spdy.run)
+
+            async def idle() -> None:
+                await watch_idle(lambda: spdy.last_activity, self._idle_timeout)
+                log.info("streaming connection idle too long; closing", kind=upgrade.kind)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(idle)
+            try:
+                await self._session(upgrade, spdy, protocol)
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await spdy.aclose()
+                tg.cancel_scope.cancel()
+
+    async def _session(self, upgrade: Upgrade, spdy: SpdyConnection, protocol: str) -> None:
+        request = upgrade.request
+        if isinstance(request, ExecRequest):
+            options = StreamOptions(request.stdin, request.stdout, request.stderr, request.tty)
+            exec_request = request
+
+            async def run_exec(streams: SessionStreams) -> int:
+                return await self._sessions.exec(exec_request, streams)
+
+            await remotecommand.serve(spdy, protocol, options, run_exec, request.cmd)
+        elif isinstance(request, AttachRequest):
+            options = StreamOptions(request.stdin, request.stdout, request.stderr, request.tty)
+            attach_request = request
+
+            async def run_attach(streams: SessionStreams) -> int:
+                return await self._sessions.attach(attach_request, streams)
+
+            await remotecommand.serve(spdy, protocol, options, run_attach)
+        elif isinstance(request, PortForwardRequest):
+            forward_request = request
+
+            async def dial(port: int) -> anyio.abc.ByteStream:
+                return await self._sessions.dial(forward_request, port)
+
+            await portforward.serve(spdy, dial, request.sandbox_id)
+
+    @property
+    def idle_timeout(self) -> float:
+        return self._idle_timeout
+
+
+async def watch_idle(last_activity: Callable[[], float], idle_timeout: float) -> None:
+    """Returns once nothing has moved for `idle_timeout` seconds (the caller then ends the
+    connection); a client's pings do not count as activity."""
+    while True:
+        idle = time.monotonic() - last_activity()
+        if idle >= idle_timeout:
+            return
+        await anyio.sleep(min(idle_timeout - idle, _IDLE_CHECK))
+
+
+async def _read_request(conn: h11.Connection, stream: ByteStream) -> h11.Request | None:
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as err:
+            await respond(conn, stream, err.error_status_hint, f"bad request: {err}")
+            return None
+        if isinstance(event, h11.Request):
+            return event
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive())
+            continue
+        return None
+
+
+def _route(target: bytes) -> tuple[str | None, str]:
+    path = target.decode("latin-1").split("?", 1)[0]
+    parts = [p for p in path.split("/") if p]
+    if len(parts) == 2 and parts[0] in KINDS:
+        return parts[0], parts[1]
+    return None, ""
+
+
+async def respond(
+    conn: h11.Connection,
+    stream: ByteStream,
+    status: int,
+    message: str,
+    headers: Sequence[tuple[str, str]] = (),
+) -> None:
+    """A plain-text answer, and the end of the connection."""
+    body = (message + "\n").encode()
+    out = conn.send(
+        h11.Response(
+            status_code=status,
+            headers=[
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Connection", "close"),
+                *headers,
+            ],
+        )
+    )
+    out = (
+        (out or b"")
+        + (conn.send(h11.Data(data=body)) or b"")
+        + (conn.send(h11.EndOfMessage()) or b"")
+    )
+    await stream.send(out)
+
+
+async def switch_protocols(
+    conn: h11.Connection, stream: ByteStream, headers: Sequence[tuple[str, str]]
+) -> bytes:
+    """Send `101 Switching Protocols`; the bytes the client sent past its request."""
+    await stream.send(
+        conn.send(h11.InformationalResponse(status_code=101, headers=list(headers))) or b""
+    )
+    trailing, _ = conn.trailing_data
+    return bytes(trailing)
+
+
+def _url_host(host: str) -> str:
+    """The host part of a URL for the address the server is bound to: an unspecified
+    address (all interfaces) is reached at loopback, where the kubelet runs."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.is_unspecified:
+        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+    return f"[{ip}]" if ip.version == 6 else str(ip)

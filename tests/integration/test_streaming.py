@@ -1,0 +1,235 @@
+"""Exec, attach and port-forward through criproxy's streaming server, with real containers,
+spoken to by clients written against the protocols (HTTP/1.1 upgrade, SPDY/3.1, remote
+command v1-v5, portforward.k8s.io), as kubectl and crictl speak them."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import grpc
+import pytest
+from criproxy.streaming.spdy import SpdyConnection
+
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from tests.integration.containers_env import ContainerEnv
+from tests.support.streaming_client import remotecommand, upgrade
+
+
+def _exec_url(ctr_env: ContainerEnv, container: str, *cmd: str, **flags: bool) -> str:
+    flags = {"stdout": True, "stderr": True, **flags}
+    if flags.get("tty"):
+        flags["stderr"] = False
+    request = api_pb2.ExecRequest(container_id=container, cmd=list(cmd), **flags)
+    url = ctr_env.runtime.Exec(request).url
+    assert url.startswith("http://127.0.0.1:")
+    return str(url)
+
+
+@pytest.fixture(scope="module")
+def sleeper(ctr_env: ContainerEnv) -> str:
+    pod_id, pod = ctr_env.pod("streams")
+    return ctr_env.run(pod_id, pod, "sleeper", args=["sleep 100000"])
+
+
+def test_exec_output_streams_and_exit_codes(ctr_env: ContainerEnv, sleeper: str) -> None:
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "echo out; echo err >&2")
+    result = anyio.run(remotecommand, url)
+    assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
+    assert result.status == {"metadata": {}, "status": "Success"}
+
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "exit 3")
+    result = anyio.run(remotecommand, url)
+    assert result.status == {
+        "metadata": {},
+        "status": "Failure",
+        "message": "command terminated with non-zero exit code: "
+        "error executing command [sh -c exit 3], exit code 3",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
+    }
+
+
+def test_exec_stdin_is_piped_and_its_end_ends_the_reader(
+    ctr_env: ContainerEnv, sleeper: str
+) -> None:
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "cat; echo done", stdin=True)
+    data = b"".join(b"line %d\n" % i for i in range(5000))  # well past any window
+    result = anyio.run(lambda: remotecommand(url, stdin=data))
+    assert result.stdout == data + b"done\n"
+    assert result.status["status"] == "Success"
+
+
+def test_exec_with_a_terminal_sees_its_resize(ctr_env: ContainerEnv, sleeper: str) -> None:
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "sleep 0.5; stty size", tty=True)
+    result = anyio.run(lambda: remotecommand(url, tty=True, stderr=False, resize=(100, 30)))
+    assert result.stdout.strip() == b"30 100"
+    assert result.stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        (("v5.channel.k8s.io", "v4.channel.k8s.io"), "v5.channel.k8s.io"),
+        (("v3.channel.k8s.io",), "v3.channel.k8s.io"),
+        (("v2.channel.k8s.io",), "v2.channel.k8s.io"),
+        (("channel.k8s.io",), "channel.k8s.io"),
+    ],
+)
+def test_every_remote_command_version_is_spoken(
+    ctr_env: ContainerEnv, sleeper: str, offered: tuple[str, ...], chosen: str
+) -> None:
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "echo hi; exit 2")
+    result = anyio.run(lambda: remotecommand(url, protocols=offered))
+    assert result.protocol == chosen
+    assert result.stdout == b"hi\n"
+    if chosen.startswith(("v4", "v5")):
+        assert result.status["details"]["causes"][0]["message"] == "2"
+    else:  # earlier versions write only an error's text
+        assert b"exit code 2" in result.error
+
+
+def test_tokens_are_single_use_and_an_unknown_protocol_is_refused(
+    ctr_env: ContainerEnv, sleeper: str
+) -> None:
+    url = _exec_url(ctr_env, sleeper, "true")
+    refused = anyio.run(lambda: upgrade(url, ("v9.channel.k8s.io",)))
+    assert refused.status == 403
+    assert b"v4.channel.k8s.io" in refused.body
+    used = anyio.run(lambda: upgrade(url, ("v4.channel.k8s.io",)))
+    assert used.status == 404  # the refused attempt used the token up
+    unknown = anyio.run(lambda: upgrade(url.rsplit("/", 1)[0] + "/nope", ("v4.channel.k8s.io",)))
+    assert unknown.status == 404
+
+
+def test_exec_and_attach_refuse_bad_requests(ctr_env: ContainerEnv, sleeper: str) -> None:
+    cases = [
+        (api_pb2.ExecRequest(cmd=["true"], stdout=True), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            api_pb2.ExecRequest(container_id=sleeper, cmd=["true"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            api_pb2.ExecRequest(container_id=sleeper, cmd=["true"], tty=True, stderr=True),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            api_pb2.ExecRequest(container_id="f" * 64, cmd=["true"], stdout=True),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            ctr_env.runtime.Exec(request)
+        assert err.value.code() == code, request
+    pod_id, pod = ctr_env.pod("exited")
+    done = ctr_env.run(pod_id, pod, "done", args=["true"])
+    ctr_env.wait_exited(done)
+    with pytest.raises(grpc.RpcError) as err:
+        ctr_env.runtime.Attach(api_pb2.AttachRequest(container_id=done, stdout=True))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as err:
+        ctr_env.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id="f" * 64))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_twenty_concurrent_execs_all_complete(ctr_env: ContainerEnv, sleeper: str) -> None:
+    urls = [_exec_url(ctr_env, sleeper, "sh", "-c", f"echo {i}") for i in range(20)]
+    results: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        results[i] = (await remotecommand(urls[i])).stdout
+
+    async def all_of_them() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(one, i)
+
+    anyio.run(all_of_them)
+    assert results == {i: b"%d\n" % i for i in range(20)}
+
+
+def test_a_client_that_goes_away_leaves_no_exec_process(
+    ctr_env: ContainerEnv, sleeper: str
+) -> None:
+    url = _exec_url(ctr_env, sleeper, "sleep", "4242")
+
+    async def start_and_drop() -> None:
+        up = await upgrade(url, ("v4.channel.k8s.io",))
+        spdy = SpdyConnection(up.stream, server=False, initial=up.initial)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spdy.run)
+            for name in ("error", "stdout", "stderr"):
+                await spdy.open({"streamtype": name})
+            await anyio.sleep(1.0)  # the process runs now
+            await up.stream.aclose()  # gone, without a word
+            tg.cancel_scope.cancel()
+
+    anyio.run(start_and_drop)
+    deadline = time.monotonic() + 15
+    while "sleep 4242" in ctr_env.exec(sleeper, "ps", "-o", "args").stdout.decode():
+        assert time.monotonic() < deadline, "the exec of a client that went away still runs"
+        time.sleep(0.2)
+
+
+def test_attach_shares_the_containers_stdin_and_output(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("attach")
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "echoer",
+        command=["/bin/sh", "-c"],
+        args=["cat; echo bye"],
+        stdin=True,
+        stdin_once=True,
+    )
+    url = ctr_env.runtime.Attach(
+        api_pb2.AttachRequest(container_id=container, stdin=True, stdout=True, stderr=True)
+    ).url
+    result = anyio.run(lambda: remotecommand(url, stdin=b"hello\n"))
+    assert result.stdout == b"hello\nbye\n"  # stdin_once: its end is the container's EOF
+    assert result.status["status"] == "Success"
+    assert ctr_env.wait_exited(container).exit_code == 0
+    assert ctr_env.output(container) == "hello\nbye\n"  # and the log has it all
+
+
+def test_port_forward_reaches_a_server_in_the_pod(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("forward")
+    ctr_env.run(
+        pod_id,
+        pod,
+        "web",
+        args=["mkdir -p /www && echo hello-from-pod > /www/index.html && httpd -f -p 8080 -h /www"],
+    )
+    time.sleep(1.0)
+    url = ctr_env.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod_id)).url
+
+    async def get() -> tuple[bytes, bytes]:
+        up = await upgrade(url, ("portforward.k8s.io",))
+        assert up.status == 101 and up.protocol == "portforward.k8s.io"
+        spdy = SpdyConnection(up.stream, server=False, initial=up.initial)
+        body, error = bytearray(), bytearray()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spdy.run)
+            headers = {"port": "8080", "requestid": "0"}
+            err = await spdy.open({**headers, "streamtype": "error"})
+            data = await spdy.open({**headers, "streamtype": "data"})
+            await data.send(b"GET /index.html HTTP/1.0\r\n\r\n")
+            try:
+                while True:
+                    body.extend(await data.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+            with anyio.move_on_after(2):
+                try:
+                    while True:
+                        error.extend(await err.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+            tg.cancel_scope.cancel()
+        await spdy.aclose()
+        return bytes(body), bytes(error)
+
+    body, error = anyio.run(get)
+    assert body.startswith(b"HTTP/1.") and body.endswith(b"hello-from-pod\n"), body
+    assert error == b""

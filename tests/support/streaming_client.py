@@ -1,0 +1,132 @@
+"""Clients of criproxy's streaming server written against the protocols (HTTP/1.1
+upgrade, SPDY/3.1 streams, Kubernetes' remote command): what kubectl and crictl do."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import h11
+from criproxy.streaming.spdy import SpdyConnection, SpdyStream
+
+
+@dataclass
+class Result:
+    stdout: bytes = b""
+    stderr: bytes = b""
+    error: bytes = b""
+    protocol: str = ""
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.error) if self.error else {}
+
+
+@dataclass
+class Upgraded:
+    stream: anyio.abc.ByteStream
+    protocol: str
+    initial: bytes
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+async def upgrade(url: str, protocols: tuple[str, ...], upgrade_to: str = "SPDY/3.1") -> Upgraded:
+    """Connect and ask to switch protocols; the connection after a 101 (or the refusal)."""
+    parts = urllib.parse.urlsplit(url)
+    stream = await anyio.connect_tcp(parts.hostname or "127.0.0.1", parts.port or 80)
+    conn = h11.Connection(h11.CLIENT)
+    headers = [
+        ("Host", parts.netloc),
+        ("Connection", "Upgrade"),
+        ("Upgrade", upgrade_to),
+        ("Content-Length", "0"),
+        *[("X-Stream-Protocol-Version", p) for p in protocols],
+    ]
+    await stream.send(conn.send(h11.Request(method="POST", target=parts.path, headers=headers)))
+    await stream.send(conn.send(h11.EndOfMessage()))
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive()
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            got = {k.decode().lower(): v.decode() for k, v in event.headers}
+            trailing, _ = conn.trailing_data
+            return Upgraded(
+                stream, got.get("x-stream-protocol-version", ""), bytes(trailing), 101, got
+            )
+        if isinstance(event, h11.Response):
+            status = event.status_code
+            got = {k.decode().lower(): v.decode() for k, v in event.headers}
+            while not isinstance(event, h11.EndOfMessage):
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        conn.receive_data(await stream.receive())
+                    except anyio.EndOfStream:
+                        conn.receive_data(b"")
+                elif isinstance(event, h11.Data):
+                    body += event.data
+            await stream.aclose()
+            return Upgraded(stream, "", b"", status, got, body)
+
+
+async def _read_all(stream: SpdyStream, into: bytearray) -> None:
+    try:
+        while True:
+            into += await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        pass
+
+
+async def remotecommand(
+    url: str,
+    *,
+    stdin: bytes | None = None,
+    stdout: bool = True,
+    stderr: bool = True,
+    tty: bool = False,
+    resize: tuple[int, int] | None = None,
+    protocols: tuple[str, ...] = ("v4.channel.k8s.io",),
+    timeout: float = 60,
+) -> Result:
+    """One exec or attach, as kubectl runs it: the streams, stdin sent and closed."""
+    up = await upgrade(url, protocols)
+    assert up.status == 101, (up.status, up.body)
+    spdy = SpdyConnection(up.stream, server=False, initial=up.initial)
+    out, err, error = bytearray(), bytearray(), bytearray()
+    with anyio.fail_after(timeout):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spdy.run)
+            error_stream = await spdy.open({"streamtype": "error"})
+            streams: dict[str, SpdyStream] = {}
+            wanted = [("stdin", stdin is not None), ("stdout", stdout)]
+            wanted += [("stderr", stderr and not tty), ("resize", tty and resize is not None)]
+            for name, on in wanted:
+                if on:
+                    streams[name] = await spdy.open({"streamtype": name})
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(_read_all, error_stream, error)
+                if "stdout" in streams:
+                    readers.start_soon(_read_all, streams["stdout"], out)
+                if "stderr" in streams:
+                    readers.start_soon(_read_all, streams["stderr"], err)
+                if "resize" in streams and resize is not None:
+                    width, height = resize
+                    await streams["resize"].send(
+                        json.dumps({"Width": width, "Height": height}).encode()
+                    )
+                if "stdin" in streams and stdin is not None:
+                    if stdin:
+                        await streams["stdin"].send(stdin)
+                    await streams["stdin"].send_eof()
+            tg.cancel_scope.cancel()
+    await spdy.aclose()
+    return Result(bytes(out), bytes(err), bytes(error), up.protocol)
