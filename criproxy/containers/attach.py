@@ -43,7 +43,7 @@ async def attach_session(
     try:
         async with anyio.create_task_group() as tg:
             if request.stdin and streams.stdin is not None:
-                tg.start_soon(_copy_in, io, streams)
+                tg.start_soon(_copy_in, deps, io, streams)
             if streams.resize is not None:
                 tg.start_soon(_resize, deps, container.id, streams)
             await _copy_out(attacher, streams)
@@ -62,7 +62,7 @@ async def _copy_out(attacher: Attacher, streams: SessionStreams) -> None:
                 await sink.send(data)
 
 
-async def _copy_in(io: ContainerIO, streams: SessionStreams) -> None:
+async def _copy_in(deps: ContainerDeps, io: ContainerIO, streams: SessionStreams) -> None:
     assert streams.stdin is not None and io.stdin is not None
     try:
         while True:
@@ -73,7 +73,11 @@ async def _copy_in(io: ContainerIO, streams: SessionStreams) -> None:
     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
         pass
     if io.stdin_once:
-        io.stdin.close()  # the container's stdin EOF
+        # The container's stdin EOF: our end of its FIFO, and the shim's copy (as
+        # containerd's CRI closes a StdinOnce container's stdin after the first attach).
+        io.stdin.close()
+        with contextlib.suppress(CriproxyError):
+            await deps.containerd.tasks.close_io(io.container_id)
 
 
 async def _resize(deps: ContainerDeps, container_id: str, streams: SessionStreams) -> None:

@@ -9,6 +9,7 @@ the pod; the SPDY connection carries as many as the client opens, concurrently.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,9 +19,11 @@ import anyio.abc
 import structlog
 
 from criproxy.errors import CriproxyError
+from criproxy.streaming.websocket import announce_ports, port_channels
 
 if TYPE_CHECKING:
     from criproxy.streaming.spdy import SpdyConnection, SpdyStream
+    from criproxy.streaming.websocket import ChannelConnection
 
 log = structlog.get_logger("criproxy.streaming")
 
@@ -109,13 +112,18 @@ async def _forward(
         await _quietly(data.reset())
         return
     async with target:
-        await _pipe(data, target)
+        await _pipe(functools.partial(data.receive, _CHUNK), data.send, target)
     await _quietly(data.send_eof())
     await _quietly(error.send_eof())
 
 
-async def _pipe(data: SpdyStream, target: anyio.abc.ByteStream) -> None:
-    """Both directions until one ends, then at most CLOSE_GRACE for the other."""
+async def _pipe(
+    receive: Callable[[], Awaitable[bytes]],
+    send: Callable[[bytes], Awaitable[None]],
+    target: anyio.abc.ByteStream,
+) -> None:
+    """Both directions between the client (`receive`, `send`) and the pod's connection,
+    until one ends, then at most CLOSE_GRACE for the other (as containerd)."""
     scopes = (anyio.CancelScope(), anyio.CancelScope())
 
     def done(i: int) -> None:
@@ -125,7 +133,7 @@ async def _pipe(data: SpdyStream, target: anyio.abc.ByteStream) -> None:
     async def to_pod() -> None:
         with scopes[0], contextlib.suppress(*_GONE):
             while True:
-                await target.send(await data.receive(_CHUNK))
+                await target.send(await receive())
         with contextlib.suppress(*_GONE):
             await target.send_eof()  # the client is done sending: half-close to the pod
         done(0)
@@ -133,7 +141,7 @@ async def _pipe(data: SpdyStream, target: anyio.abc.ByteStream) -> None:
     async def to_client() -> None:
         with scopes[1], contextlib.suppress(*_GONE):
             while True:
-                await data.send(await target.receive(_CHUNK))
+                await send(await target.receive(_CHUNK))
         done(1)
 
     async with anyio.create_task_group() as tg:
@@ -159,3 +167,57 @@ async def _report(error: SpdyStream, message: str) -> None:
 async def _quietly(step: Awaitable[None]) -> None:
     with contextlib.suppress(*_GONE):
         await step
+
+
+# --- over WebSocket channels ---------------------------------------------------------------
+
+
+async def serve_channels(conn: ChannelConnection, ports: tuple[int, ...], dial: Dial) -> None:
+    """Port-forward over the channel protocols: the ports come with the request (its
+    `port` query parameters); port i's data is channel 2i, its errors channel 2i+1, and
+    each channel starts with the port number (2 bytes, little-endian)."""
+    await announce_ports(conn, ports)
+    inputs = [_ChannelBytes() for _ in ports]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_dispatch, conn, inputs)
+        async with anyio.create_task_group() as forwards:
+            for index, port in enumerate(ports):
+                forwards.start_soon(_forward_channel, conn, index, port, inputs[index], dial)
+        tg.cancel_scope.cancel()
+    await _quietly(conn.close())
+
+
+class _ChannelBytes:
+    def __init__(self) -> None:
+        self.send, self.receive = anyio.create_memory_object_stream[bytes](16)
+
+
+async def _dispatch(conn: ChannelConnection, inputs: list[_ChannelBytes]) -> None:
+    try:
+        while True:
+            channel, data = await conn.receive()
+            index, is_error = divmod(channel, 2)
+            if is_error or index >= len(inputs) or not data:
+                continue
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await inputs[index].send.send(data)
+    except _GONE:
+        pass
+    finally:
+        for target in inputs:
+            target.send.close()
+
+
+async def _forward_channel(
+    conn: ChannelConnection, index: int, port: int, data_in: _ChannelBytes, dial: Dial
+) -> None:
+    data_channel, error_channel = port_channels(index)
+    try:
+        target = await dial(port)
+    except CriproxyError as err:
+        message = f"error forwarding port {port}: {err.message}"
+        log.info("port forward failed", error=message)
+        await _quietly(conn.send(error_channel, message.encode()))
+        return
+    async with target:
+        await _pipe(data_in.receive.receive, functools.partial(conn.send, data_channel), target)

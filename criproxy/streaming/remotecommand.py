@@ -24,6 +24,7 @@ from criproxy.errors import CriproxyError, DeadlineExceeded
 
 if TYPE_CHECKING:
     from criproxy.streaming.spdy import SpdyConnection, SpdyStream
+    from criproxy.streaming.websocket import ChannelConnection
 
 log = structlog.get_logger("criproxy.streaming")
 
@@ -90,17 +91,17 @@ async def serve(
                 stdin=_Input(streams["stdin"]) if "stdin" in streams else None,
                 stdout=_Output(streams["stdout"]) if "stdout" in streams else None,
                 stderr=_Output(streams["stderr"]) if "stderr" in streams else None,
-                resize=_sizes(streams["resize"]) if "resize" in streams else None,
+                resize=sizes(streams["resize"].receive) if "resize" in streams else None,
             )
         )
-        status = _success() if code == 0 else _exit_failure(ExitCode(cmd, code))
+        status = final_status(code, cmd)
     except CriproxyError as err:
-        log.info("streaming session failed", error=err.message)
-        status = _internal_error(f"error executing command in container: {err.message}")
+        status = failure_status(err)
     for name in ("stdout", "stderr"):
         if name in streams:
             await _quietly(streams[name].send_eof())
-    await _quietly(_write_status(error, protocol, status))
+    await _quietly(error.send(status_message(protocol, status)))
+    await _quietly(error.send_eof())
 
 
 async def _collect(
@@ -142,14 +143,14 @@ class _Output:
         await self._stream.send(data)
 
 
-async def _sizes(stream: SpdyStream) -> AsyncIterator[TerminalSize]:
+async def sizes(receive: Callable[[], Awaitable[bytes]]) -> AsyncIterator[TerminalSize]:
     """The terminal sizes the client sends: JSON objects `{"Width": w, "Height": h}`, one
-    after another on the stream."""
+    after another on the resize stream (or channel)."""
     decoder = json.JSONDecoder()
     buffer = ""
     while True:
         try:
-            chunk = await stream.receive()
+            chunk = await receive()
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             return
         buffer += chunk.decode("utf-8", "replace")
@@ -165,6 +166,26 @@ async def _sizes(stream: SpdyStream) -> AsyncIterator[TerminalSize]:
                 width, height = value.get("Width"), value.get("Height")
                 if isinstance(width, int) and isinstance(height, int) and width > 0 < height:
                     yield TerminalSize(width, height)
+
+
+def final_status(code: int, cmd: tuple[str, ...]) -> dict[str, Any]:
+    """How a session that ran to its end is reported."""
+    return _success() if code == 0 else _exit_failure(ExitCode(cmd, code))
+
+
+def failure_status(err: CriproxyError) -> dict[str, Any]:
+    """How a session that could not run is reported."""
+    log.info("streaming session failed", error=err.message)
+    return _internal_error(f"error executing command in container: {err.message}")
+
+
+def status_message(protocol: str, status: dict[str, Any]) -> bytes:
+    """The error stream's content: v4 and later a JSON Status, before only a failure's text."""
+    if _version(protocol) >= 4:
+        return json.dumps(status, separators=(",", ":")).encode()
+    if status["status"] != "Success":
+        return str(status["message"]).encode()
+    return b""
 
 
 def _success() -> dict[str, Any]:
@@ -192,15 +213,93 @@ def _internal_error(message: str) -> dict[str, Any]:
     }
 
 
-async def _write_status(stream: SpdyStream, protocol: str, status: dict[str, Any]) -> None:
-    if _version(protocol) >= 4:
-        await stream.send(json.dumps(status, separators=(",", ":")).encode())
-    elif status["status"] != "Success":
-        await stream.send(str(status["message"]).encode())
-    await stream.send_eof()
-
-
 async def _quietly(step: Awaitable[None]) -> None:
     """A write to a client that may have gone already."""
     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         await step
+
+
+# --- over WebSocket channels ---------------------------------------------------------------
+
+STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
+_CHANNEL_QUEUE = 16
+
+
+async def serve_channels(
+    conn: ChannelConnection, options: StreamOptions, session: Session, cmd: tuple[str, ...] = ()
+) -> None:
+    """The same session over the channel protocols: 0 stdin, 1 stdout, 2 stderr, 3 error,
+    4 resize. v5's close signal on channel 0 is the end of stdin."""
+    protocol = conn.protocol
+    # As the kubelet: an empty message on the lowest channel the client reads, "connected".
+    first = STDOUT if options.stdout else STDERR if options.stderr else ERROR
+    await conn.send(first, b"")
+    stdin = _ChannelInput() if options.stdin else None
+    resize = _ChannelInput() if options.tty else None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_dispatch, conn, {STDIN: stdin, RESIZE: resize})
+        try:
+            code = await session(
+                SessionStreams(
+                    stdin=stdin,
+                    stdout=_ChannelOutput(conn, STDOUT) if options.stdout else None,
+                    stderr=_ChannelOutput(conn, STDERR)
+                    if options.stderr and not options.tty
+                    else None,
+                    resize=sizes(resize.receive) if resize is not None else None,
+                )
+            )
+            status = final_status(code, cmd)
+        except CriproxyError as err:
+            status = failure_status(err)
+        message = status_message(protocol, status)
+        if message:
+            await _quietly(conn.send(ERROR, message))
+        tg.cancel_scope.cancel()
+    await _quietly(conn.close())
+
+
+class _ChannelInput:
+    """A channel's messages from the client, bounded: a reader that does not keep up holds
+    the dispatcher, and so the WebSocket, back."""
+
+    def __init__(self) -> None:
+        self.send, self._receive = anyio.create_memory_object_stream[bytes](_CHANNEL_QUEUE)
+
+    async def receive(self) -> bytes:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise anyio.EndOfStream from None
+
+
+class _ChannelOutput:
+    def __init__(self, conn: ChannelConnection, channel: int) -> None:
+        self._conn = conn
+        self._channel = channel
+
+    async def send(self, data: bytes) -> None:
+        await self._conn.send(self._channel, data)
+
+
+async def _dispatch(conn: ChannelConnection, inputs: dict[int, _ChannelInput | None]) -> None:
+    """Route the client's messages to their channels until it goes; the end of the
+    connection (or v5's close signal) ends each input."""
+    try:
+        while True:
+            channel, data = await conn.receive()
+            target = inputs.get(channel)
+            if target is None:
+                continue
+            if data is None:
+                target.send.close()
+                inputs[channel] = None
+            else:
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    await target.send.send(data)
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+    finally:
+        for target in inputs.values():
+            if target is not None:
+                target.send.close()

@@ -10,9 +10,11 @@ client, with the idle timeout, or with the server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import ssl
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,13 +30,13 @@ from criproxy.containers.streams import (
     PortForwardRequest,
     SessionStreams,
 )
-from criproxy.streaming import portforward, remotecommand
+from criproxy.streaming import portforward, remotecommand, websocket
 from criproxy.streaming.remotecommand import StreamOptions
 from criproxy.streaming.spdy import SpdyConnection
 from criproxy.streaming.tokens import TokenStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from anyio.abc import ByteStream, TaskStatus
 
@@ -45,6 +47,7 @@ REQUEST_TIMEOUT = 30.0
 """How long a client has to send its request line and headers."""
 _MAX_REQUEST = 64 * 1024
 _IDLE_CHECK = 30.0
+_CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -165,12 +168,17 @@ class StreamServer:
             method=request.method,
             target=request.target,
         )
-        if b"spdy/3.1" in b",".join(v.lower() for k, v in upgrade.headers if k == b"upgrade"):
+        if websocket.is_websocket_request(upgrade.headers):
+            if upgrade.method != b"GET":
+                await respond(conn, stream, 400, "a WebSocket upgrade must be a GET request")
+                return
+            await self._serve_websocket(upgrade, conn, stream)
+        elif "spdy/3.1" in (v.lower() for v in upgrade.header_values(b"upgrade")):
             await self._serve_spdy(upgrade, conn, stream)
-            return
-        await respond(
-            conn, stream, 400, "an upgrade to SPDY/3.1 or WebSocket is required for this session"
-        )
+        else:
+            await respond(
+                conn, stream, 400, "this session needs an upgrade to SPDY/3.1 or WebSocket"
+            )
 
     async def _serve_spdy(self, upgrade: Upgrade, conn: h11.Connection, stream: ByteStream) -> None:
         offered = upgrade.header_values(b"x-stream-protocol-version")
@@ -198,51 +206,138 @@ class StreamServer:
             ],
         )
         spdy = SpdyConnection(stream, server=True, initial=initial)
+        await self._run(
+            upgrade.kind,
+            readers=[spdy.run],
+            session=lambda: self._spdy_session(upgrade.request, spdy, protocol),
+            last_activity=lambda: spdy.last_activity,
+            close=spdy.aclose,
+        )
+
+    async def _serve_websocket(
+        self, upgrade: Upgrade, conn: h11.Connection, stream: ByteStream
+    ) -> None:
+        protocols = (
+            websocket.PORTFORWARD_PROTOCOLS
+            if upgrade.kind == "portforward"
+            else websocket.EXEC_PROTOCOLS
+        )
+        trailing, _ = conn.trailing_data
+        try:
+            ws = await websocket.accept(
+                stream,
+                upgrade.headers,
+                protocols=protocols,
+                target=upgrade.target,
+                initial=bytes(trailing),
+            )
+        except websocket.HandshakeRefused as refused:
+            log.info("WebSocket upgrade refused", status=refused.status, reason=refused.reason)
+            return
+        request = upgrade.request
+        if ws.protocol == websocket.SPDY_TUNNEL:  # crictl's port-forward over WebSocket
+            spdy = SpdyConnection(websocket.WebSocketByteStream(ws), server=True)
+            await self._run(
+                upgrade.kind,
+                readers=[ws.run, spdy.run],
+                session=lambda: self._spdy_session(request, spdy, portforward.PROTOCOL),
+                last_activity=lambda: spdy.last_activity,
+                close=spdy.aclose,
+            )
+            return
+        channels = websocket.ChannelConnection(ws)
+        await self._run(
+            upgrade.kind,
+            readers=[channels.run],
+            session=lambda: self._channel_session(request, channels, upgrade),
+            last_activity=lambda: channels.last_activity,
+            close=channels.close,
+        )
+
+    async def _run(
+        self,
+        kind: str,
+        *,
+        readers: Sequence[Callable[[], Awaitable[None]]],
+        session: Callable[[], Awaitable[None]],
+        last_activity: Callable[[], float],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        """A session beside its connection's readers: it ends when the client goes (a
+        reader returns), when nothing moved for the idle timeout, or on its own."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(spdy.run)
+
+            async def read(reader: Callable[[], Awaitable[None]]) -> None:
+                await reader()
+                tg.cancel_scope.cancel()  # the client went away: so does its session
 
             async def idle() -> None:
-                await watch_idle(lambda: spdy.last_activity, self._idle_timeout)
-                log.info("streaming connection idle too long; closing", kind=upgrade.kind)
+                await watch_idle(last_activity, self._idle_timeout)
+                log.info("streaming connection idle too long; closing", kind=kind)
                 tg.cancel_scope.cancel()
 
+            for reader in readers:
+                tg.start_soon(read, reader)
             tg.start_soon(idle)
             try:
-                await self._session(upgrade, spdy, protocol)
+                await session()
             finally:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await spdy.aclose()
+                    with anyio.move_on_after(_CLOSE_TIMEOUT):
+                        await close()
                 tg.cancel_scope.cancel()
 
-    async def _session(self, upgrade: Upgrade, spdy: SpdyConnection, protocol: str) -> None:
-        request = upgrade.request
+    async def _spdy_session(self, request: object, spdy: SpdyConnection, protocol: str) -> None:
+        if isinstance(request, PortForwardRequest):
+            await portforward.serve(
+                spdy, functools.partial(self._sessions.dial, request), request.sandbox_id
+            )
+            return
+        session, options, cmd = self._remote_command(request)
+        await remotecommand.serve(spdy, protocol, options, session, cmd)
+
+    async def _channel_session(
+        self, request: object, channels: websocket.ChannelConnection, upgrade: Upgrade
+    ) -> None:
+        if isinstance(request, PortForwardRequest):
+            ports = _query_ports(upgrade.target) or request.ports
+            dial = functools.partial(self._sessions.dial, request)
+            await portforward.serve_channels(channels, ports, dial)
+            return
+        session, options, cmd = self._remote_command(request)
+        await remotecommand.serve_channels(channels, options, session, cmd)
+
+    def _remote_command(
+        self, request: object
+    ) -> tuple[remotecommand.Session, StreamOptions, tuple[str, ...]]:
         if isinstance(request, ExecRequest):
-            options = StreamOptions(request.stdin, request.stdout, request.stderr, request.tty)
             exec_request = request
 
             async def run_exec(streams: SessionStreams) -> int:
                 return await self._sessions.exec(exec_request, streams)
 
-            await remotecommand.serve(spdy, protocol, options, run_exec, request.cmd)
-        elif isinstance(request, AttachRequest):
             options = StreamOptions(request.stdin, request.stdout, request.stderr, request.tty)
-            attach_request = request
+            return run_exec, options, request.cmd
+        assert isinstance(request, AttachRequest)
+        attach_request = request
 
-            async def run_attach(streams: SessionStreams) -> int:
-                return await self._sessions.attach(attach_request, streams)
+        async def run_attach(streams: SessionStreams) -> int:
+            return await self._sessions.attach(attach_request, streams)
 
-            await remotecommand.serve(spdy, protocol, options, run_attach)
-        elif isinstance(request, PortForwardRequest):
-            forward_request = request
+        options = StreamOptions(request.stdin, request.stdout, request.stderr, request.tty)
+        return run_attach, options, ()
 
-            async def dial(port: int) -> anyio.abc.ByteStream:
-                return await self._sessions.dial(forward_request, port)
 
-            await portforward.serve(spdy, dial, request.sandbox_id)
-
-    @property
-    def idle_timeout(self) -> float:
-        return self._idle_timeout
+def _query_ports(target: bytes) -> tuple[int, ...]:
+    """The `port` query parameters of a WebSocket port-forward (commas allowed)."""
+    query = target.decode("latin-1").partition("?")[2]
+    ports: list[int] = []
+    for key, value in urllib.parse.parse_qsl(query):
+        if key == "port":
+            for part in value.split(","):
+                if part.strip().isdigit() and 0 < int(part) < 65536:
+                    ports.append(int(part))
+    return tuple(ports)
 
 
 async def watch_idle(last_activity: Callable[[], float], idle_timeout: float) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import h11
+
 from criproxy.streaming.spdy import SpdyConnection, SpdyStream
 
 
