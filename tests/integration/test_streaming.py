@@ -9,11 +9,17 @@ import time
 import anyio
 import grpc
 import pytest
-from criproxy.streaming.spdy import SpdyConnection
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.streaming.spdy import SpdyConnection
 from tests.integration.containers_env import ContainerEnv
-from tests.support.streaming_client import remotecommand, upgrade
+from tests.support.streaming_client import (
+    TunnelStream,
+    WebSocketClient,
+    remotecommand,
+    upgrade,
+    ws_remotecommand,
+)
 
 
 def _exec_url(ctr_env: ContainerEnv, container: str, *cmd: str, **flags: bool) -> str:
@@ -233,3 +239,94 @@ def test_port_forward_reaches_a_server_in_the_pod(ctr_env: ContainerEnv) -> None
     body, error = anyio.run(get)
     assert body.startswith(b"HTTP/1.") and body.endswith(b"hello-from-pod\n"), body
     assert error == b""
+
+
+# --- over WebSocket -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io", "v4.base64.channel.k8s.io"]
+)
+def test_exec_over_websocket_channels(ctr_env: ContainerEnv, sleeper: str, protocol: str) -> None:
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "echo out; echo err >&2; exit 5")
+    result = anyio.run(lambda: ws_remotecommand(url, protocol=protocol))
+    assert result.protocol == protocol
+    assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
+    status = result.status
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"][0]["message"] == "5"
+
+
+def test_exec_stdin_over_websocket_ends_with_the_v5_close_signal(
+    ctr_env: ContainerEnv, sleeper: str
+) -> None:
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "cat; echo end", stdin=True)
+    result = anyio.run(lambda: ws_remotecommand(url, stdin=b"piped\n"))
+    assert result.stdout == b"piped\nend\n"
+    assert result.status == {"metadata": {}, "status": "Success"}
+
+
+def test_an_unknown_websocket_subprotocol_is_refused(ctr_env: ContainerEnv, sleeper: str) -> None:
+    url = _exec_url(ctr_env, sleeper, "true")
+    with pytest.raises(ConnectionRefusedError) as refused:
+        anyio.run(lambda: WebSocketClient.connect(url, ("v9.channel.k8s.io",)))
+    assert refused.value.args[0] == 400
+
+
+@pytest.fixture(scope="module")
+def web_pod(ctr_env: ContainerEnv) -> str:
+    pod_id, pod = ctr_env.pod("webws")
+    ctr_env.run(
+        pod_id,
+        pod,
+        "web",
+        args=["mkdir -p /www && echo hello-over-ws > /www/index.html && httpd -f -p 8081 -h /www"],
+    )
+    time.sleep(1.0)
+    return pod_id
+
+
+def test_port_forward_over_websocket_channels(ctr_env: ContainerEnv, web_pod: str) -> None:
+    url = ctr_env.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=web_pod)).url
+
+    async def get() -> bytes:
+        client = await WebSocketClient.connect(url + "?port=8081", ("v4.channel.k8s.io",))
+        prefixes = [await client.receive() for _ in range(2)]
+        assert prefixes == [b"\x00\x91\x1f", b"\x01\x91\x1f"]  # 8081, little-endian
+        await client.send(b"\x00GET /index.html HTTP/1.0\r\n\r\n")
+        body = bytearray()
+        with anyio.move_on_after(10):
+            while not body.endswith(b"hello-over-ws\n"):
+                message = await client.receive()
+                assert isinstance(message, bytes) and message[0] == 0, message
+                body.extend(message[1:])
+        await client.aclose()
+        return bytes(body)
+
+    body = anyio.run(get)
+    assert body.startswith(b"HTTP/1.") and body.endswith(b"hello-over-ws\n"), body
+
+
+def test_port_forward_over_spdy_tunnelled_in_websocket(ctr_env: ContainerEnv, web_pod: str) -> None:
+    url = ctr_env.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=web_pod)).url
+
+    async def get() -> bytes:
+        client = await WebSocketClient.connect(url, ("SPDY/3.1+portforward.k8s.io",))
+        assert client.protocol == "SPDY/3.1+portforward.k8s.io"
+        spdy = SpdyConnection(TunnelStream(client), server=False)
+        body = bytearray()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spdy.run)
+            headers = {"port": "8081", "requestid": "1"}
+            await spdy.open({**headers, "streamtype": "error"})
+            data = await spdy.open({**headers, "streamtype": "data"})
+            await data.send(b"GET /index.html HTTP/1.0\r\n\r\n")
+            with anyio.move_on_after(10):
+                while not body.endswith(b"hello-over-ws\n"):
+                    body.extend(await data.receive())
+            tg.cancel_scope.cancel()
+        await client.aclose()
+        return bytes(body)
+
+    body = anyio.run(get)
+    assert body.startswith(b"HTTP/1.") and body.endswith(b"hello-over-ws\n"), body

@@ -3,6 +3,8 @@ upgrade, SPDY/3.1 streams, Kubernetes' remote command): what kubectl and crictl 
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import urllib.parse
 from dataclasses import dataclass, field
@@ -131,3 +133,140 @@ async def remotecommand(
             tg.cancel_scope.cancel()
     await spdy.aclose()
     return Result(bytes(out), bytes(err), bytes(error), up.protocol)
+
+
+# --- WebSocket --------------------------------------------------------------------------------
+
+
+class WebSocketClient:
+    """A WebSocket client (wsproto) over TCP: binary or text messages both ways."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, ws: Any, protocol: str) -> None:
+        self.stream = stream
+        self._ws = ws
+        self.protocol = protocol
+        self._messages: list[bytes | str] = []
+        self._partial: list[bytes | str] = []
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, url: str, protocols: tuple[str, ...]) -> WebSocketClient:
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, RejectConnection, Request
+
+        parts = urllib.parse.urlsplit(url)
+        stream = await anyio.connect_tcp(parts.hostname or "127.0.0.1", parts.port or 80)
+        ws = WSConnection(ConnectionType.CLIENT)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        await stream.send(
+            ws.send(Request(host=parts.netloc, target=target, subprotocols=list(protocols)))
+        )
+        while True:
+            ws.receive_data(await stream.receive())
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    return cls(stream, ws, event.subprotocol or "")
+                if isinstance(event, RejectConnection):
+                    raise ConnectionRefusedError(event.status_code)
+
+    async def send(self, data: bytes | str) -> None:
+        from wsproto.events import BytesMessage, TextMessage
+
+        event = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
+        await self.stream.send(self._ws.send(event))
+
+    async def receive(self) -> bytes | str:
+        """The next whole message; EOFError once the server closed."""
+        from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+        while not self._messages:
+            if self.closed:
+                raise EOFError
+            try:
+                data = await self.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                self.closed = True
+                continue
+            self._ws.receive_data(data)
+            for event in self._ws.events():
+                if isinstance(event, (BytesMessage, TextMessage)):
+                    self._partial.append(event.data)
+                    if event.message_finished:
+                        first = self._partial[0]
+                        joined = (
+                            "".join(str(p) for p in self._partial)
+                            if isinstance(first, str)
+                            else b"".join(bytes(p) for p in self._partial)  # type: ignore[arg-type]
+                        )
+                        self._messages.append(joined)
+                        self._partial = []
+                elif isinstance(event, Ping):
+                    await self.stream.send(self._ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    with contextlib.suppress(Exception):
+                        await self.stream.send(self._ws.send(event.response()))
+                    self.closed = True
+        return self._messages.pop(0)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def ws_remotecommand(
+    url: str,
+    *,
+    stdin: bytes | None = None,
+    protocol: str = "v5.channel.k8s.io",
+    timeout: float = 60,
+) -> Result:
+    """One exec or attach over the channel protocols (0 stdin, 1 stdout, 2 stderr, 3 error),
+    stdin closed with v5's close signal."""
+    out, err, error = bytearray(), bytearray(), bytearray()
+    with anyio.fail_after(timeout):
+        client = await WebSocketClient.connect(url, (protocol,))
+        if stdin is not None:
+            await client.send(b"\x00" + stdin)
+            await client.send(b"\xff\x00")  # v5: close channel 0
+        try:
+            while True:
+                message = await client.receive()
+                if isinstance(message, str):  # base64 protocols: "<digit><base64>"
+                    if not message:
+                        continue
+                    channel, payload = int(message[0]), base64.b64decode(message[1:])
+                elif message:
+                    channel, payload = message[0], message[1:]
+                else:
+                    continue
+                {1: out, 2: err, 3: error}.get(channel, bytearray()).extend(payload)
+        except EOFError:
+            pass
+        await client.aclose()
+    return Result(bytes(out), bytes(err), bytes(error), client.protocol)
+
+
+class TunnelStream(anyio.abc.ByteStream):
+    """A client's SPDY bytes tunnelled in binary WebSocket messages."""
+
+    def __init__(self, client: WebSocketClient) -> None:
+        self._client = client
+        self._buffer = b""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while not self._buffer:
+            try:
+                message = await self._client.receive()
+            except EOFError:
+                raise anyio.EndOfStream from None
+            self._buffer = message.encode() if isinstance(message, str) else message
+        data, self._buffer = self._buffer[:max_bytes], self._buffer[max_bytes:]
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await self._client.send(bytes(item))
+
+    async def send_eof(self) -> None:
+        await self._client.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
