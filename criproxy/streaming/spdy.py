@@ -13,7 +13,9 @@ written whole under one lock; each stream buffers what it received up to a bound
 reader stops reading the transport while a buffer is full, so a peer that outruns the
 application is held back by TCP. spdystream ignores WINDOW_UPDATE and never sends one, so
 the peer's windows are honoured only once it has shown it keeps them (a WINDOW_UPDATE or a
-SETTINGS INITIAL_WINDOW_SIZE); our own windows are returned as the application consumes.
+SETTINGS INITIAL_WINDOW_SIZE). Our receive windows are as large as those buffers (announced
+with the first frames we write) and are returned as the application consumes, in steps of
+half a window so that a peer that ignores them gets few of them.
 """
 
 from __future__ import annotations
@@ -80,16 +82,17 @@ DEFAULT_WINDOW: Final = 64 * 1024
 MAX_DATA_FRAME: Final = 256 * 1024
 """The largest DATA payload written: large frames for throughput, well under 16 MiB."""
 STREAM_BUFFER: Final = 256 * 1024
-"""Received bytes one stream holds before the reader stops reading the transport."""
+"""Received bytes one stream holds before the reader stops reading the transport; also the
+receive window we give each stream (SETTINGS INITIAL_WINDOW_SIZE, sent at the start)."""
 CONNECTION_BUFFER: Final = 1024 * 1024
-"""Received bytes all streams together hold before the reader stops reading."""
+"""Received bytes all streams together hold before the reader stops reading; also our
+connection receive window (raised from 64 KiB by a WINDOW_UPDATE sent at the start)."""
 READ_SIZE: Final = 256 * 1024
 CLOSE_TIMEOUT: Final = 2.0
 """How long `aclose()` waits for the peer to close after our GOAWAY (it flushes our data)."""
 
 _DATA_PIECE = 16 * 1024
 """The decoder hands out a partial DATA payload once it has this much of it."""
-_WINDOW_UPDATE_AT = DEFAULT_WINDOW // 2
 _HEADER_SLACK = 4096
 """Deflate may grow incompressible input a little: control frames may exceed the header cap
 by this much before they are refused unread."""
@@ -531,19 +534,29 @@ def _need(ok: bool, what: str, size: int) -> None:
 
 
 class _Signal:
-    """Wakes every waiter at once; each re-checks its own condition (a broadcast)."""
+    """Wakes every waiter at once; each re-checks its own condition (a broadcast). Free
+    when nobody waits, as on the data path."""
 
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "_waiters")
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event: anyio.Event | None = None
+        self._waiters = 0
 
     def fire(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
+        if self._waiters and self._event is not None:
+            self._event.set()
+            self._event = None
 
     async def wait(self) -> None:
-        await self._event.wait()
+        if self._event is None:
+            self._event = anyio.Event()
+        event = self._event
+        self._waiters += 1
+        try:
+            await event.wait()
+        finally:
+            self._waiters -= 1
 
 
 _TRANSPORT_ERRORS = (
@@ -675,7 +688,8 @@ class SpdyStream:
                 await self._conn._write_data(self, memoryview(b""), fin=True)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        """The next data from the peer, at most `max_bytes`; returns window to the peer."""
+        """The next data from the peer, at most `max_bytes`. The window it frees goes back
+        to the peer with the next frame written or at the next `receive()`."""
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         # WINDOW_UPDATEs owed for earlier reads go out here, before any data is taken:
@@ -798,7 +812,11 @@ class SpdyConnection:
         self._buffered = 0
         self._unacked = 0
         self._consumed_signal = _Signal()
-        self._pending_control: list[bytes] = []
+        # our windows, advertised with the first frames we write
+        self._pending_control = [
+            self._encoder.encode(Settings({SETTINGS_INITIAL_WINDOW_SIZE: STREAM_BUFFER})),
+            self._encoder.encode(WindowUpdate(0, CONNECTION_BUFFER - DEFAULT_WINDOW)),
+        ]
         self._pending_updates: dict[int, int] = {}
         self._started = False
         self._running = False
@@ -1008,6 +1026,7 @@ class SpdyConnection:
         if frame.flags & FLAG_UNIDIRECTIONAL:
             stream._local_closed = stream._replied = True
         self._streams[stream_id] = stream
+        self._retire_if_done(stream)  # unidirectional with FIN: nothing more can come
         self._incoming.append(stream)
         self._incoming_signal.fire()
 
@@ -1078,7 +1097,7 @@ class SpdyConnection:
         self._owe(size)
         if not stream._remote_closed and not stream._broken:
             stream._unacked += size
-            if stream._unacked >= _WINDOW_UPDATE_AT:
+            if stream._unacked >= STREAM_BUFFER // 2:
                 self._pending_updates[stream.id] = (
                     self._pending_updates.get(stream.id, 0) + stream._unacked
                 )
@@ -1093,7 +1112,7 @@ class SpdyConnection:
 
     def _owe(self, size: int) -> None:
         self._unacked += size
-        if self._unacked >= _WINDOW_UPDATE_AT:
+        if self._unacked >= CONNECTION_BUFFER // 2:
             self._pending_updates[0] = self._pending_updates.get(0, 0) + self._unacked
             self._unacked = 0
 
