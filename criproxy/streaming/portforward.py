@@ -175,15 +175,27 @@ async def _quietly(step: Awaitable[None]) -> None:
 async def serve_channels(conn: ChannelConnection, ports: tuple[int, ...], dial: Dial) -> None:
     """Port-forward over the channel protocols: the ports come with the request (its
     `port` query parameters); port i's data is channel 2i, its errors channel 2i+1, and
-    each channel starts with the port number (2 bytes, little-endian)."""
-    await announce_ports(conn, ports)
-    inputs = [_ChannelBytes() for _ in ports]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_dispatch, conn, inputs)
-        async with anyio.create_task_group() as forwards:
-            for index, port in enumerate(ports):
-                forwards.start_soon(_forward_channel, conn, index, port, inputs[index], dial)
-        tg.cancel_scope.cancel()
+    each channel starts with the port number (2 bytes, little-endian). Each port is
+    dialled before it is announced, so the client's first bytes find the pod's end ready."""
+    targets: list[anyio.abc.ByteStream | str] = []
+    for port in ports:
+        try:
+            targets.append(await dial(port))
+        except CriproxyError as err:
+            targets.append(f"error forwarding port {port}: {err.message}")
+    try:
+        await announce_ports(conn, ports)
+        inputs = [_ChannelBytes() for _ in ports]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_dispatch, conn, inputs)
+            async with anyio.create_task_group() as forwards:
+                for index, target in enumerate(targets):
+                    forwards.start_soon(_forward_channel, conn, index, target, inputs[index])
+            tg.cancel_scope.cancel()
+    finally:
+        for target in targets:
+            if not isinstance(target, str):
+                await _quietly(target.aclose())
     await _quietly(conn.close())
 
 
@@ -209,15 +221,16 @@ async def _dispatch(conn: ChannelConnection, inputs: list[_ChannelBytes]) -> Non
 
 
 async def _forward_channel(
-    conn: ChannelConnection, index: int, port: int, data_in: _ChannelBytes, dial: Dial
+    conn: ChannelConnection,
+    index: int,
+    target: anyio.abc.ByteStream | str,
+    data_in: _ChannelBytes,
 ) -> None:
+    """One port's connection: its data both ways, or the error that kept it from being
+    made (on the port's error channel)."""
     data_channel, error_channel = port_channels(index)
-    try:
-        target = await dial(port)
-    except CriproxyError as err:
-        message = f"error forwarding port {port}: {err.message}"
-        log.info("port forward failed", error=message)
-        await _quietly(conn.send(error_channel, message.encode()))
+    if isinstance(target, str):
+        log.info("port forward failed", error=target)
+        await _quietly(conn.send(error_channel, target.encode()))
         return
-    async with target:
-        await _pipe(data_in.receive.receive, functools.partial(conn.send, data_channel), target)
+    await _pipe(data_in.receive.receive, functools.partial(conn.send, data_channel), target)
