@@ -49,6 +49,9 @@ IMPLEMENTED = {
         "UpdateContainerResources",
         "ReopenContainerLog",
         "ExecSync",
+        "Exec",
+        "Attach",
+        "PortForward",
         "GetContainerEvents",
         "ContainerStats",
         "ListContainerStats",
@@ -286,16 +289,16 @@ def containerd_still_serving(ctd: ContainerdProcess) -> bool:
 def test_one_log_line_per_call_with_method_duration_and_code(criproxy: Criproxy) -> None:
     criproxy.runtime.Version(api_pb2.VersionRequest())
     with pytest.raises(grpc.RpcError):
-        criproxy.runtime.PortForward(api_pb2.PortForwardRequest())
+        criproxy.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest())
 
     def calls() -> list[dict[str, object]]:
         return [r for r in criproxy.log_records() if r.get("event") == "cri call"]
 
-    wait_until(lambda: any(r["method"] == "PortForward" for r in calls()), 10)
+    wait_until(lambda: any(r["method"] == "CheckpointContainer" for r in calls()), 10)
     by_method = {r["method"]: r for r in calls()}
     assert by_method["Version"]["code"] == "OK"
     assert isinstance(by_method["Version"]["duration_ms"], float)
-    assert by_method["PortForward"]["code"] == "UNIMPLEMENTED"
+    assert by_method["CheckpointContainer"]["code"] == "UNIMPLEMENTED"
 
 
 def test_metrics_endpoint_counts_calls_by_code(
@@ -313,11 +316,12 @@ def test_metrics_endpoint_counts_calls_by_code(
     try:
         proxy.runtime.Version(api_pb2.VersionRequest())
         with pytest.raises(grpc.RpcError):
-            proxy.runtime.PortForward(api_pb2.PortForwardRequest())
+            proxy.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest())
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
         text = body.decode()
         assert 'criproxy_cri_requests_total{code="OK",method="Version"}' in text
-        assert 'criproxy_cri_requests_total{code="UNIMPLEMENTED",method="PortForward"}' in text
+        unimplemented = 'code="UNIMPLEMENTED",method="CheckpointContainer"'
+        assert f"criproxy_cri_requests_total{{{unimplemented}}}" in text
         assert 'criproxy_cri_request_duration_seconds_count{method="Version"}' in text
     finally:
         proxy.stop()

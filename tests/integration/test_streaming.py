@@ -330,3 +330,37 @@ def test_port_forward_over_spdy_tunnelled_in_websocket(ctr_env: ContainerEnv, we
 
     body = anyio.run(get)
     assert body.startswith(b"HTTP/1.") and body.endswith(b"hello-over-ws\n"), body
+
+
+def test_a_criproxy_restart_ends_open_sessions_and_their_processes(
+    ctr_env: ContainerEnv, sleeper: str
+) -> None:
+    url = _exec_url(ctr_env, sleeper, "sh", "-c", "sleep 4545", stdin=True)
+    proxy = ctr_env.pods.proxy
+
+    async def open_session() -> None:
+        up = await upgrade(url, ("v4.channel.k8s.io",))
+        spdy = SpdyConnection(up.stream, server=False, initial=up.initial)
+        ended = anyio.Event()
+
+        async def run() -> None:
+            await spdy.run()
+            ended.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            for name in ("error", "stdin", "stdout", "stderr"):
+                await spdy.open({"streamtype": name})
+            await anyio.sleep(1.0)  # the process runs now
+            proxy.kill()  # kill -9, mid-session
+            with anyio.fail_after(10):
+                await ended.wait()  # the session's connection ends with criproxy
+
+    anyio.run(open_session)
+    proxy.start()
+    deadline = time.monotonic() + 15
+    while "sleep 4545" in ctr_env.exec(sleeper, "ps", "-o", "args").stdout.decode():
+        assert time.monotonic() < deadline, "the exec of a killed criproxy's session still runs"
+        time.sleep(0.2)
+    io_dir = proxy.state / "containers" / sleeper
+    assert all(path.name.startswith(sleeper) for path in io_dir.iterdir())  # its FIFOs only
