@@ -27,6 +27,8 @@ from criproxy.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from criproxy.containers.deps import ContainerDeps
     from criproxy.containers.streams import ExecRequest, OutputStream, SessionStreams
 
@@ -55,27 +57,18 @@ async def exec_sync(
         async with anyio.create_task_group() as tg:
             tg.start_soon(io.run)
             try:
-                await tasks.exec(
-                    container.id,
-                    exec_id,
-                    process,
-                    stdout=io.fifos.stdout,
-                    stderr=io.fifos.stderr,
-                )
-                await tasks.start(container.id, exec_id)
-                exit_code = await _wait(deps, container.id, exec_id, cmd, timeout)
-                await io.wait_drained(IO_DRAIN)
-            except BaseException:
-                with anyio.CancelScope(shield=True), contextlib.suppress(CriproxyError):
-                    await tasks.kill(container.id, signal.SIGKILL, exec_id=exec_id)
-                    await tasks.wait(container.id, exec_id, KILL_WAIT)
-                raise
+                async with _owned(deps, container.id, exec_id):
+                    await tasks.exec(
+                        container.id,
+                        exec_id,
+                        process,
+                        stdout=io.fifos.stdout,
+                        stderr=io.fifos.stderr,
+                    )
+                    await tasks.start(container.id, exec_id)
+                    exit_code = await _wait(deps, container.id, exec_id, cmd, timeout)
+                    await io.wait_drained(IO_DRAIN)
             finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await tasks.delete_process(container.id, exec_id)
-                    except CriproxyError as err:
-                        log.debug("exec not deleted", exec_id=exec_id, error=err.message)
                 tg.cancel_scope.cancel()
     finally:
         io.close()
@@ -97,7 +90,6 @@ async def _wait(
         return exited.exit_status
     # exec_sync's failure path kills the process and waits for it.
     raise DeadlineExceeded(f"command {shlex.join(cmd)!r} timed out after {timeout:g}s (killed)")
-
 
 
 async def exec_session(deps: ContainerDeps, request: ExecRequest, streams: SessionStreams) -> int:
@@ -139,27 +131,35 @@ async def exec_session(deps: ContainerDeps, request: ExecRequest, streams: Sessi
             stderr=fifos.stderr,
             terminal=request.tty,
         )
-        try:
+        async with _owned(deps, container.id, exec_id):
             await tasks.start(container.id, exec_id)
             exit_code = await _serve(deps, container.id, exec_id, streams, io)
-        except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(CriproxyError):
-                await tasks.kill(container.id, signal.SIGKILL, exec_id=exec_id)
-                await tasks.wait(container.id, exec_id, KILL_WAIT)
-            bound.info("exec session ended before its process: killed")
-            raise
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await tasks.delete_process(container.id, exec_id)
-                except CriproxyError as err:
-                    bound.debug("exec not deleted", error=err.message)
     finally:
         io.close()
         with contextlib.suppress(Internal):
             fifos.remove()
     bound.debug("exec session ended", exit_code=exit_code)
     return exit_code
+
+
+@contextlib.asynccontextmanager
+async def _owned(deps: ContainerDeps, container_id: str, exec_id: str) -> AsyncIterator[None]:
+    """An exec process criproxy answers for: ended (SIGKILL) when the call fails or is
+    cancelled before it exits (a timeout, a client that went away), deleted in any case."""
+    tasks = deps.containerd.tasks
+    try:
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True), contextlib.suppress(CriproxyError):
+            await tasks.kill(container_id, signal.SIGKILL, exec_id=exec_id)
+            await tasks.wait(container_id, exec_id, KILL_WAIT)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                await tasks.delete_process(container_id, exec_id)
+            except CriproxyError as err:
+                log.debug("exec not deleted", exec_id=exec_id, error=err.message)
 
 
 class _SessionIO:
