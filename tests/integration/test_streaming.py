@@ -4,7 +4,10 @@ command v1-v5, portforward.k8s.io), as kubectl and crictl speak them."""
 
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
+from typing import Any
 
 import anyio
 import grpc
@@ -364,3 +367,46 @@ def test_a_criproxy_restart_ends_open_sessions_and_their_processes(
         time.sleep(0.2)
     io_dir = proxy.state / "containers" / sleeper
     assert all(path.name.startswith(sleeper) for path in io_dir.iterdir())  # its FIFOs only
+
+
+def test_a_session_ends_when_its_container_is_removed(ctr_env: ContainerEnv) -> None:
+    pod_id, pod = ctr_env.pod("removed")
+    doomed = ctr_env.run(pod_id, pod, "doomed", args=["sleep 100000"])
+    url = _exec_url(ctr_env, doomed, "sleep", "1000")
+
+    async def session_and_removal() -> tuple[Any, float]:
+        result: list[Any] = []
+
+        async def run_session() -> None:
+            result.append(await remotecommand(url, timeout=30))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_session)
+            await anyio.sleep(1.0)
+            started = time.monotonic()
+            await anyio.to_thread.run_sync(ctr_env.remove, doomed)
+        return result[0], time.monotonic() - started
+
+    result, seconds = anyio.run(session_and_removal)
+    assert seconds < 15
+    assert result.status["status"] == "Failure"  # the exec was killed with its container
+
+
+def test_sessions_leave_no_file_descriptor_behind(ctr_env: ContainerEnv, sleeper: str) -> None:
+    proxy = ctr_env.pods.proxy
+    assert proxy.proc is not None
+    fd_dir = Path(f"/proc/{proxy.proc.pid}/fd")
+
+    def fds() -> int:
+        return len(list(fd_dir.iterdir()))
+
+    anyio.run(remotecommand, _exec_url(ctr_env, sleeper, "true"))  # warm: lazy imports, pools
+    before = fds()
+    for _ in range(10):
+        anyio.run(remotecommand, _exec_url(ctr_env, sleeper, "sh", "-c", "echo x; echo y >&2"))
+        url = _exec_url(ctr_env, sleeper, "cat", stdin=True)
+        anyio.run(functools.partial(remotecommand, url, stdin=b"z" * 100_000))
+    deadline = time.monotonic() + 10
+    while fds() > before:
+        assert time.monotonic() < deadline, f"{fds() - before} fds more than before the sessions"
+        time.sleep(0.2)
