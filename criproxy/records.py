@@ -13,28 +13,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from criproxy.errors import InvalidArgument, NotFound
-
 T = TypeVar("T")
-
-
-def by_id_or_prefix(records: Mapping[str, T], wanted: str, what: str) -> T | None:
-    """A record by full id or unique id prefix (as containerd's CRI resolves ids); an
-    ambiguous prefix is INVALID_ARGUMENT."""
-    found = records.get(wanted)
-    if found is not None:
-        return found
-    matches = [r for i, r in records.items() if i.startswith(wanted)]
-    if len(matches) > 1:
-        raise InvalidArgument(f"{what} id prefix {wanted!r} is ambiguous")
-    return matches[0] if matches else None
-
-
-def required(found: T | None, what: str, wanted: str) -> T:
-    """`found`, or NOT_FOUND naming the id that was asked for."""
-    if found is None:
-        raise NotFound(f"{what} {wanted!r} not found")
-    return found
 
 
 def to_json(record: Any) -> bytes:

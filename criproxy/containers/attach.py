@@ -25,11 +25,7 @@ async def attach_session(
     deps: ContainerDeps, request: AttachRequest, streams: SessionStreams
 ) -> int:
     """Until the container's output ends (it exited) or the client goes away; 0."""
-    container = deps.store.get(request.container_id)
-    if container.state != "running":
-        raise FailedPrecondition(
-            f"container {container.id} is {container.state.upper()}, not RUNNING"
-        )
+    container = deps.store.running(request.container_id)
     io = deps.ios.get(container.id)
     if io is None:
         raise FailedPrecondition(f"container {container.id} has no output to attach to")

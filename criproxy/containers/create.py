@@ -47,9 +47,7 @@ def name_key(config: ContainerConfig, pod: PodMetadata) -> str:
 async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) -> str:
     store = deps.store
     store.gate.require()
-    sandbox = deps.pods.store.get(sandbox_id)
-    if sandbox.state != "ready":
-        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    sandbox = deps.pods.store.ready(sandbox_id)
     image = deps.images.status(config.image)
     if image is None:
         raise NotFound(f"image {config.image!r} not found: pull it first")

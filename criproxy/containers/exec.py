@@ -21,7 +21,6 @@ from criproxy.containers.io import ExecIO, FifoReader, FifoWriter, create_fifos
 from criproxy.errors import (
     CriproxyError,
     DeadlineExceeded,
-    FailedPrecondition,
     Internal,
     InvalidArgument,
 )
@@ -39,11 +38,7 @@ async def exec_sync(
     deps: ContainerDeps, container_id: str, cmd: list[str], timeout: float
 ) -> tuple[bytes, bytes, int]:
     """(stdout, stderr, exit code); `timeout` 0 is none."""
-    container = deps.store.get(container_id)
-    if container.state != "running":
-        raise FailedPrecondition(
-            f"container {container.id} is {container.state.upper()}, not RUNNING"
-        )
+    container = deps.store.running(container_id)
     if not cmd:
         raise InvalidArgument("cmd is required")
     spec = deps.store.specs.get(container.id) or {}
@@ -97,11 +92,7 @@ async def exec_session(deps: ContainerDeps, request: ExecRequest, streams: Sessi
     the client's streams; its exit code. The client going away (this call cancelled) kills
     and deletes the process; the end of its stdin is containerd's CloseIO, so a shell
     reading stdin ends."""
-    container = deps.store.get(request.container_id)
-    if container.state != "running":
-        raise FailedPrecondition(
-            f"container {container.id} is {container.state.upper()}, not RUNNING"
-        )
+    container = deps.store.running(request.container_id)
     spec = deps.store.specs.get(container.id) or {}
     process = dict(spec.get("process") or {})
     process["args"] = list(request.cmd)

@@ -11,9 +11,7 @@ if TYPE_CHECKING:
 
 
 async def reopen_log(deps: ContainerDeps, container_id: str) -> None:
-    container = deps.store.get(container_id)
-    if container.state != "running":
-        raise FailedPrecondition(f"container {container.id} is not running")
+    container = deps.store.running(container_id)
     io = deps.ios.get(container.id)
     if io is None:
         raise FailedPrecondition(f"container {container.id} has no output to reopen")

@@ -25,7 +25,6 @@ from criproxy.containers import (
     stop,
 )
 from criproxy.containers.deps import ContainerDeps, ContainerPaths
-from criproxy.errors import FailedPrecondition
 from criproxy.sandbox.handlers import resolve_handler, runc_options
 
 if TYPE_CHECKING:
@@ -115,14 +114,7 @@ class ContainerService:
         return self.store.all()
 
     def running(self, container_id: str) -> Container:
-        """A container that runs (exec and attach need one): NOT_FOUND or
-        FAILED_PRECONDITION otherwise."""
-        container = self.store.get(container_id)
-        if container.state != "running":
-            raise FailedPrecondition(
-                f"container {container.id} is {container.state.upper()}, not RUNNING"
-            )
-        return container
+        return self.store.running(container_id)
 
     def all_if_ready(self) -> list[Container]:
         return self.store.all_if_ready()

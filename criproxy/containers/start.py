@@ -41,9 +41,7 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
         raise FailedPrecondition(
             f"container {container_id} is {container.state.upper()}, not CREATED"
         )
-    sandbox = deps.pods.store.get(container.sandbox_id)
-    if sandbox.state != "ready":
-        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    sandbox = deps.pods.store.ready(container.sandbox_id)
     handler = resolve_handler(deps.config, sandbox.runtime_handler)
     tasks = deps.containerd.tasks
     cfg = container.config

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from criproxy.errors import FailedPrecondition, Unavailable
+from criproxy.errors import Unavailable
 from criproxy.network.netns import dial_in_netns
 
 if TYPE_CHECKING:
@@ -20,9 +20,7 @@ DIAL_TIMEOUT = 10.0
 
 
 async def dial(deps: PodDeps, sandbox_id: str, port: int) -> anyio.abc.SocketStream:
-    sandbox = deps.store.get(sandbox_id)
-    if sandbox.state != "ready":
-        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+    sandbox = deps.store.ready(sandbox_id)
     netns = Path(sandbox.netns) if sandbox.netns and not sandbox.config.host_network else None
     try:
         sock = await anyio.to_thread.run_sync(

@@ -63,7 +63,6 @@ async def run_pod(deps: PodDeps, pod: PodConfig, runtime_handler: str) -> str:
         if existing.error is not None:
             raise existing.error
         # The first caller went away before the answer (or is waiting too): deliver it.
-        existing.delivered = True
         store.setups.pop(existing_id, None)
         return existing.id
     setup = PodSetup(secrets.token_hex(32))
@@ -73,7 +72,6 @@ async def run_pod(deps: PodDeps, pod: PodConfig, runtime_handler: str) -> str:
     await setup.done.wait()
     if setup.error is not None:
         raise setup.error
-    setup.delivered = True
     store.setups.pop(setup.id, None)
     return setup.id
 

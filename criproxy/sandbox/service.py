@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from criproxy.errors import FailedPrecondition
 from criproxy.network.cni import Cni
 from criproxy.sandbox import exits, portforward, remove, run, stop, update
 from criproxy.sandbox.deps import PodDeps, PodPaths
@@ -74,11 +73,7 @@ class SandboxService:
         await update.update_resources(self.deps, sandbox_id, overhead, resources)
 
     def ready(self, sandbox_id: str) -> Sandbox:
-        """A READY pod (port-forward needs one): NOT_FOUND or FAILED_PRECONDITION otherwise."""
-        sandbox = self.store.get(sandbox_id)
-        if sandbox.state != "ready":
-            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
-        return sandbox
+        return self.store.ready(sandbox_id)
 
     async def dial(self, sandbox_id: str, port: int) -> anyio.abc.SocketStream:
         return await portforward.dial(self.deps, sandbox_id, port)

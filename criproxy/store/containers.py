@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from criproxy.errors import FailedPrecondition
 from criproxy.store.index import GatedIndex
 from criproxy.store.names import NameRegistrar
 
@@ -25,6 +26,16 @@ class ContainerStore(GatedIndex["Container"]):
         """Pod id -> its container ids, in creation order."""
 
     # --- queries (memory only) ----------------------------------------------------------
+
+    def running(self, container_id: str) -> Container:
+        """A container that runs (exec, attach, log reopen need one): NOT_FOUND or
+        FAILED_PRECONDITION naming its state otherwise."""
+        container = self.get(container_id)
+        if container.state != "running":
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state.upper()}, not RUNNING"
+            )
+        return container
 
     def all(self) -> list[Container]:
         self.gate.require()

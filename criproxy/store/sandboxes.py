@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from criproxy.errors import FailedPrecondition
 from criproxy.store.index import GatedIndex
 from criproxy.store.names import NameRegistrar
 
@@ -24,8 +25,6 @@ class PodSetup:
     id: str
     done: anyio.Event = field(default_factory=anyio.Event)
     error: CriproxyError | None = None
-    delivered: bool = False
-    """Whether a RunPodSandbox call returned this id; until then a retry gets it too."""
 
 
 class SandboxStore(GatedIndex["Sandbox"]):
@@ -36,6 +35,14 @@ class SandboxStore(GatedIndex["Sandbox"]):
         """By sandbox id, from the first RunPodSandbox until an answer was delivered."""
 
     # --- queries (memory only: never wait on containerd or CNI) ------------------------
+
+    def ready(self, sandbox_id: str) -> Sandbox:
+        """A READY pod (containers and port-forwards need one): NOT_FOUND or
+        FAILED_PRECONDITION otherwise."""
+        sandbox = self.get(sandbox_id)
+        if sandbox.state != "ready":
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+        return sandbox
 
     def pods(self) -> list[Sandbox]:
         """The pods List answers with (one being set up is not listed yet)."""

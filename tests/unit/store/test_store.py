@@ -107,3 +107,22 @@ def test_pod_membership_follows_puts_and_removes_in_creation_order() -> None:
     assert store.names.get("name-a") is None
     store.remove("c")
     assert store.pod_containers("p1") == ()
+
+
+def test_running_and_ready_name_the_state_that_is_not() -> None:
+    from criproxy.errors import FailedPrecondition
+
+    gate = RecoveredGate()
+    gate.open()
+    pods, containers = SandboxStore(gate), ContainerStore(gate)
+    pods.put(_sandbox("up"))
+    pods.put(_sandbox("down", state="notready"))
+    containers.put(_container("run", "up").with_changes(state="running"))
+    containers.put(_container("done", "up").with_changes(state="exited"))
+    assert pods.ready("up").id == "up" and containers.running("run").id == "run"
+    with pytest.raises(FailedPrecondition, match="pod sandbox down is not ready"):
+        pods.ready("down")
+    with pytest.raises(FailedPrecondition, match="container done is EXITED, not RUNNING"):
+        containers.running("done")
+    with pytest.raises(NotFound):
+        containers.running("gone")
