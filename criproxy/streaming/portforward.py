@@ -19,6 +19,7 @@ import anyio.abc
 import structlog
 
 from criproxy.errors import CriproxyError
+from criproxy.streaming.gone import CLIENT_GONE, quietly
 from criproxy.streaming.websocket import announce_ports, port_channels
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ async def _forward_when_paired(
         if pair.data is None or pair.error is None:
             for stream in (pair.data, pair.error):
                 if stream is not None:
-                    await _quietly(stream.reset())
+                    await quietly(stream.reset())
             return
         await _forward(pair.data, pair.error, pair.port_header, dial, pod)
     finally:
@@ -103,18 +104,18 @@ async def _forward(
             raise ValueError
     except ValueError:
         await _report(error, f"invalid port {port_header!r}")
-        await _quietly(data.reset())
+        await quietly(data.reset())
         return
     try:
         target = await dial(port)
     except CriproxyError as err:
         await _report(error, f"error forwarding port {port} to pod {pod}: {err.message}")
-        await _quietly(data.reset())
+        await quietly(data.reset())
         return
     async with target:
         await _pipe(functools.partial(data.receive, _CHUNK), data.send, target)
-    await _quietly(data.send_eof())
-    await _quietly(error.send_eof())
+    await quietly(data.send_eof())
+    await quietly(error.send_eof())
 
 
 async def _pipe(
@@ -131,15 +132,15 @@ async def _pipe(
         other.deadline = min(other.deadline, anyio.current_time() + CLOSE_GRACE)
 
     async def to_pod() -> None:
-        with scopes[0], contextlib.suppress(*_GONE):
+        with scopes[0], contextlib.suppress(*CLIENT_GONE):
             while True:
                 await target.send(await receive())
-        with contextlib.suppress(*_GONE):
+        with contextlib.suppress(*CLIENT_GONE):
             await target.send_eof()  # the client is done sending: half-close to the pod
         done(0)
 
     async def to_client() -> None:
-        with scopes[1], contextlib.suppress(*_GONE):
+        with scopes[1], contextlib.suppress(*CLIENT_GONE):
             while True:
                 await send(await target.receive(_CHUNK))
         done(1)
@@ -149,24 +150,10 @@ async def _pipe(
         tg.start_soon(to_client)
 
 
-_GONE = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    ConnectionError,
-    OSError,
-)
-
-
 async def _report(error: SpdyStream, message: str) -> None:
     log.info("port forward failed", error=message)
-    await _quietly(error.send(message.encode()))
-    await _quietly(error.send_eof())
-
-
-async def _quietly(step: Awaitable[None]) -> None:
-    with contextlib.suppress(*_GONE):
-        await step
+    await quietly(error.send(message.encode()))
+    await quietly(error.send_eof())
 
 
 # --- over WebSocket channels ---------------------------------------------------------------
@@ -195,8 +182,8 @@ async def serve_channels(conn: ChannelConnection, ports: tuple[int, ...], dial: 
     finally:
         for target in targets:
             if not isinstance(target, str):
-                await _quietly(target.aclose())
-    await _quietly(conn.close())
+                await quietly(target.aclose())
+    await quietly(conn.close())
 
 
 class _ChannelBytes:
@@ -213,7 +200,7 @@ async def _dispatch(conn: ChannelConnection, inputs: list[_ChannelBytes]) -> Non
                 continue
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await inputs[index].send.send(data)
-    except _GONE:
+    except CLIENT_GONE:
         pass
     finally:
         for target in inputs:
@@ -231,6 +218,6 @@ async def _forward_channel(
     data_channel, error_channel = port_channels(index)
     if isinstance(target, str):
         log.info("port forward failed", error=target)
-        await _quietly(conn.send(error_channel, target.encode()))
+        await quietly(conn.send(error_channel, target.encode()))
         return
     await _pipe(data_in.receive.receive, functools.partial(conn.send, data_channel), target)

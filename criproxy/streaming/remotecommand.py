@@ -21,6 +21,7 @@ import structlog
 
 from criproxy.containers.streams import SessionStreams, TerminalSize
 from criproxy.errors import CriproxyError, DeadlineExceeded
+from criproxy.streaming.gone import quietly
 
 if TYPE_CHECKING:
     from criproxy.streaming.spdy import SpdyConnection, SpdyStream
@@ -99,9 +100,9 @@ async def serve(
         status = failure_status(err)
     for name in ("stdout", "stderr"):
         if name in streams:
-            await _quietly(streams[name].send_eof())
-    await _quietly(error.send(status_message(protocol, status)))
-    await _quietly(error.send_eof())
+            await quietly(streams[name].send_eof())
+    await quietly(error.send(status_message(protocol, status)))
+    await quietly(error.send_eof())
 
 
 async def _collect(
@@ -213,12 +214,6 @@ def _internal_error(message: str) -> dict[str, Any]:
     }
 
 
-async def _quietly(step: Awaitable[None]) -> None:
-    """A write to a client that may have gone already."""
-    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        await step
-
-
 # --- over WebSocket channels ---------------------------------------------------------------
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
@@ -254,9 +249,9 @@ async def serve_channels(
             status = failure_status(err)
         message = status_message(protocol, status)
         if message:
-            await _quietly(conn.send(ERROR, message))
+            await quietly(conn.send(ERROR, message))
         tg.cancel_scope.cancel()
-    await _quietly(conn.close())
+    await quietly(conn.close())
 
 
 class _ChannelInput:
