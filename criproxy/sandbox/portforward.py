@@ -12,6 +12,7 @@ import anyio.abc
 
 from criproxy.errors import Unavailable
 from criproxy.network.netns import dial_in_netns
+from criproxy.network.sockets import SocketByteStream
 
 if TYPE_CHECKING:
     from criproxy.sandbox.deps import PodDeps
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 DIAL_TIMEOUT = 10.0
 
 
-async def dial(deps: PodDeps, sandbox_id: str, port: int) -> anyio.abc.SocketStream:
+async def dial(deps: PodDeps, sandbox_id: str, port: int) -> SocketByteStream:
     sandbox = deps.store.ready(sandbox_id)
     netns = Path(sandbox.netns) if sandbox.netns and not sandbox.config.host_network else None
     try:
@@ -28,7 +29,6 @@ async def dial(deps: PodDeps, sandbox_id: str, port: int) -> anyio.abc.SocketStr
         )
     except OSError as err:
         raise Unavailable(
-            f"cannot connect to port {port} in pod sandbox {sandbox.id}: "
-            f"{err.strerror or err}"
+            f"cannot connect to port {port} in pod sandbox {sandbox.id}: {err.strerror or err}"
         ) from None
-    return await anyio.abc.SocketStream.from_socket(sock)
+    return SocketByteStream(sock)

@@ -75,7 +75,7 @@ class SandboxService:
     def ready(self, sandbox_id: str) -> Sandbox:
         return self.store.ready(sandbox_id)
 
-    async def dial(self, sandbox_id: str, port: int) -> anyio.abc.SocketStream:
+    async def dial(self, sandbox_id: str, port: int) -> anyio.abc.ByteStream:
         return await portforward.dial(self.deps, sandbox_id, port)
 
     def get(self, sandbox_id: str) -> Sandbox:

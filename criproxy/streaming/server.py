@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import h11
 import structlog
-from anyio.streams.tls import TLSListener
+from anyio.streams.tls import TLSStream
 
 from criproxy.containers.streams import (
     AttachRequest,
@@ -30,6 +30,7 @@ from criproxy.containers.streams import (
     PortForwardRequest,
     SessionStreams,
 )
+from criproxy.network import sockets
 from criproxy.streaming import portforward, remotecommand, websocket
 from criproxy.streaming.remotecommand import StreamOptions
 from criproxy.streaming.spdy import SpdyConnection
@@ -104,18 +105,19 @@ class StreamServer:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen (started once bound: a port in use fails the start) and serve until
         cancelled (server shutdown)."""
-        listener: anyio.abc.Listener[ByteStream] = await anyio.create_tcp_listener(
-            local_host=self._address, local_port=self._port, reuse_port=False
-        )
-        sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
-        self._bound = (str(sockname[0]), int(sockname[1]))
-        if self._ssl is not None:
-            listener = TLSListener(listener, self._ssl, standard_compatible=False)
-        self._ready.set()
-        task_status.started()
-        log.info("streaming server listening", url=self.base_url)
-        async with listener:
-            await listener.serve(self._serve_one)
+        listener = await anyio.to_thread.run_sync(sockets.listen_tcp, self._address, self._port)
+        try:
+            sockname = listener.getsockname()
+            self._bound = (str(sockname[0]), int(sockname[1]))
+            self._ready.set()
+            task_status.started()
+            log.info("streaming server listening", url=self.base_url)
+            async with anyio.create_task_group() as tg:
+                while True:
+                    tg.start_soon(self._serve_one, await sockets.accept(listener))
+        finally:
+            anyio.notify_closing(listener)
+            listener.close()
 
     async def ready(self) -> None:
         await self._ready.wait()
@@ -135,9 +137,15 @@ class StreamServer:
         """A single-use URL for one session."""
         return f"{self.base_url}/{kind}/{self.tokens.issue(kind, request)}"
 
-    async def _serve_one(self, stream: ByteStream) -> None:
+    async def _serve_one(self, conn: sockets.SocketByteStream) -> None:
+        stream: ByteStream = conn
         try:
-            async with stream:
+            async with conn:
+                if self._ssl is not None:
+                    with anyio.fail_after(REQUEST_TIMEOUT):
+                        stream = await TLSStream.wrap(
+                            conn, server_side=True, ssl_context=self._ssl, standard_compatible=False
+                        )
                 await self._serve(stream)
         except (anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError, OSError):
             pass  # the client went away

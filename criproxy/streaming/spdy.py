@@ -81,10 +81,10 @@ DEFAULT_WINDOW: Final = 64 * 1024
 """The initial stream window (SPDY/3) and connection window (SPDY/3.1), both directions."""
 MAX_DATA_FRAME: Final = 256 * 1024
 """The largest DATA payload written: large frames for throughput, well under 16 MiB."""
-STREAM_BUFFER: Final = 256 * 1024
+STREAM_BUFFER: Final = 1024 * 1024
 """Received bytes one stream holds before the reader stops reading the transport; also the
 receive window we give each stream (SETTINGS INITIAL_WINDOW_SIZE, sent at the start)."""
-CONNECTION_BUFFER: Final = 1024 * 1024
+CONNECTION_BUFFER: Final = 4 * 1024 * 1024
 """Received bytes all streams together hold before the reader stops reading; also our
 connection receive window (raised from 64 KiB by a WINDOW_UPDATE sent at the start)."""
 READ_SIZE: Final = 256 * 1024
@@ -597,7 +597,7 @@ class SpdyStream:
         self._unacked = 0
         self._readable = _Signal()
         self._reply_signal = _Signal()
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -795,7 +795,7 @@ class SpdyConnection:
         self._max_streams = max_streams
         self._encoder = FrameEncoder()
         self._decoder = FrameDecoder(max_header_block=max_header_block)
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self._streams: dict[int, SpdyStream] = {}
         self._incoming: deque[SpdyStream] = deque()
         self._incoming_signal = _Signal()

@@ -292,7 +292,7 @@ class WebSocket:
         self._max_message = max_message
         self._close_timeout = close_timeout
         self._inbox = _Inbox(max_buffer)
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._done = anyio.Event()
         self._running = False
         self._closing = False  # close() was called

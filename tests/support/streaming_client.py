@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +39,22 @@ class Upgraded:
     body: bytes = b""
 
 
-async def upgrade(url: str, protocols: tuple[str, ...], upgrade_to: str = "SPDY/3.1") -> Upgraded:
-    """Connect and ask to switch protocols; the connection after a 101 (or the refusal)."""
+async def upgrade(
+    url: str,
+    protocols: tuple[str, ...],
+    upgrade_to: str = "SPDY/3.1",
+    ssl_context: ssl.SSLContext | None = None,
+) -> Upgraded:
+    """Connect (TLS for https, trusting `ssl_context`) and ask to switch protocols; the
+    connection after a 101 (or the refusal)."""
     parts = urllib.parse.urlsplit(url)
-    stream = await anyio.connect_tcp(parts.hostname or "127.0.0.1", parts.port or 80)
+    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+        parts.hostname or "127.0.0.1",
+        parts.port or 80,
+        tls=parts.scheme == "https",
+        ssl_context=ssl_context,
+        tls_standard_compatible=False,
+    )
     conn = h11.Connection(h11.CLIENT)
     headers = [
         ("Host", parts.netloc),
@@ -99,9 +112,10 @@ async def remotecommand(
     resize: tuple[int, int] | None = None,
     protocols: tuple[str, ...] = ("v4.channel.k8s.io",),
     timeout: float = 60,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Result:
     """One exec or attach, as kubectl runs it: the streams, stdin sent and closed."""
-    up = await upgrade(url, protocols)
+    up = await upgrade(url, protocols, ssl_context=ssl_context)
     assert up.status == 101, (up.status, up.body)
     spdy = SpdyConnection(up.stream, server=False, initial=up.initial)
     out, err, error = bytearray(), bytearray(), bytearray()
