@@ -1,11 +1,10 @@
-"""ExecSync: a process in a running container, its output captured (each stream capped at
-16 MiB). Past the timeout the process is killed and DEADLINE_EXCEEDED raised. Streaming
-exec sessions will live beside it."""
+"""Processes run in a running container. ExecSync captures their output (each stream
+capped at 16 MiB); past the timeout the process is killed and DEADLINE_EXCEEDED raised. A
+streaming session (kubectl exec) wires them to the client's streams instead."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import secrets
 import shlex
 import signal
@@ -60,29 +59,43 @@ async def exec_sync(
                         stdout=io.fifos.stdout,
                         stderr=io.fifos.stderr,
                     )
-                    await tasks.start(container.id, exec_id)
-                    exit_code = await _wait(deps, container.id, exec_id, cmd, timeout)
+                    exited = _Exit()
+
+                    async def wait() -> None:
+                        exited.code = await _wait(deps, container.id, exec_id, cmd, timeout)
+
+                    async with anyio.create_task_group() as waiting:
+                        waiting.start_soon(wait)
+                        await tasks.start(container.id, exec_id)
                     await io.wait_drained(IO_DRAIN)
             finally:
                 tg.cancel_scope.cancel()
     finally:
         io.close()
-    return io.stdout, io.stderr, exit_code
+    return io.stdout, io.stderr, exited.code
+
+
+class _Exit:
+    """An exec process's exit code, once its Wait has answered."""
+
+    code: int = 0
 
 
 async def _wait(
     deps: ContainerDeps, container_id: str, exec_id: str, cmd: list[str], timeout: float
 ) -> int:
+    """Asked before the process is started (containerd answers once it exits, however
+    early), so that its exit comes back with no further round trip."""
     tasks = deps.containerd.tasks
     deadline = time.monotonic() + timeout
     try:
-        exited = await tasks.wait(container_id, exec_id, timeout if timeout > 0 else None)
+        info = await tasks.wait(container_id, exec_id, timeout if timeout > 0 else None)
     except CriproxyError:
         # containerd's own context may expire first and answer UNKNOWN for it.
         if timeout <= 0 or time.monotonic() < deadline:
             raise
     else:
-        return exited.exit_status
+        return info.exit_status
     # exec_sync's failure path kills the process and waits for it.
     raise DeadlineExceeded(f"command {shlex.join(cmd)!r} timed out after {timeout:g}s (killed)")
 
@@ -99,15 +112,10 @@ async def exec_session(deps: ContainerDeps, request: ExecRequest, streams: Sessi
     process["terminal"] = request.tty
     exec_id = secrets.token_hex(16)
     bound = log.bind(container=container.id, exec_id=exec_id)
-    fifos = await anyio.to_thread.run_sync(
-        functools.partial(
-            create_fifos,
-            Path(container.io_dir),
-            exec_id,
-            stdin=request.stdin,
-            stdout=request.stdout,
-            stderr=request.stderr and not request.tty,
-        )
+    # Output FIFOs whether the client wants the stream or not (the shim opens both; what
+    # nobody asked for is read and dropped). Metadata calls on the state dir: no thread.
+    fifos = create_fifos(
+        Path(container.io_dir), exec_id, stdin=request.stdin, stdout=True, stderr=not request.tty
     )
     io = _SessionIO()
     tasks = deps.containerd.tasks
@@ -123,7 +131,6 @@ async def exec_session(deps: ContainerDeps, request: ExecRequest, streams: Sessi
             terminal=request.tty,
         )
         async with _owned(deps, container.id, exec_id):
-            await tasks.start(container.id, exec_id)
             exit_code = await _serve(deps, container.id, exec_id, streams, io)
     finally:
         io.close()
@@ -135,22 +142,29 @@ async def exec_session(deps: ContainerDeps, request: ExecRequest, streams: Sessi
 
 @contextlib.asynccontextmanager
 async def _owned(deps: ContainerDeps, container_id: str, exec_id: str) -> AsyncIterator[None]:
-    """An exec process criproxy answers for: ended (SIGKILL) when the call fails or is
-    cancelled before it exits (a timeout, a client that went away), deleted in any case."""
+    """An exec process criproxy answers for: ended (SIGKILL) and deleted when the call
+    fails or is cancelled before it exits (a timeout, a client that went away); once it has
+    exited, deleted in the background, so that its exit code reaches the client without
+    waiting for containerd's cleanup (a criproxy killed in that millisecond leaves the shim
+    a record of an exited process, gone with the container's task)."""
     tasks = deps.containerd.tasks
     try:
         yield
     except BaseException:
-        with anyio.CancelScope(shield=True), contextlib.suppress(CriproxyError):
-            await tasks.kill(container_id, signal.SIGKILL, exec_id=exec_id)
-            await tasks.wait(container_id, exec_id, KILL_WAIT)
-        raise
-    finally:
         with anyio.CancelScope(shield=True):
-            try:
-                await tasks.delete_process(container_id, exec_id)
-            except CriproxyError as err:
-                log.debug("exec not deleted", exec_id=exec_id, error=err.message)
+            with contextlib.suppress(CriproxyError):
+                await tasks.kill(container_id, signal.SIGKILL, exec_id=exec_id)
+                await tasks.wait(container_id, exec_id, KILL_WAIT)
+            await _delete(deps, container_id, exec_id)
+        raise
+    deps.background.start_soon(_delete, deps, container_id, exec_id)
+
+
+async def _delete(deps: ContainerDeps, container_id: str, exec_id: str) -> None:
+    try:
+        await deps.containerd.tasks.delete_process(container_id, exec_id)
+    except CriproxyError as err:
+        log.debug("exec not deleted", exec_id=exec_id, error=err.message)
 
 
 class _SessionIO:
@@ -175,8 +189,8 @@ class _SessionIO:
 async def _serve(
     deps: ContainerDeps, container_id: str, exec_id: str, streams: SessionStreams, io: _SessionIO
 ) -> int:
-    """Pump until the process has exited and its output is drained (or `IO_DRAIN` has
-    passed: a child may hold the FIFOs); its exit code."""
+    """Start the process and pump until it has exited and its output is drained (or
+    `IO_DRAIN` has passed: a child may hold the FIFOs); its exit code."""
     tasks = deps.containerd.tasks
     drain = anyio.CancelScope()
 
@@ -188,17 +202,23 @@ async def _serve(
                 if io.stderr is not None:
                     pumps.start_soon(_copy_out, io.stderr, streams.stderr)
 
+    exited = _Exit()
+
+    async def wait(inputs: anyio.CancelScope) -> None:
+        exited.code = (await tasks.wait(container_id, exec_id, None)).exit_status
+        inputs.cancel()
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(outputs)
         async with anyio.create_task_group() as inputs:
+            inputs.start_soon(wait, inputs.cancel_scope)  # asked before the start: see _wait
+            await tasks.start(container_id, exec_id)
             if io.stdin is not None and streams.stdin is not None:
                 inputs.start_soon(_copy_in, deps, container_id, exec_id, streams, io.stdin)
             if streams.resize is not None:
                 inputs.start_soon(_resize, deps, container_id, exec_id, streams)
-            exited = await tasks.wait(container_id, exec_id, None)
-            inputs.cancel_scope.cancel()
         drain.deadline = anyio.current_time() + IO_DRAIN
-    return exited.exit_status
+    return exited.code
 
 
 async def _copy_out(reader: FifoReader, sink: OutputStream | None) -> None:

@@ -22,7 +22,6 @@ as long as the shim holds its ends.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from dataclasses import dataclass
@@ -834,11 +833,8 @@ class ExecIO(_ProcessOutput):
     @classmethod
     async def create(cls, directory: Path, exec_id: str, *, limit: int = EXEC_SYNC_LIMIT) -> ExecIO:
         """Make `<exec id>-stdout` and `-stderr` in `directory` and open our ends."""
-        fifos = await anyio.to_thread.run_sync(
-            functools.partial(
-                create_fifos, directory, exec_id, stdin=False, stdout=True, stderr=True
-            )
-        )
+        # metadata calls on the state dir: quicker than a trip to a worker thread
+        fifos = create_fifos(directory, exec_id, stdin=False, stdout=True, stderr=True)
         try:
             stdout = FifoReader.open(fifos.stdout)
             try:

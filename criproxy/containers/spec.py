@@ -298,4 +298,3 @@ def _upper_dirs(mounts: Sequence[Mount]) -> set[str]:
         for option in m.options
         if option.startswith("upperdir=")
     }
-

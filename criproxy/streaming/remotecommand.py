@@ -20,7 +20,7 @@ import anyio
 import structlog
 
 from criproxy.containers.streams import SessionStreams, TerminalSize
-from criproxy.errors import CriproxyError, DeadlineExceeded
+from criproxy.errors import CriproxyError, DeadlineExceeded, unwrap
 from criproxy.streaming.gone import quietly
 
 if TYPE_CHECKING:
@@ -86,18 +86,16 @@ async def serve(
     """Collect the client's streams, run the session over them, report how it ended."""
     streams = await _collect(conn, protocol, options)
     error = streams.pop("error")
-    try:
-        code = await session(
-            SessionStreams(
-                stdin=_Input(streams["stdin"]) if "stdin" in streams else None,
-                stdout=_Output(streams["stdout"]) if "stdout" in streams else None,
-                stderr=_Output(streams["stderr"]) if "stderr" in streams else None,
-                resize=sizes(streams["resize"].receive) if "resize" in streams else None,
-            )
-        )
-        status = final_status(code, cmd)
-    except CriproxyError as err:
-        status = failure_status(err)
+    status = await run_session(
+        session,
+        SessionStreams(
+            stdin=_Input(streams["stdin"]) if "stdin" in streams else None,
+            stdout=_Output(streams["stdout"]) if "stdout" in streams else None,
+            stderr=_Output(streams["stderr"]) if "stderr" in streams else None,
+            resize=sizes(streams["resize"].receive) if "resize" in streams else None,
+        ),
+        cmd,
+    )
     for name in ("stdout", "stderr"):
         if name in streams:
             await quietly(streams[name].send_eof())
@@ -169,6 +167,21 @@ async def sizes(receive: Callable[[], Awaitable[bytes]]) -> AsyncIterator[Termin
                     yield TerminalSize(width, height)
 
 
+async def run_session(
+    session: Session, streams: SessionStreams, cmd: tuple[str, ...]
+) -> dict[str, Any]:
+    """Run the session; how it ended, as the error stream reports it. A session that could
+    not run (a failure inside its task groups too) is a Failure status, not a lost
+    connection."""
+    try:
+        return final_status(await session(streams), cmd)
+    except Exception as exc:
+        leaf = unwrap(exc)
+        if isinstance(leaf, CriproxyError):
+            return failure_status(leaf)
+        raise
+
+
 def final_status(code: int, cmd: tuple[str, ...]) -> dict[str, Any]:
     """How a session that ran to its end is reported."""
     return _success() if code == 0 else _exit_failure(ExitCode(cmd, code))
@@ -233,20 +246,16 @@ async def serve_channels(
     resize = _ChannelInput() if options.tty else None
     async with anyio.create_task_group() as tg:
         tg.start_soon(_dispatch, conn, {STDIN: stdin, RESIZE: resize})
-        try:
-            code = await session(
-                SessionStreams(
-                    stdin=stdin,
-                    stdout=_ChannelOutput(conn, STDOUT) if options.stdout else None,
-                    stderr=_ChannelOutput(conn, STDERR)
-                    if options.stderr and not options.tty
-                    else None,
-                    resize=sizes(resize.receive) if resize is not None else None,
-                )
-            )
-            status = final_status(code, cmd)
-        except CriproxyError as err:
-            status = failure_status(err)
+        status = await run_session(
+            session,
+            SessionStreams(
+                stdin=stdin,
+                stdout=_ChannelOutput(conn, STDOUT) if options.stdout else None,
+                stderr=_ChannelOutput(conn, STDERR) if options.stderr and not options.tty else None,
+                resize=sizes(resize.receive) if resize is not None else None,
+            ),
+            cmd,
+        )
         message = status_message(protocol, status)
         if message:
             await quietly(conn.send(ERROR, message))

@@ -59,6 +59,22 @@ def test_exec_output_streams_and_exit_codes(ctr_env: ContainerEnv, sleeper: str)
     }
 
 
+def test_an_exec_may_ask_for_one_output_stream_only(ctr_env: ContainerEnv, sleeper: str) -> None:
+    both = ("sh", "-c", "echo out; echo err >&2")
+    result = anyio.run(
+        functools.partial(
+            remotecommand, _exec_url(ctr_env, sleeper, *both, stderr=False), stderr=False
+        )
+    )
+    assert (result.stdout, result.status["status"]) == (b"out\n", "Success")
+    result = anyio.run(
+        functools.partial(
+            remotecommand, _exec_url(ctr_env, sleeper, *both, stdout=False), stdout=False
+        )
+    )
+    assert (result.stderr, result.status["status"]) == (b"err\n", "Success")
+
+
 def test_exec_stdin_is_piped_and_its_end_ends_the_reader(
     ctr_env: ContainerEnv, sleeper: str
 ) -> None:
@@ -179,6 +195,89 @@ def test_a_client_that_goes_away_leaves_no_exec_process(
     while "sleep 4242" in ctr_env.exec(sleeper, "ps", "-o", "args").stdout.decode():
         assert time.monotonic() < deadline, "the exec of a client that went away still runs"
         time.sleep(0.2)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _stalled_reader(url: str, pid: int, stdin: bytes | None = None) -> tuple[int, int]:
+    """A session whose client reads nothing for two seconds while the process floods its
+    stdout, then reads 4 MiB: (criproxy's RSS growth while stalled, bytes read after)."""
+    up = await upgrade(url, ("v4.channel.k8s.io",))
+    spdy = SpdyConnection(up.stream, server=False, initial=up.initial)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(spdy.run)
+        await spdy.open({"streamtype": "error"})
+        if stdin is not None:
+            await (await spdy.open({"streamtype": "stdin"})).send(stdin)
+        stdout = await spdy.open({"streamtype": "stdout"})
+        await anyio.sleep(0.5)  # the flood fills every buffer on the way
+        before = _rss(pid)
+        await anyio.sleep(2.0)
+        grown = _rss(pid) - before
+        got = 0
+        with anyio.fail_after(20):
+            while got < 4 * 1024 * 1024:
+                got += len(await stdout.receive(1 << 20))
+        tg.cancel_scope.cancel()
+    await up.stream.aclose()
+    return grown, got
+
+
+def test_an_exec_that_floods_is_read_at_the_clients_pace(
+    ctr_env: ContainerEnv, sleeper: str
+) -> None:
+    proxy = ctr_env.pods.proxy
+    assert proxy.proc is not None
+    url = _exec_url(ctr_env, sleeper, "yes", "0123456789abcdef", stderr=False)
+    grown, got = anyio.run(_stalled_reader, url, proxy.proc.pid)
+    assert grown < 16 * 1024 * 1024, f"criproxy grew {grown} bytes behind a stalled client"
+    assert got >= 4 * 1024 * 1024
+
+
+def test_an_attached_client_that_stops_reading_holds_the_flood_back(
+    ctr_env: ContainerEnv,
+) -> None:
+    pod_id, pod = ctr_env.pod("flood")
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "flood",
+        command=["/bin/sh", "-c"],
+        args=["read go; yes 0123456789abcdef"],
+        stdin=True,
+    )
+    proxy = ctr_env.pods.proxy
+    assert proxy.proc is not None
+    log = ctr_env.log_path(container)
+    url = ctr_env.runtime.Attach(
+        api_pb2.AttachRequest(container_id=container, stdin=True, stdout=True)
+    ).url
+    sizes: list[int] = []
+
+    async def watch_log() -> None:
+        await anyio.sleep(1.5)  # into the stall
+        sizes.append(log.stat().st_size)
+        await anyio.sleep(1.0)
+        sizes.append(log.stat().st_size)
+
+    async def both() -> tuple[int, int]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_log)
+            return await _stalled_reader(url, proxy.proc.pid, stdin=b"go\n")  # type: ignore[union-attr]
+
+    try:
+        grown, got = anyio.run(both)
+    finally:
+        ctr_env.stop(container)
+    assert grown < 16 * 1024 * 1024, f"criproxy grew {grown} bytes behind a stalled client"
+    assert got >= 4 * 1024 * 1024
+    # held back as with containerd: the log waits with the client
+    assert sizes[1] - sizes[0] < 1024 * 1024, sizes
 
 
 def test_attach_shares_the_containers_stdin_and_output(ctr_env: ContainerEnv) -> None:
@@ -392,21 +491,40 @@ def test_a_session_ends_when_its_container_is_removed(ctr_env: ContainerEnv) -> 
     assert result.status["status"] == "Failure"  # the exec was killed with its container
 
 
-def test_sessions_leave_no_file_descriptor_behind(ctr_env: ContainerEnv, sleeper: str) -> None:
+def test_sessions_leave_no_file_descriptor_thread_or_exec_process_behind(
+    ctr_env: ContainerEnv, sleeper: str
+) -> None:
+    """Counted after sessions of each kind: criproxy's fds and threads, and the exec
+    processes containerd still holds (the shim keeps `<exec id>.pid` in the container's
+    bundle until the process is deleted)."""
     proxy = ctr_env.pods.proxy
     assert proxy.proc is not None
-    fd_dir = Path(f"/proc/{proxy.proc.pid}/fd")
+    proc = Path(f"/proc/{proxy.proc.pid}")
+    tasks = ctr_env.pods.containerd.base / "state" / "io.containerd.runtime.v2.task"
+    bundle = tasks / "k8s.io" / sleeper
 
-    def fds() -> int:
-        return len(list(fd_dir.iterdir()))
+    def counts() -> dict[str, int]:
+        return {
+            "fds": len(list((proc / "fd").iterdir())),
+            "threads": len(list((proc / "task").iterdir())),
+            "exec processes": sum(1 for p in bundle.glob("*.pid") if p.name != "init.pid"),
+        }
 
     anyio.run(remotecommand, _exec_url(ctr_env, sleeper, "true"))  # warm: lazy imports, pools
-    before = fds()
+    anyio.run(ws_remotecommand, _exec_url(ctr_env, sleeper, "true"))
+    time.sleep(0.5)
+    before = counts()
+    assert bundle.is_dir() and before["exec processes"] == 0, before
     for _ in range(10):
         anyio.run(remotecommand, _exec_url(ctr_env, sleeper, "sh", "-c", "echo x; echo y >&2"))
         url = _exec_url(ctr_env, sleeper, "cat", stdin=True)
         anyio.run(functools.partial(remotecommand, url, stdin=b"z" * 100_000))
+        anyio.run(ws_remotecommand, _exec_url(ctr_env, sleeper, "true"))
+        ctr_env.exec(sleeper, "true")
     deadline = time.monotonic() + 10
-    while fds() > before:
-        assert time.monotonic() < deadline, f"{fds() - before} fds more than before the sessions"
+    while (now := counts()) != before:
+        more = {k: now[k] - before[k] for k in now if now[k] > before[k]}
+        if not more:
+            break  # fewer threads than before: idle workers retired
+        assert time.monotonic() < deadline, f"more than before the sessions: {more}"
         time.sleep(0.2)

@@ -5,12 +5,13 @@ import json
 import anyio
 import pytest
 
-from criproxy.containers.streams import TerminalSize
+from criproxy.containers.streams import SessionStreams, TerminalSize
 from criproxy.errors import Internal
 from criproxy.streaming.remotecommand import (
     StreamOptions,
     failure_status,
     final_status,
+    run_session,
     sizes,
     status_message,
 )
@@ -80,3 +81,23 @@ def test_resize_messages_split_and_joined_anyhow_become_sizes() -> None:
         return [size async for size in sizes(receive)]
 
     assert anyio.run(collect) == [TerminalSize(80, 24), TerminalSize(100, 30)]
+
+
+def test_a_session_that_fails_inside_its_task_groups_reports_a_failure_status() -> None:
+    async def failing(streams: SessionStreams) -> int:
+        raise ExceptionGroup("tasks", [ExceptionGroup("inner", [Internal("no such FIFO")])])
+
+    async def exits_3(streams: SessionStreams) -> int:
+        return 3
+
+    async def broken(streams: SessionStreams) -> int:
+        raise ExceptionGroup("tasks", [ZeroDivisionError()])
+
+    status = anyio.run(run_session, failing, SessionStreams(), ("true",))
+    assert status["status"] == "Failure"
+    assert "no such FIFO" in status["message"]
+    assert anyio.run(run_session, exits_3, SessionStreams(), ("x",))["details"] == {
+        "causes": [{"reason": "ExitCode", "message": "3"}]
+    }
+    with pytest.raises(ExceptionGroup):  # a bug in criproxy is not dressed up as a status
+        anyio.run(run_session, broken, SessionStreams(), ("true",))
