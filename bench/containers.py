@@ -76,7 +76,14 @@ CYCLE_STEPS = (
     "StopPodSandbox",
     "RemovePodSandbox",
 )
-LIST_CALLS = ("ListContainers", "ContainerStatus", "ListContainerStats")
+LIST_CALLS = (
+    "Version",
+    "ListPodSandbox",
+    "PodSandboxStatus",
+    "ListContainers",
+    "ContainerStatus",
+    "ListContainerStats",
+)
 TEARDOWN_CALLS = ("StopPodSandbox", "RemovePodSandbox")
 
 
@@ -270,6 +277,18 @@ def list_calls(
             listing = by_rt[rt.name]
             add = listing.add if record else (lambda call, seconds: None)
             if i < calls:
+                _, seconds = timed(rt, "Version", api_pb2.VersionRequest())
+                add("Version", seconds)
+                pods, seconds = timed(rt, "ListPodSandbox", api_pb2.ListPodSandboxRequest())
+                add("ListPodSandbox", seconds)
+                if not set(listing.pods) <= {p.id for p in pods.items}:
+                    raise _CallFailed("ListPodSandbox", "a listing pod is missing")
+                pod_id = listing.pods[i % len(listing.pods)]
+                pod_request = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+                status, seconds = timed(rt, "PodSandboxStatus", pod_request)
+                add("PodSandboxStatus", seconds)
+                if status.status.state != api_pb2.SANDBOX_READY:
+                    raise _CallFailed("PodSandboxStatus", f"{pod_id} is not ready")
                 response, seconds = timed(rt, "ListContainers", api_pb2.ListContainersRequest())
                 add("ListContainers", seconds)
                 _check_count(listing, "ListContainers", len(response.containers))
@@ -422,7 +441,7 @@ def _report(
         "",
         *_table(
             f"listing, {args.containers} running containers in {args.pods} pods per runtime; "
-            f"{args.calls} ListContainers/ContainerStatus, "
+            f"{args.calls} of each but ListContainerStats, "
             f"{args.stats_calls} ListContainerStats; ms:",
             list_rows,
         ),

@@ -10,6 +10,7 @@ naming the rpc.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -133,11 +134,21 @@ def _unimplemented(service: ServiceDescriptor, method: MethodDescriptor) -> Any:
     return unary
 
 
+def _serialize(response_cls: type[Message], response: Message | bytes) -> bytes:
+    """A response message's bytes; a behaviour that encoded its response itself (a list
+    assembled from cached encodings) returns the bytes."""
+    if isinstance(response, bytes):
+        return response
+    assert isinstance(response, response_cls), f"{type(response).__name__} for {response_cls}"
+    return response.SerializeToString()
+
+
 def service_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
     """Handlers for every rpc of `service`: the servicer's method of that name, or UNIMPLEMENTED.
 
     Client-streaming rpcs do not exist in CRI v1, so only unary and server-streaming are built.
-    grpc hands the behaviours the raw request bytes (no deserializer): they decode them.
+    grpc hands the behaviours the raw request bytes (no deserializer): they decode them; a
+    behaviour may answer with the response already encoded.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -154,6 +165,6 @@ def service_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
         handlers[method.name] = factory(
             wrap(method.name, request_cls, implementation),
             request_deserializer=None,
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=functools.partial(_serialize, response_cls),
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

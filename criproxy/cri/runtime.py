@@ -13,6 +13,7 @@ from criproxy.cri.convert import metrics as metrics_cri
 from criproxy.cri.convert import sandbox as sandbox_cri
 from criproxy.cri.convert import stats as stats_cri
 from criproxy.cri.convert import streams as streams_cri
+from criproxy.cri.convert.encoded import EncodedList
 from criproxy.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ RUNTIME_NAME = "criproxy"
 RUNTIME_API_VERSION = "v1"
 
 _STREAM_BATCH = 256
+
+
+def _id(record: Container | Sandbox) -> str:
+    return record.id
 
 
 def _batches(items: list[_T]) -> Iterator[list[_T]]:
@@ -81,6 +86,12 @@ class RuntimeServicer:
         self._containers = containers
         self._usage = usage
         self._streams = streams
+        self._listed_containers: EncodedList[Container] = EncodedList(
+            api_pb2.ListContainersResponse, "containers", container_cri.to_container, _id
+        )
+        self._listed_pods: EncodedList[Sandbox] = EncodedList(
+            api_pb2.ListPodSandboxResponse, "items", sandbox_cri.to_pod_sandbox, _id
+        )
 
     # --- stats and metrics ------------------------------------------------------------
 
@@ -216,8 +227,12 @@ class RuntimeServicer:
 
     async def ListContainers(  # noqa: N802
         self, request: api_pb2.ListContainersRequest, context: Context
-    ) -> api_pb2.ListContainersResponse:
-        return api_pb2.ListContainersResponse(containers=self._list_containers(request.filter))
+    ) -> bytes:
+        """An encoded ListContainersResponse (see `convert/encoded.py`)."""
+        flt = request.filter
+        return self._listed_containers.encode(
+            self._containers_matching(flt), complete=not flt.ByteSize()
+        )
 
     async def StreamContainers(  # noqa: N802
         self, request: api_pb2.StreamContainersRequest, context: Context
@@ -230,6 +245,8 @@ class RuntimeServicer:
         return [container_cri.to_container(c) for c in self._containers_matching(flt)]
 
     def _containers_matching(self, flt: api_pb2.ContainerFilter) -> list[Container]:
+        if not flt.ByteSize():  # no filter: the kubelet's relist, every second
+            return self._containers.all()
         try:
             resolved = self._containers.resolve(flt.id) if flt.id else None
         except InvalidArgument:
@@ -335,8 +352,10 @@ class RuntimeServicer:
 
     async def ListPodSandbox(  # noqa: N802
         self, request: api_pb2.ListPodSandboxRequest, context: Context
-    ) -> api_pb2.ListPodSandboxResponse:
-        return api_pb2.ListPodSandboxResponse(items=self._pods(request.filter))
+    ) -> bytes:
+        """An encoded ListPodSandboxResponse (see `convert/encoded.py`)."""
+        flt = request.filter
+        return self._listed_pods.encode(self._pods_matching(flt), complete=not flt.ByteSize())
 
     async def StreamPodSandboxes(  # noqa: N802
         self, request: api_pb2.StreamPodSandboxesRequest, context: Context
@@ -365,6 +384,8 @@ class RuntimeServicer:
         return [sandbox_cri.to_pod_sandbox(s) for s in self._pods_matching(flt)]
 
     def _pods_matching(self, flt: api_pb2.PodSandboxFilter) -> list[Sandbox]:
+        if not flt.ByteSize():  # no filter: the kubelet's relist
+            return self._sandboxes.pods()
         try:
             resolved = self._sandboxes.resolve(flt.id) if flt.id else None
         except InvalidArgument:

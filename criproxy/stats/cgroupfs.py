@@ -1,31 +1,57 @@
-"""A pod's own cgroup (its `cgroup_parent`) on cgroupfs: read for PodSandboxStats, written
-for UpdatePodSandboxResources.
+"""cgroups read straight from cgroupfs, as cAdvisor does: a pod's own cgroup (its
+`cgroup_parent`) for PodSandboxStats, and a container's (found from its process in
+`/proc/<pid>/cgroup`) for the container stats calls, with no shim round trip. Also writes
+a pod's limits for UpdatePodSandboxResources.
 
-containerd's CRI reads the pod cgroup the kubelet made, so the pod's figures include
-its limit (available bytes) and stay monotonic when a container goes; summing the
-containers' cgroups cannot do either. The sample is the same CgroupSample containerd's
-metrics decode to (`containerd.py`). Blocking: call from a worker thread.
+A sample holds what containerd's cgroups library reads from the same files for
+`tasks.Metrics` (`containerd.py` decodes that), field for field: cpuacct, cpu throttling,
+memory with its hierarchical `total_*` counters on v1, memsw, the OOM kill count, pids
+and block IO (CFQ's recursive counters, else the throttle ones, devices named from
+/proc/partitions) on v1; cpu.stat, memory.stat, memory.events, pids, io.stat and
+pressure on v2. Blocking: call from a worker thread.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from criproxy.stats.sample import (
+    UNLIMITED_ABOVE,
+    BlockIo,
     CgroupSample,
+    Pressure,
+    PressureData,
     available_bytes,
     limit_or_none,
     working_set,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from criproxy.oci.container import ContainerResources
 
-__all__ = ["ROOT", "apply_pod_limits", "cgroup_dir", "read_pod_cgroup"]
+__all__ = [
+    "PROC",
+    "ROOT",
+    "apply_pod_limits",
+    "cgroup_dir",
+    "process_cgroup",
+    "read_cgroup",
+    "read_pod_cgroup",
+]
 
 ROOT = Path("/sys/fs/cgroup")
+PROC = Path("/proc")
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
+UNIFIED = ""
+"""The key of a v2 cgroup's one directory in a dirs mapping."""
+_NS_PER_SECOND = 1_000_000_000
+_NS_PER_USEC = 1_000
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cgroup_dir(parent: str, systemd: bool) -> str:
@@ -43,10 +69,18 @@ def cgroup_dir(parent: str, systemd: bool) -> str:
 
 
 def _read(path: Path) -> str | None:
+    """A cgroup file's text; None when it cannot be read. One read: cgroupfs hands a whole
+    small file to the first read, and a stats call reads some twenty per container."""
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 1 << 16).decode()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _int(text: str | None) -> int:
@@ -54,6 +88,13 @@ def _int(text: str | None) -> int:
         return int((text or "").strip().split()[0])
     except (ValueError, IndexError):
         return 0
+
+
+def _uint_or_max(text: str | None) -> int:
+    """A v2 value file as containerd's cgroups library reads it: `max` is 2**64-1, an
+    unreadable file 0."""
+    value = (text or "").strip()
+    return (1 << 64) - 1 if value == "max" else _int(value)
 
 
 def _stat(text: str | None) -> dict[str, int]:
@@ -67,85 +108,279 @@ def _stat(text: str | None) -> dict[str, int]:
     return out
 
 
+def _is_v2(root: Path) -> bool:
+    return (root / "cgroup.controllers").exists()
+
+
 def read_pod_cgroup(parent: str, systemd: bool, root: Path = ROOT) -> CgroupSample | None:
     """The pod cgroup's sample, or None when it cannot be read (no parent, gone, ...)."""
     if not parent:
         return None
     rel = cgroup_dir(parent, systemd)
-    if (root / "cgroup.controllers").exists():
-        return _v2(root / rel)
-    return _v1(root, rel)
+    if _is_v2(root):
+        return read_cgroup({UNIFIED: root / rel})
+    return read_cgroup({c: root / c / rel for c in V1_CONTROLLERS})
 
 
-def _memory(
-    usage: int, limit: int | None, *, inactive: int, rss: int, faults: int, major: int
-) -> dict[str, object]:
-    working = working_set(usage, inactive)
-    return {
-        "has_memory": True,
-        "memory_usage_bytes": usage,
-        "memory_working_set_bytes": working,
-        "memory_limit_bytes": limit,
-        "available_bytes": available_bytes(limit, working),
-        "rss_bytes": rss,
-        "inactive_file_bytes": inactive,
-        "page_faults": faults,
-        "major_page_faults": major,
-    }
+def process_cgroup(pid: int, root: Path = ROOT, proc: Path = PROC) -> dict[str, Path] | None:
+    """The cgroup directories of process `pid` (v1: one per controller; v2: UNIFIED's),
+    from /proc/<pid>/cgroup; None when the process is gone. The paths there are relative
+    to criproxy's own cgroup namespace, as the cgroupfs it mounted shows them."""
+    text = _read(proc / str(pid) / "cgroup")
+    if text is None:
+        return None
+    v2 = _is_v2(root)
+    dirs: dict[str, Path] = {}
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        rel = path.lstrip("/")
+        if v2 and not controllers and line.startswith("0::"):
+            return {UNIFIED: root / rel}
+        for controller in controllers.split(","):
+            if not v2 and controller in V1_CONTROLLERS:
+                dirs[controller] = root / controller / rel
+    return dirs or None
 
 
-def _v1(root: Path, rel: str) -> CgroupSample | None:
-    memory_dir = root / "memory" / rel
-    usage_text = _read(memory_dir / "memory.usage_in_bytes")
-    cpu_text = _read(root / "cpuacct" / rel / "cpuacct.usage")
+def read_cgroup(dirs: Mapping[str, Path], proc: Path = PROC) -> CgroupSample | None:
+    """A cgroup's sample from its directories (`process_cgroup`'s shape); None when
+    neither its CPU nor its memory accounting can be read (gone, or never there)."""
+    if UNIFIED in dirs:
+        return _v2(dirs[UNIFIED])
+    return _v1(dirs, proc)
+
+
+def _v1(dirs: Mapping[str, Path], proc: Path) -> CgroupSample | None:
+    memory, cpuacct = dirs.get("memory"), dirs.get("cpuacct")
+    usage_text = _read(memory / "memory.usage_in_bytes") if memory else None
+    cpu_text = _read(cpuacct / "cpuacct.usage") if cpuacct else None
     if usage_text is None and cpu_text is None:
         return None
     fields: dict[str, object] = {}
-    if usage_text is not None:
-        stat = _stat(_read(memory_dir / "memory.stat"))
+    if cpu_text is not None and cpuacct is not None:
+        ticks = _stat(_read(cpuacct / "cpuacct.stat"))
+        throttling = _stat(_read(dirs["cpu"] / "cpu.stat")) if "cpu" in dirs else {}
         fields.update(
-            _memory(
-                _int(usage_text),
-                limit_or_none(_int(_read(memory_dir / "memory.limit_in_bytes"))),
-                inactive=stat.get("total_inactive_file", 0),
-                rss=stat.get("total_rss", 0),
-                faults=stat.get("total_pgfault", 0),
-                major=stat.get("total_pgmajfault", 0),
-            )
+            has_cpu=True,
+            cpu_usage_ns=_int(cpu_text),
+            cpu_user_ns=ticks.get("user", 0) * _NS_PER_SECOND // _CLOCK_TICKS,
+            cpu_system_ns=ticks.get("system", 0) * _NS_PER_SECOND // _CLOCK_TICKS,
+            cpu_periods=throttling.get("nr_periods", 0),
+            cpu_throttled_periods=throttling.get("nr_throttled", 0),
+            cpu_throttled_ns=throttling.get("throttled_time", 0),
         )
-    if cpu_text is not None:
-        fields.update(has_cpu=True, cpu_usage_ns=_int(cpu_text))
-    pids = _read(root / "pids" / rel / "pids.current")
-    if pids is not None:
-        fields["pids"] = _int(pids)
+    if usage_text is not None and memory is not None:
+        fields.update(_v1_memory(memory, _int(usage_text)))
+    pids = dirs.get("pids")
+    current = _read(pids / "pids.current") if pids else None
+    if pids is not None and current is not None:
+        maximum = (_read(pids / "pids.max") or "").strip()
+        fields.update(pids=_int(current), pids_limit=0 if maximum == "max" else _int(maximum))
+    if "blkio" in dirs:
+        fields["block_io"] = _v1_block_io(dirs["blkio"], proc)
     return CgroupSample(timestamp_ns=time.time_ns(), cgroup_version=1, **fields)  # type: ignore[arg-type]
 
 
+def _v1_memory(memory: Path, usage: int) -> dict[str, object]:
+    stat = _stat(_read(memory / "memory.stat"))
+    limit = limit_or_none(_int(_read(memory / "memory.limit_in_bytes")))
+    inactive = stat.get("total_inactive_file", 0)
+    ws = working_set(usage, inactive)
+    fields: dict[str, object] = {
+        "has_memory": True,
+        "memory_usage_bytes": usage,
+        "memory_working_set_bytes": ws,
+        "memory_limit_bytes": limit,
+        "available_bytes": available_bytes(limit, ws),
+        "rss_bytes": stat.get("total_rss", 0),
+        "cache_bytes": stat.get("total_cache", 0),
+        "mapped_file_bytes": stat.get("total_mapped_file", 0),
+        "active_file_bytes": stat.get("total_active_file", 0),
+        "inactive_file_bytes": inactive,
+        "max_usage_bytes": _int(_read(memory / "memory.max_usage_in_bytes")),
+        "failcnt": _int(_read(memory / "memory.failcnt")),
+        "page_faults": stat.get("total_pgfault", 0),
+        "major_page_faults": stat.get("total_pgmajfault", 0),
+        "container_page_faults": stat.get("pgfault", 0),
+        "container_major_page_faults": stat.get("pgmajfault", 0),
+    }
+    # memsw counts memory + swap; without swap accounting its files are absent
+    memsw_limit = _int(_read(memory / "memory.memsw.limit_in_bytes"))
+    if memsw_limit != 0:
+        memsw = limit_or_none(memsw_limit)
+        memsw_usage = _int(_read(memory / "memory.memsw.usage_in_bytes"))
+        fields["swap_usage_bytes"] = max(memsw_usage - usage, 0)
+        fields["swap_limit_bytes"] = (
+            max(memsw - limit, 0) if memsw is not None and limit is not None else None
+        )
+    oom = _read(memory / "memory.oom_control")
+    if oom is not None:
+        fields["oom_kills"] = _stat(oom).get("oom_kill", 0)
+    return fields
+
+
+def _partitions(proc: Path) -> dict[tuple[int, int], str]:
+    """Block device names by (major, minor), from /proc/partitions (as containerd)."""
+    names: dict[tuple[int, int], str] = {}
+    for line in (_read(proc / "partitions") or "").splitlines()[2:]:
+        fields = line.split()
+        if len(fields) >= 4 and fields[0].isdigit() and fields[1].isdigit():
+            names.setdefault((int(fields[0]), int(fields[1])), f"/dev/{fields[3]}")
+    return names
+
+
+def _blkio_entries(path: Path) -> list[tuple[int, int, str, int]]:
+    """(major, minor, op, value) of a blkio file; its `Total` line skipped."""
+    entries = []
+    for line in (_read(path) or "").splitlines():
+        fields = line.split()
+        if len(fields) != 3 or ":" not in fields[0]:
+            continue
+        major, _, minor = fields[0].partition(":")
+        try:
+            entries.append((int(major), int(minor), fields[1], int(fields[2])))
+        except ValueError:
+            continue
+    return entries
+
+
+def _v1_block_io(blkio: Path, proc: Path) -> tuple[BlockIo, ...]:
+    """Reads and writes per device: CFQ's recursive counters where the kernel keeps
+    them, else the throttle layer's (containerd falls back the same way)."""
+    service_bytes = _blkio_entries(blkio / "blkio.io_service_bytes_recursive")
+    serviced = _blkio_entries(blkio / "blkio.io_serviced_recursive")
+    if not service_bytes and not serviced:
+        service_bytes = _blkio_entries(blkio / "blkio.throttle.io_service_bytes")
+        serviced = _blkio_entries(blkio / "blkio.throttle.io_serviced")
+    if not service_bytes and not serviced:
+        return ()
+    names = _partitions(proc)
+    counters: dict[tuple[int, int], dict[str, int]] = {}
+    for entries, suffix in ((service_bytes, "_bytes"), (serviced, "s")):
+        for major, minor, op, value in entries:
+            name = op.lower()
+            if name in ("read", "write"):
+                c = counters.setdefault((major, minor), {})
+                c[name + suffix] = c.get(name + suffix, 0) + value
+    return tuple(
+        BlockIo(
+            device=names.get(key, f"{key[0]}:{key[1]}"),
+            major=key[0],
+            minor=key[1],
+            read_bytes=c.get("read_bytes", 0),
+            write_bytes=c.get("write_bytes", 0),
+            reads=c.get("reads", 0),
+            writes=c.get("writes", 0),
+        )
+        for key, c in sorted(counters.items())
+    )
+
+
 def _v2(path: Path) -> CgroupSample | None:
+    cpu_text = _read(path / "cpu.stat")
     current = _read(path / "memory.current")
-    cpu = _stat(_read(path / "cpu.stat"))
-    if current is None and not cpu:
+    if current is None and cpu_text is None:
         return None
     fields: dict[str, object] = {}
-    if current is not None:
-        stat = _stat(_read(path / "memory.stat"))
-        limit_text = (_read(path / "memory.max") or "").strip()
+    if cpu_text is not None:
+        cpu = _stat(cpu_text)
         fields.update(
-            _memory(
-                _int(current),
-                limit_or_none(int(limit_text)) if limit_text.isdigit() else None,
-                inactive=stat.get("inactive_file", 0),
-                rss=stat.get("anon", 0),
-                faults=stat.get("pgfault", 0),
-                major=stat.get("pgmajfault", 0),
-            )
+            has_cpu=True,
+            cpu_usage_ns=cpu.get("usage_usec", 0) * _NS_PER_USEC,
+            cpu_user_ns=cpu.get("user_usec", 0) * _NS_PER_USEC,
+            cpu_system_ns=cpu.get("system_usec", 0) * _NS_PER_USEC,
+            cpu_periods=cpu.get("nr_periods", 0),
+            cpu_throttled_periods=cpu.get("nr_throttled", 0),
+            cpu_throttled_ns=cpu.get("throttled_usec", 0) * _NS_PER_USEC,
+            cpu_pressure=_pressure(_read(path / "cpu.pressure")),
         )
-    if cpu:
-        fields.update(has_cpu=True, cpu_usage_ns=cpu.get("usage_usec", 0) * 1000)
+    if current is not None:
+        fields.update(_v2_memory(path, _int(current)))
+    events = _read(path / "memory.events")
+    if events is not None:
+        counts = _stat(events)
+        fields.update(oom_kills=counts.get("oom_kill", 0), failcnt=counts.get("max", 0))
     pids = _read(path / "pids.current")
     if pids is not None:
-        fields["pids"] = _int(pids)
+        maximum = (_read(path / "pids.max") or "").strip()
+        fields.update(pids=_int(pids), pids_limit=0 if maximum == "max" else _int(maximum))
+    io = _read(path / "io.stat")
+    if io is not None:
+        fields["block_io"] = _v2_block_io(io)
+        fields["io_pressure"] = _pressure(_read(path / "io.pressure"))
     return CgroupSample(timestamp_ns=time.time_ns(), cgroup_version=2, **fields)  # type: ignore[arg-type]
+
+
+def _v2_memory(path: Path, usage: int) -> dict[str, object]:
+    stat = _stat(_read(path / "memory.stat"))
+    limit = limit_or_none(_uint_or_max(_read(path / "memory.max")))
+    inactive = stat.get("inactive_file", 0)
+    ws = working_set(usage, inactive)
+    swap_limit = _uint_or_max(_read(path / "memory.swap.max"))
+    return {
+        "has_memory": True,
+        "memory_usage_bytes": usage,
+        "memory_working_set_bytes": ws,
+        "memory_limit_bytes": limit,
+        "available_bytes": available_bytes(limit, ws),
+        "rss_bytes": stat.get("anon", 0),
+        "cache_bytes": stat.get("file", 0),
+        "mapped_file_bytes": stat.get("file_mapped", 0),
+        "active_file_bytes": stat.get("active_file", 0),
+        "inactive_file_bytes": inactive,
+        "max_usage_bytes": _int(_read(path / "memory.peak")),
+        "page_faults": stat.get("pgfault", 0),
+        "major_page_faults": stat.get("pgmajfault", 0),
+        "container_page_faults": stat.get("pgfault", 0),
+        "container_major_page_faults": stat.get("pgmajfault", 0),
+        "swap_usage_bytes": _int(_read(path / "memory.swap.current")),
+        # memory.swap.max may truly be 0 (the kubelet's NoSwap), so 0 is a limit here
+        "swap_limit_bytes": swap_limit if swap_limit <= UNLIMITED_ABOVE else None,
+        "memory_pressure": _pressure(_read(path / "memory.pressure")),
+    }
+
+
+def _v2_block_io(text: str) -> tuple[BlockIo, ...]:
+    devices = []
+    for line in text.splitlines():
+        device, *pairs = line.split()
+        major, _, minor = device.partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        values = {k: int(v) for k, _, v in (p.partition("=") for p in pairs) if v.isdigit()}
+        devices.append(
+            BlockIo(
+                device=device,
+                major=int(major),
+                minor=int(minor),
+                read_bytes=values.get("rbytes", 0),
+                write_bytes=values.get("wbytes", 0),
+                reads=values.get("rios", 0),
+                writes=values.get("wios", 0),
+            )
+        )
+    return tuple(devices)
+
+
+def _pressure(text: str | None) -> Pressure | None:
+    """A PSI file (`some avg10=0.00 avg60=0.00 avg300=0.00 total=0`, then `full ...`);
+    None where the kernel keeps none."""
+    if text is None:
+        return None
+    lines: dict[str, PressureData] = {}
+    for line in text.splitlines():
+        kind, *pairs = line.split()
+        values = dict(p.partition("=")[::2] for p in pairs)
+        try:
+            lines[kind] = PressureData(
+                int(values["total"]) * _NS_PER_USEC,
+                float(values["avg10"]),
+                float(values["avg60"]),
+                float(values["avg300"]),
+            )
+        except (KeyError, ValueError):
+            continue
+    return Pressure(some=lines.get("some"), full=lines.get("full"))
 
 
 def apply_pod_limits(

@@ -195,7 +195,9 @@ def _from_v2(m: cg2.Metrics, ts: int) -> CgroupSample:
     if m.HasField("memory_events"):
         s = replace(s, oom_kills=m.memory_events.oom_kill, failcnt=m.memory_events.max)
     if m.HasField("pids"):
-        s = replace(s, pids=m.pids.current, pids_limit=m.pids.limit)
+        # v2's pids.max `max` comes as 2**64-1; the sample says 0 for "no limit" (as v1)
+        limit = m.pids.limit if m.pids.limit <= UNLIMITED_ABOVE else 0
+        s = replace(s, pids=m.pids.current, pids_limit=limit)
     if m.HasField("io"):
         s = replace(
             s,

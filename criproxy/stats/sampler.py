@@ -1,11 +1,14 @@
 """Samples of containers' cgroups and writable layers, for the CRI stats calls.
 
-One `tasks.Metrics` call covers every task asked for (a 100-container ListContainerStats
-is one round trip, not 100). Every sample is remembered: a caller is answered within its
-deadline from the last sample when the shim is slow or the task is stopping, and CPU
-nano-cores come from the delta between two samples. Writable-layer usage is refreshed in
-the background at most every FS_USAGE_INTERVAL, as containerd's snapshot syncer does: a
-`du` of a busy layer must never hold up a stats call.
+A container's cgroup is read straight from cgroupfs (`cgroupfs.py`), found through its
+process's /proc/<pid>/cgroup: one worker-thread hop for every container a call asks
+about, no shim round trip (containerd's CRI asks each shim in turn). Where that cannot be
+done (no process known, a cgroup that does not name the container, cgroupfs not mounted
+as expected) one `tasks.Metrics` call covers the rest. Every sample is remembered: a
+caller is answered from the last sample when the task is stopping or the shim is slow,
+and CPU nano-cores come from the delta between two samples. Writable-layer usage is
+refreshed in the background at most every FS_USAGE_INTERVAL, as containerd's snapshot
+syncer does: a `du` of a busy layer must never hold up a stats call.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import anyio
 import structlog
 
 from criproxy.errors import CriproxyError
+from criproxy.stats.cgroupfs import PROC, ROOT, UNIFIED, process_cgroup, read_cgroup
 from criproxy.stats.containerd import decode_metrics
 from criproxy.stats.sample import CgroupSample, nano_cores
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
 
     from criproxy.containerd import Containerd
 
@@ -42,35 +47,77 @@ class LayerUsage:
 
 
 class Sampler:
-    def __init__(self, containerd: Containerd, snapshotter: str) -> None:
+    def __init__(
+        self,
+        containerd: Containerd,
+        snapshotter: str,
+        *,
+        cgroup_root: Path = ROOT,
+        proc: Path = PROC,
+    ) -> None:
         self._containerd = containerd
         self._snapshotter = snapshotter
+        self._cgroup_root = cgroup_root
+        self._proc = proc
         self._last: dict[str, CgroupSample] = {}
         self._previous: dict[str, CgroupSample] = {}
         self._layers: dict[str, LayerUsage] = {}
+        self._dirs: dict[tuple[str, int], Mapping[str, Path]] = {}
         self._refreshing = False
 
-    async def sample(self, ids: Iterable[str]) -> dict[str, CgroupSample]:
-        """The newest sample of each running task among `ids` (absent: none ever taken)."""
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
+    async def sample(self, tasks: Mapping[str, int]) -> dict[str, CgroupSample]:
+        """The newest sample of each running task among `tasks` (container or sandbox id:
+        the pid of its process, 0 when unknown); absent: none ever taken."""
+        if not tasks:
             return {}
+        read = await anyio.to_thread.run_sync(self._read_cgroups, dict(tasks))
+        for task_id, sample in read.items():
+            self._remember(task_id, sample)
+        rest = [i for i in tasks if i not in read]
+        if rest:
+            await self._sample_through_containerd(rest)
+        return {i: self._last[i] for i in tasks if i in self._last}
+
+    def _read_cgroups(self, tasks: dict[str, int]) -> dict[str, CgroupSample]:
+        """Blocking: cgroupfs reads, one worker-thread hop for all of `tasks`."""
+        out = {}
+        for task_id, pid in tasks.items():
+            if pid <= 0:
+                continue
+            dirs = self._dirs.get((task_id, pid))
+            if dirs is None:
+                found = process_cgroup(pid, self._cgroup_root, self._proc)
+                # The cgroup must be the task's own (its path names it): a pid read after
+                # the task exited may be another process's by now.
+                if not found or not all(task_id in str(d) for d in _accounting(found)):
+                    continue
+                dirs = self._dirs[(task_id, pid)] = found
+            sample = read_cgroup(dirs, self._proc)
+            if sample is None:  # gone: the task is ending
+                self._dirs.pop((task_id, pid), None)
+                continue
+            out[task_id] = sample
+        return out
+
+    async def _sample_through_containerd(self, ids: list[str]) -> None:
         try:
-            metrics = await self._containerd.tasks.metrics(wanted, timeout=SAMPLE_TIMEOUT)
+            metrics = await self._containerd.tasks.metrics(ids, timeout=SAMPLE_TIMEOUT)
         except CriproxyError as err:
             log.debug("metrics sweep failed; answering from the last samples", error=err.message)
-            metrics = []
+            return
         for m in metrics:
             try:
                 sample = decode_metrics(m.type_url, m.value, timestamp_ns=m.timestamp_ns)
             except CriproxyError as err:
                 log.debug("metrics not decoded", container=m.container_id, error=err.message)
                 continue
-            last = self._last.get(m.container_id)
-            if last is not None and last.timestamp_ns < sample.timestamp_ns:
-                self._previous[m.container_id] = last
-            self._last[m.container_id] = sample
-        return {i: self._last[i] for i in wanted if i in self._last}
+            self._remember(m.container_id, sample)
+
+    def _remember(self, task_id: str, sample: CgroupSample) -> None:
+        last = self._last.get(task_id)
+        if last is not None and last.timestamp_ns < sample.timestamp_ns:
+            self._previous[task_id] = last
+        self._last[task_id] = sample
 
     def nano_cores(self, container_id: str) -> int:
         last = self._last.get(container_id)
@@ -118,3 +165,10 @@ class Sampler:
         for store in (self._last, self._previous, self._layers):
             for gone in [i for i in store if i not in keep]:
                 del store[gone]
+        for key in [k for k in self._dirs if k[0] not in keep]:
+            del self._dirs[key]
+
+
+def _accounting(dirs: Mapping[str, Path]) -> list[Path]:
+    """The directories whose files make a sample (CPU and memory accounting)."""
+    return [d for key, d in dirs.items() if key in (UNIFIED, "cpuacct", "memory")]

@@ -222,7 +222,7 @@ class UsageService:
     # --- containers -----------------------------------------------------------------
 
     async def container_usage(self, containers: list[Container]) -> list[ContainerUsage]:
-        running = [c.id for c in containers if c.state == "running"]
+        running = {c.id: c.pid for c in containers if c.state == "running"}
         samples = await self._sampler.sample(running)
         await self._ensure_layers(containers)
         mountpoint = await self._fs_mountpoint()
@@ -252,9 +252,9 @@ class UsageService:
 
     async def pod_usage(self, pods: list[Sandbox]) -> list[PodUsage]:
         members = self._containers.by_pod([p.id for p in pods])
-        ids = [p.id for p in pods if p.state == "ready"]
-        ids += [c.id for cs in members.values() for c in cs if c.state == "running"]
-        samples = await self._sampler.sample(ids)
+        tasks = {p.id: p.pid for p in pods if p.state == "ready"}
+        tasks |= {c.id: c.pid for cs in members.values() for c in cs if c.state == "running"}
+        samples = await self._sampler.sample(tasks)
         all_containers = [c for cs in members.values() for c in cs]
         await self._ensure_layers(all_containers)
         mountpoint = await self._fs_mountpoint()
@@ -323,7 +323,7 @@ class UsageService:
 
     async def pod_metrics(self, pods: list[Sandbox]) -> list[PodMetricsInput]:
         members = self._containers.by_pod([p.id for p in pods])
-        running = [c.id for cs in members.values() for c in cs if c.state == "running"]
+        running = {c.id: c.pid for cs in members.values() for c in cs if c.state == "running"}
         samples = await self._sampler.sample(running)
         interfaces = await anyio.to_thread.run_sync(
             lambda: {pod.id: _interfaces(pod) for pod in pods}

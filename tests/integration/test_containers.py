@@ -12,10 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
 import grpc
 import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.containerd import Containerd
+from criproxy.stats.cgroupfs import process_cgroup, read_cgroup
+from criproxy.stats.containerd import decode_metrics
+from criproxy.stats.sample import CgroupSample
 from tests.integration.containers_env import ContainerEnv
 from tests.support.images import ImageConfig, busybox_image
 
@@ -771,9 +776,8 @@ def test_devices_and_the_configured_stop_signal(ctr_env: ContainerEnv) -> None:
     assert ctr_env.status(realtime).status.exit_code == 43
 
 
-def test_stats_answer_from_the_last_sample_when_the_shim_is_stuck(
-    ctr_env: ContainerEnv,
-) -> None:
+def test_stats_do_not_wait_for_a_stuck_shim(ctr_env: ContainerEnv) -> None:
+    """The container's cgroup is read from cgroupfs: no shim round trip on the call path."""
     pod_id, pod = ctr_env.pod("stuckshim")
     container = ctr_env.run(pod_id, pod, "c", args=["sleep 1000"])
     request = api_pb2.ContainerStatsRequest(container_id=container)
@@ -785,12 +789,80 @@ def test_stats_answer_from_the_last_sample_when_the_shim_is_stuck(
     try:
         started = time.monotonic()
         during = ctr_env.runtime.ContainerStats(request, timeout=10).stats
+        listed = ctr_env.runtime.ListContainerStats(
+            api_pb2.ListContainerStatsRequest(
+                filter=api_pb2.ContainerStatsFilter(pod_sandbox_id=pod_id)
+            ),
+            timeout=10,
+        ).stats
         took = time.monotonic() - started
     finally:
         os.kill(shim, signal.SIGCONT)
-    assert took < 5
-    assert during.memory.working_set_bytes.value == before.memory.working_set_bytes.value
+    assert took < 2
+    assert during.memory.working_set_bytes.value > 0
+    assert during.cpu.timestamp > before.cpu.timestamp  # a fresh reading, not the last one
+    assert [s.attributes.id for s in listed] == [container]
     assert ctr_env.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=5).containers
+
+
+def test_cgroupfs_samples_match_containerds_task_metrics(ctr_env: ContainerEnv) -> None:
+    """What criproxy reads from cgroupfs is what containerd's tasks.Metrics reports for the
+    same container: limits exactly, counters of a sleeping container within a hair."""
+    pod_id, pod = ctr_env.pod("cgroupfs")
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "c",
+        args=["dd if=/dev/zero of=/tmp/f bs=64k count=16 2>/dev/null; sync; sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            resources=api_pb2.LinuxContainerResources(
+                memory_limit_in_bytes=96 * 1024 * 1024, cpu_period=100000, cpu_quota=50000
+            )
+        ),
+    )
+    time.sleep(0.5)  # dd and sync done: the counters rest
+    pid = int(ctr_env.info(container)["pid"])  # type: ignore[call-overload]
+
+    async def both() -> tuple[CgroupSample | None, CgroupSample]:
+        client = Containerd(str(ctr_env.pods.containerd.socket), "k8s.io")
+        (metric,) = await client.tasks.metrics([container])
+        dirs = process_cgroup(pid)
+        ours = read_cgroup(dirs) if dirs else None
+        return ours, decode_metrics(metric.type_url, metric.value)
+
+    ours, theirs = anyio.run(both)
+    assert ours is not None
+    exact = [
+        "cgroup_version",
+        "has_cpu",
+        "has_memory",
+        "memory_limit_bytes",
+        "swap_limit_bytes",
+        "pids",
+        "pids_limit",
+        "oom_kills",
+        "cpu_periods",
+        "cpu_throttled_periods",
+        "block_io",
+    ]
+    assert {f: getattr(ours, f) for f in exact} == {f: getattr(theirs, f) for f in exact}
+    assert ours.memory_limit_bytes == 96 * 1024 * 1024
+    close = [
+        "cpu_usage_ns",
+        "cpu_user_ns",
+        "cpu_system_ns",
+        "memory_usage_bytes",
+        "memory_working_set_bytes",
+        "rss_bytes",
+        "cache_bytes",
+        "inactive_file_bytes",
+        "page_faults",
+        "container_page_faults",
+    ]
+    for field in close:
+        a, b = getattr(ours, field), getattr(theirs, field)
+        assert abs(a - b) <= max(a, b) * 0.05 + 64 * 1024, (field, a, b)
+    assert ours.cpu_usage_ns > 0 and ours.memory_usage_bytes > 0
 
 
 def test_kubelet_style_pod_cgroup_hugepages_and_pod_stats(ctr_env: ContainerEnv) -> None:

@@ -162,7 +162,9 @@ async def test_list_pod_sandbox_by_id_prefix(
     sandboxes: Any = Records([_sandbox(i) for i in ("aa11", "aa22", "bb33")])
     servicer = RuntimeServicer(unreachable, sandboxes, unreachable, unreachable, unreachable)
     request = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(id=prefix))
-    response = await servicer.ListPodSandbox(request, None)
+    response = api_pb2.ListPodSandboxResponse.FromString(
+        await servicer.ListPodSandbox(request, None)
+    )
     assert [s.id for s in response.items] == listed
 
 
@@ -187,7 +189,9 @@ async def test_list_containers_by_id_prefix_and_pod(
     request = api_pb2.ListContainersRequest(
         filter=api_pb2.ContainerFilter(id=prefix, pod_sandbox_id=pod)
     )
-    response = await servicer.ListContainers(request, None)
+    response = api_pb2.ListContainersResponse.FromString(
+        await servicer.ListContainers(request, None)
+    )
     assert [c.id for c in response.containers] == listed
 
 
