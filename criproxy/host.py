@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,10 @@ class CgroupInfo:
     controllers: tuple[str, ...]
 
 
+@functools.cache
 def cgroup_info(root: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
+    """The host's cgroup version and usable controllers (read once: they do not change
+    while criproxy runs)."""
     unified = root / "cgroup.controllers"
     if unified.exists():
         return CgroupInfo(2, tuple(unified.read_text().split()))
@@ -66,9 +70,10 @@ def cgroup_info(root: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
     return CgroupInfo(1, tuple(controllers))
 
 
+@functools.cache
 def swap_controller_available(root: Path = Path("/sys/fs/cgroup")) -> bool:
     """Whether swap limits can be set: memsw on cgroup v1, memory.swap.max on v2 (as
-    containerd checks before it sets `memory.swap`)."""
+    containerd checks before it sets `memory.swap`). Read once."""
     if (root / "cgroup.controllers").exists():
         return any(root.glob("*/memory.swap.max"))
     return (root / "memory" / "memory.memsw.limit_in_bytes").exists()

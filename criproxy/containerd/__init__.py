@@ -6,6 +6,7 @@ Callers get the project's dataclasses and error types, never containerd's protob
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 import anyio
@@ -88,6 +89,9 @@ class Containerd:
 
     def __init__(self, address: str, namespace: str, *, _channel: Channel | None = None) -> None:
         self._channel = _channel or Channel(address, namespace)
+        self._spares: dict[str, tuple[str, float]] = {}
+        """A lease made ahead per prefix, and when (see `leased`)."""
+        self._making: set[str] = set()
 
     _version = _Helper(VersionService)
     introspection = _Helper(IntrospectionService)
@@ -117,16 +121,53 @@ class Containerd:
 
         What is created under it (a snapshot not yet referenced by a record) is safe from
         containerd's GC until then; a lease that cannot be deleted expires by itself.
+
+        With `release_in`, the next lease of the prefix is made there once this one is done
+        with, so the next caller's path has no lease round trip (one spare per prefix, used
+        while it is young; a spare left by a killed criproxy is swept with its other leases).
         """
-        lease = await self.leases.create(prefix, expire_after)
+        lease = self._take_spare(prefix, expire_after, release_in)
+        if lease is None:
+            lease = await self.leases.create(prefix, expire_after)
         try:
             yield self.with_lease(lease)
         finally:
             if release_in is not None:
+                # after the work, not beside it: containerd writes its metadata one
+                # transaction at a time
                 release_in.start_soon(self._delete_lease, lease)
+                if prefix not in self._making:
+                    self._making.add(prefix)
+                    release_in.start_soon(self._make_spare, prefix, expire_after)
             else:
                 with anyio.CancelScope(shield=True):
                     await self._delete_lease(lease)
+
+    def _take_spare(
+        self, prefix: str, expire_after: datetime.timedelta, release_in: TaskGroup | None
+    ) -> str | None:
+        spare = self._spares.pop(prefix, None) if release_in is not None else None
+        if spare is None:
+            return None
+        lease, made = spare
+        if time.monotonic() - made < expire_after.total_seconds() / 4:
+            return lease
+        assert release_in is not None
+        release_in.start_soon(self._delete_lease, lease)  # too old to trust its expiry
+        return None
+
+    async def _make_spare(self, prefix: str, expire_after: datetime.timedelta) -> None:
+        try:
+            lease = await self.leases.create(prefix, expire_after)
+        except CriproxyError as err:
+            log.debug("spare lease not made", prefix=prefix, error=err.message)
+            return
+        finally:
+            self._making.discard(prefix)
+        old = self._spares.get(prefix)
+        self._spares[prefix] = (lease, time.monotonic())
+        if old is not None:
+            await self._delete_lease(old[0])
 
     async def _delete_lease(self, lease: str) -> None:
         try:

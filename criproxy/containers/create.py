@@ -26,7 +26,7 @@ from criproxy.containers.resources import effective
 from criproxy.errors import FailedPrecondition, NotFound
 from criproxy.sandbox.handlers import cri_labels, resolve_handler, runc_options
 from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
-from criproxy.steps import UndoStack
+from criproxy.steps import UndoStack, both
 
 if TYPE_CHECKING:
     from criproxy.containers.deps import ContainerDeps
@@ -104,23 +104,30 @@ async def _create(
         async with deps.containerd.leased(
             "criproxy-container", SETUP_LEASE, release_in=deps.background
         ) as cd:
-            mounts = await cd.snapshots.prepare(snapshotter, container_id, image.content.chain_id)
+            # pushed first: a prepare cancelled on its way may still have made it
             undo.push(
                 functools.partial(deps.containerd.snapshots.remove, snapshotter, container_id)
             )
-            built = await anyio.to_thread.run_sync(
-                functools.partial(
-                    spec_builder.build,
-                    container_id,
-                    config,
-                    image,
-                    current,
-                    mounts=mounts,
-                    cfg=deps.config,
-                    volumes_dir=deps.paths.volumes_root / container_id,
-                    target_pid=_target_pid(deps, current, config),
-                )
+            prepare = functools.partial(
+                cd.snapshots.prepare, snapshotter, container_id, image.content.chain_id
             )
+            build = functools.partial(
+                spec_builder.build,
+                container_id,
+                config,
+                image,
+                current,
+                cfg=deps.config,
+                volumes_dir=deps.paths.volumes_root / container_id,
+                target_pid=_target_pid(deps, current, config),
+            )
+            if spec_builder.needs_rootfs(image):
+                mounts = await prepare()
+                built = await anyio.to_thread.run_sync(functools.partial(build, mounts=mounts))
+            else:  # the spec needs nothing from the snapshot: make both side by side
+                _, built = await both(
+                    prepare(), anyio.to_thread.run_sync(functools.partial(build, mounts=()))
+                )
             if config.resources is not None:
                 config = dataclasses.replace(
                     config, resources=effective(config.resources, built.swap_controller)

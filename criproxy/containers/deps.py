@@ -65,6 +65,8 @@ class ContainerDeps:
     events: EventHub = field(default_factory=EventHub)
     ios: dict[str, ContainerIO] = field(default_factory=dict)
     """The output pumps of running containers."""
+    tasks_deleted: set[str] = field(default_factory=set)
+    """Containers whose task this process deleted at their exit: removal needs no look."""
     exits: dict[str, anyio.Event] = field(default_factory=dict)
     """Set when a running container's exit has been recorded (StopContainer waits)."""
     _tg: TaskGroup | None = None
@@ -109,6 +111,8 @@ class ContainerDeps:
                 await tasks.delete(container_id)
         except CriproxyError as err:
             log.warning("task not deleted", container=container_id, error=err.message)
+        else:
+            self.tasks_deleted.add(container_id)
 
     def publish(self, kind: EventType, container: Container) -> None:
         """A GetContainerEvents event, with the pod and its containers after the change."""

@@ -1,5 +1,6 @@
-"""RemoveContainer: SIGKILL if running, then the task, snapshot, FIFOs, volumes and idmapped
-layers, and the record last. The log file stays: the kubelet removes it. Idempotent."""
+"""RemoveContainer: SIGKILL if running, then the task, and then together the snapshot, the
+FIFOs, volumes and idmapped layers, and the record. The log file stays: the kubelet
+removes it. Idempotent."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ async def _remove(deps: ContainerDeps, container_id: str) -> None:
         return
     if container.state == "running":
         raise FailedPrecondition(f"container {container_id} is still running")
-    await deps.containerd.tasks.kill_and_delete(container_id, KILL_WAIT)  # it holds the rootfs
+    if container_id not in deps.tasks_deleted:  # deleted at its exit: nothing to look up
+        await deps.containerd.tasks.kill_and_delete(container_id, KILL_WAIT)  # holds the rootfs
     paths = deps.paths
 
     def remove_files() -> None:
@@ -51,13 +53,15 @@ async def _remove(deps: ContainerDeps, container_id: str) -> None:
         remove_tree(Path(container.io_dir))  # reach into a layer
         remove_tree(paths.volumes_root / container_id)
 
+    # Side by side: a criproxy killed in between leaves nothing for long. A snapshot no
+    # record references is containerd's GC's, the files recovery's orphan sweep's.
     async with anyio.create_task_group() as tg:
         tg.start_soon(
             deps.containerd.snapshots.remove, deps.config.containerd.snapshotter, container_id
         )
         tg.start_soon(anyio.to_thread.run_sync, remove_files)
-    # Last: while the record exists, a criproxy killed above finishes the job after restart.
-    await deps.containerd.containers.delete(container_id)
+        tg.start_soon(deps.containerd.containers.delete, container_id)
+    deps.tasks_deleted.discard(container_id)
     deps.store.remove(container_id)
     log.info("container removed", container=container_id)
     deps.publish("deleted", container)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from criproxy import host
 from criproxy.containers import rootfs, signals
 from criproxy.containers.model import EffectiveUser
-from criproxy.errors import FailedPrecondition, Internal, InvalidArgument
+from criproxy.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
 from criproxy.oci import ImageProcess, capabilities
 from criproxy.oci.container import (
     ContainerSpecInput,
@@ -51,6 +51,44 @@ class BuiltSpec:
     """Whether this host limits swap (the container's effective swap follows from it)."""
 
 
+_USER_FILES_KEPT = 256
+_user_files_by_chain: dict[str, tuple[str | None, str | None]] = {}
+
+
+def _user_files(image: Image, mounts: Sequence[Mount]) -> tuple[str | None, str | None]:
+    """The image's /etc/passwd and /etc/group, read through its layers once per image (a
+    chain of layers never changes): the next containers of the image need no reads."""
+    key = image.content.chain_id
+    cached = _user_files_by_chain.get(key) if key else None
+    if cached is not None:
+        return cached
+    if not mounts:  # needs_rootfs said no, and the files were dropped since: rare, retryable
+        raise Unavailable("the image's user files were not at hand; try again")
+    try:
+        files = (rootfs.read_text(mounts, "/etc/passwd"), rootfs.read_text(mounts, "/etc/group"))
+    except rootfs.UnreadableRootfs as err:
+        raise FailedPrecondition(f"cannot resolve the container's user: {err}") from None
+    if key:
+        if len(_user_files_by_chain) >= _USER_FILES_KEPT:
+            del _user_files_by_chain[next(iter(_user_files_by_chain))]
+        _user_files_by_chain[key] = files
+    return files
+
+
+def needs_rootfs(image: Image) -> bool:
+    """Whether `build` reads the container's rootfs (so its snapshot must be prepared
+    first): the image's user files not read yet, or VOLUMEs to fill from the image."""
+    image_config = image.content.config.raw.get("config") or {}
+    key = image.content.chain_id
+    return not key or key not in _user_files_by_chain or bool(image_config.get("Volumes"))
+
+
+@cache
+def _bounding_set() -> tuple[str, ...]:
+    """criproxy's bounding capabilities: what no container can be given more of."""
+    return capabilities.from_mask(host.capability_mask("CapBnd"))
+
+
 def build(
     container_id: str,
     config: ContainerConfig,
@@ -66,14 +104,10 @@ def build(
     image_config = image.content.config.raw.get("config") or {}
     process = ImageProcess.from_image_config(image_config)
     security = config.security
-    try:
-        passwd = rootfs.read_text(mounts, "/etc/passwd")
-        group = rootfs.read_text(mounts, "/etc/group")
-    except rootfs.UnreadableRootfs as err:
-        raise FailedPrecondition(f"cannot resolve the container's user: {err}") from None
+    passwd, group = _user_files(image, mounts)
     for mount in config.mounts:
         _ensure_host_path(mount)
-    bounding = capabilities.from_mask(host.capability_mask("CapBnd"))
+    bounding = _bounding_set()
     # the runtime default is built by the spec itself, from the container's capabilities
     profile = None if security.privileged else localhost_seccomp(security.seccomp)
     pod = sandbox.config
