@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +87,15 @@ def overlayfs_available() -> bool:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def process_started_ns(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """When process `pid` started, in ns since the epoch, to the kernel's clock tick (its
+    /proc/<pid>/stat start time counts ticks since boot); None when it is gone. Blocking."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    ticks = int(stat.rsplit(")", 1)[-1].split()[19])
+    since_boot_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return time.time_ns() - (time.clock_gettime_ns(time.CLOCK_BOOTTIME) - since_boot_ns)

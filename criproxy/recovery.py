@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import structlog
 
+from criproxy import host
 from criproxy import records as records_json
 from criproxy.containerd.leases import owner_alive
 from criproxy.containers import exits as container_exits
@@ -252,8 +253,9 @@ class Recovery:
             if not alive:
                 await deps.delete_task_quietly(container.id)
                 return container
+            started = await anyio.to_thread.run_sync(host.process_started_ns, task.pid)
             container = container.with_changes(
-                state="running", pid=task.pid, started_at_ns=time.time_ns()
+                state="running", pid=task.pid, started_at_ns=started or time.time_ns()
             )
             await deps.persist_quietly(container)
         if container.state != "running":

@@ -125,7 +125,7 @@ async def _create(
                 mounts = await prepare()
                 built = await anyio.to_thread.run_sync(functools.partial(build, mounts=mounts))
             else:  # the spec needs nothing from the snapshot: make both side by side
-                _, built = await both(
+                mounts, built = await both(
                     prepare(), anyio.to_thread.run_sync(functools.partial(build, mounts=()))
                 )
             if config.resources is not None:
@@ -171,6 +171,7 @@ async def _create(
         await undo.unwind()
         raise
     deps.store.put(container, built.spec)
+    deps.prepared_mounts[container_id] = mounts  # the start's, saving it a round trip
     return container
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from criproxy.config import Config
-    from criproxy.containerd import Containerd
+    from criproxy.containerd import Containerd, Mount
     from criproxy.containers.events import EventType
     from criproxy.containers.io import ContainerIO
     from criproxy.containers.model import Container
@@ -65,10 +65,13 @@ class ContainerDeps:
     events: EventHub = field(default_factory=EventHub)
     ios: dict[str, ContainerIO] = field(default_factory=dict)
     """The output pumps of running containers."""
+    prepared_mounts: dict[str, list[Mount]] = field(default_factory=dict)
+    """The rootfs mounts snapshot Prepare answered at create, until the start uses them."""
     tasks_deleted: set[str] = field(default_factory=set)
     """Containers whose task this process deleted at their exit: removal needs no look."""
     exits: dict[str, anyio.Event] = field(default_factory=dict)
     """Set when a running container's exit has been recorded (StopContainer waits)."""
+    _persisting: dict[str, anyio.Lock] = field(default_factory=dict)
     _tg: TaskGroup | None = None
     _started: anyio.Event = field(default_factory=anyio.Event)
 
@@ -88,10 +91,42 @@ class ContainerDeps:
         return self._tg
 
     async def persist(self, container: Container) -> None:
-        """Write the container into its record; the caller stores it in memory."""
-        await self.containerd.containers.set_extensions(
-            container.id, {EXTENSION: container.to_json()}
-        )
+        """Write the container into its record; the caller stores it in memory. One
+        container's writes go one at a time, in the order they were asked for."""
+        async with self._persist_lock(container.id):
+            await self.containerd.containers.set_extensions(
+                container.id, {EXTENSION: container.to_json()}
+            )
+
+    def persist_later(self, container_id: str) -> None:
+        """Write the container's state as it is when the write goes out, off the caller's
+        path (StartContainer: should criproxy die first, recovery adopts the running task
+        of a CREATED record). A later change's own write cannot be overtaken by this one."""
+        self.background.start_soon(self._persist_latest, container_id)
+
+    async def _persist_latest(self, container_id: str) -> None:
+        async with self._persist_lock(container_id):
+            latest = self.store.index.get(container_id)
+            if latest is None:  # removed meanwhile
+                return
+            try:
+                await self.containerd.containers.set_extensions(
+                    container_id, {EXTENSION: latest.to_json()}
+                )
+            except CriproxyError as err:
+                log.warning("container state not saved", container=container_id, error=err.message)
+
+    def _persist_lock(self, container_id: str) -> anyio.Lock:
+        lock = self._persisting.get(container_id)
+        if lock is None:
+            lock = self._persisting[container_id] = anyio.Lock(fast_acquire=True)
+        return lock
+
+    def forget(self, container_id: str) -> None:
+        """A removed container's bookkeeping."""
+        self.tasks_deleted.discard(container_id)
+        self.prepared_mounts.pop(container_id, None)
+        self._persisting.pop(container_id, None)
 
     async def persist_quietly(self, container: Container) -> None:
         """`persist`, where a failure must not undo the state change (it is logged)."""

@@ -706,14 +706,31 @@ class ContainerIO(_ProcessOutput):
         """
         fifos = FifoSet.in_dir(directory, container_id, stdin=stdin, stdout=True, stderr=not tty)
 
-        def make() -> None:
+        def make() -> int | None:
+            """The FIFOs and the log file in one worker-thread hop; the log's fd."""
             fifos.remove()
             create_fifos(directory, container_id, stdin=stdin, stdout=True, stderr=not tty)
+            if not log_path:
+                return None
+            try:
+                return _open_log(Path(log_path))
+            except OSError as err:
+                fifos.remove()
+                raise Internal(f"cannot open container log {log_path}: {err}") from None
 
-        await anyio.to_thread.run_sync(make)
+        log_fd = await anyio.to_thread.run_sync(make)
         try:
-            return await cls._open(container_id, fifos, log_path, stdin_once, max_line_size)
+            return await cls._open(
+                container_id,
+                fifos,
+                log_path,
+                stdin_once,
+                max_line_size,
+                log_fd=log_fd,
+            )
         except BaseException:
+            if log_fd is not None:
+                os.close(log_fd)
             with anyio.CancelScope(shield=True), contextlib.suppress(Internal):
                 await anyio.to_thread.run_sync(fifos.remove)
             raise
@@ -747,7 +764,10 @@ class ContainerIO(_ProcessOutput):
         log_path: str,
         stdin_once: bool,
         max_line_size: int,
+        *,
+        log_fd: int | None = None,
     ) -> ContainerIO:
+        """Our ends of the FIFOs, and the log (opened here unless its fd is given)."""
         ends: list[FifoReader | FifoWriter] = []
         try:
             stdout = FifoReader.open(fifos.stdout)
@@ -757,7 +777,11 @@ class ContainerIO(_ProcessOutput):
             stdin = FifoWriter.open(fifos.stdin) if fifos.stdin else None
             ends += [stdin] if stdin else []
             container_log = None
-            if log_path:
+            if log_fd is not None:
+                container_log = ContainerLog(
+                    Path(log_path), log_fd, max_line_size=max_line_size, container_id=container_id
+                )
+            elif log_path:
                 container_log = await ContainerLog.open(
                     Path(log_path), max_line_size=max_line_size, container_id=container_id
                 )

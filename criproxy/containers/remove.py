@@ -61,7 +61,7 @@ async def _remove(deps: ContainerDeps, container_id: str) -> None:
         )
         tg.start_soon(anyio.to_thread.run_sync, remove_files)
         tg.start_soon(deps.containerd.containers.delete, container_id)
-    deps.tasks_deleted.discard(container_id)
+    deps.forget(container_id)
     deps.store.remove(container_id)
     log.info("container removed", container=container_id)
     deps.publish("deleted", container)

@@ -55,9 +55,11 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
         max_line_size=deps.config.max_container_log_line_size,
     )
     try:
-        mounts = await deps.containerd.snapshots.mounts(
-            deps.config.containerd.snapshotter, container.id
-        )
+        mounts = deps.prepared_mounts.pop(container.id, None)
+        if mounts is None:  # created by an earlier criproxy process
+            mounts = await deps.containerd.snapshots.mounts(
+                deps.config.containerd.snapshotter, container.id
+            )
         userns = sandbox.config.security.userns
         if sandbox.userns and userns is not None:
             mounts = await anyio.to_thread.run_sync(
@@ -83,6 +85,8 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
         pid = await tasks.start(container.id)
     except BaseException as err:
         failure = err if isinstance(err, CriproxyError) else Internal(f"start failed: {err!r}")
+        if deps.ios.get(container.id) is not io:
+            io.close()  # failed before its pumps were handed over
         with anyio.CancelScope(shield=True):
             await _start_failed(deps, container, failure)
         if isinstance(err, Exception) and failure is not err:
@@ -90,7 +94,7 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
         raise
     running = container.with_changes(state="running", pid=pid, started_at_ns=started_at)
     deps.store.put(running)
-    await deps.persist(running)
+    deps.persist_later(container.id)
     log.info("container started", container=container.id, pid=pid)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -1000,15 +1002,45 @@ def test_a_task_started_by_a_killed_criproxy_is_adopted(ctr_env: ContainerEnv) -
     container = ctr_env.create(pod_id, pod, "half-started", args=["sleep 1000"])
     proxy.kill()
     # as if criproxy died between the task's start and recording it
+    before = time.time_ns()
     started = ctr_env.pods.ctr("task", "start", "-d", container)
     assert started.returncode == 0, started.stderr
+    time.sleep(1.0)
     proxy.start()
     status = ctr_env.status(container).status
     assert status.state == api_pb2.CONTAINER_RUNNING
+    # the process's own start, not the adoption's (to the kernel's clock tick)
+    assert before - 20_000_000 <= status.started_at <= before + 800_000_000
     ctr_env.stop(container)
     assert ctr_env.status(container).status.state == api_pb2.CONTAINER_EXITED
     ctr_env.remove(container)
     assert container not in ctr_env.pods.ctr("containers", "ls", "-q").stdout
+
+
+def test_a_started_containers_record_says_running_and_survives_a_kill(
+    ctr_env: ContainerEnv,
+) -> None:
+    """StartContainer answers before its record is written; the write follows at once."""
+    proxy = ctr_env.pods.proxy
+    pod_id, pod = ctr_env.pod("persisted")
+    container = ctr_env.run(pod_id, pod, "c", args=["sleep 1000"])
+    started_at = ctr_env.status(container).status.started_at
+
+    def recorded_state() -> str:
+        info = json.loads(ctr_env.pods.ctr("containers", "info", container).stdout)
+        record = json.loads(base64.b64decode(info["Extensions"]["container"]["value"]))
+        return str(record["state"])
+
+    deadline = time.monotonic() + 5
+    while recorded_state() != "running":
+        assert time.monotonic() < deadline, "the running state was never written"
+        time.sleep(0.05)
+    proxy.kill()
+    proxy.start()
+    status = ctr_env.status(container).status
+    assert (status.state, status.started_at) == (api_pb2.CONTAINER_RUNNING, started_at)
+    ctr_env.stop(container)
+    ctr_env.remove(container)
 
 
 def test_image_symlinks_never_reach_the_host(
