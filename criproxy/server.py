@@ -30,7 +30,6 @@ from criproxy.sandbox.service import SandboxService
 from criproxy.stats import UsageService
 from criproxy.store import ContainerStore, RecoveredGate, SandboxStore
 from criproxy.streaming.server import StreamServer
-from criproxy.streaming.tls import server_context
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -159,6 +158,9 @@ class _Sessions:
 def _streaming_tls(config: Config) -> ssl.SSLContext | None:
     if not config.enable_tls_streaming:
         return None
+    # imported only here: the X.509 library is some 15 MiB of a criproxy that serves no TLS
+    from criproxy.streaming.tls import server_context
+
     pair = config.x509_key_pair_streaming
     try:
         return server_context(pair.tls_cert_file, pair.tls_key_file, config.state / "streaming")
