@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 
 from criproxy.stats.sample import (
     UNLIMITED_ABOVE,
+    BlkioLine,
     BlockIo,
     CgroupSample,
     Pressure,
     PressureData,
     available_bytes,
+    fold_v1_block_io,
     limit_or_none,
     working_set,
 )
@@ -229,50 +231,34 @@ def _partitions(proc: Path) -> dict[tuple[int, int], str]:
     return names
 
 
-def _blkio_entries(path: Path) -> list[tuple[int, int, str, int]]:
-    """(major, minor, op, value) of a blkio file; its `Total` line skipped."""
-    entries = []
+def _blkio_lines(path: Path) -> list[BlkioLine]:
+    """The (major, minor, op, value) lines of a blkio file; its `Total` line skipped."""
+    lines = []
     for line in (_read(path) or "").splitlines():
         fields = line.split()
         if len(fields) != 3 or ":" not in fields[0]:
             continue
         major, _, minor = fields[0].partition(":")
         try:
-            entries.append((int(major), int(minor), fields[1], int(fields[2])))
+            lines.append((int(major), int(minor), fields[1], int(fields[2])))
         except ValueError:
             continue
-    return entries
+    return lines
 
 
 def _v1_block_io(blkio: Path, proc: Path) -> tuple[BlockIo, ...]:
     """Reads and writes per device: CFQ's recursive counters where the kernel keeps
     them, else the throttle layer's (containerd falls back the same way)."""
-    service_bytes = _blkio_entries(blkio / "blkio.io_service_bytes_recursive")
-    serviced = _blkio_entries(blkio / "blkio.io_serviced_recursive")
+    service_bytes = _blkio_lines(blkio / "blkio.io_service_bytes_recursive")
+    serviced = _blkio_lines(blkio / "blkio.io_serviced_recursive")
     if not service_bytes and not serviced:
-        service_bytes = _blkio_entries(blkio / "blkio.throttle.io_service_bytes")
-        serviced = _blkio_entries(blkio / "blkio.throttle.io_serviced")
+        service_bytes = _blkio_lines(blkio / "blkio.throttle.io_service_bytes")
+        serviced = _blkio_lines(blkio / "blkio.throttle.io_serviced")
     if not service_bytes and not serviced:
         return ()
     names = _partitions(proc)
-    counters: dict[tuple[int, int], dict[str, int]] = {}
-    for entries, suffix in ((service_bytes, "_bytes"), (serviced, "s")):
-        for major, minor, op, value in entries:
-            name = op.lower()
-            if name in ("read", "write"):
-                c = counters.setdefault((major, minor), {})
-                c[name + suffix] = c.get(name + suffix, 0) + value
-    return tuple(
-        BlockIo(
-            device=names.get(key, f"{key[0]}:{key[1]}"),
-            major=key[0],
-            minor=key[1],
-            read_bytes=c.get("read_bytes", 0),
-            write_bytes=c.get("write_bytes", 0),
-            reads=c.get("reads", 0),
-            writes=c.get("writes", 0),
-        )
-        for key, c in sorted(counters.items())
+    return fold_v1_block_io(
+        service_bytes, serviced, lambda major, minor: names.get((major, minor), f"{major}:{minor}")
     )
 
 

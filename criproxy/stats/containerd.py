@@ -22,6 +22,7 @@ from criproxy.stats.sample import (
     Pressure,
     PressureData,
     available_bytes,
+    fold_v1_block_io,
     limit_or_none,
     working_set,
 )
@@ -122,32 +123,14 @@ def _from_v1(m: cg1.Metrics, ts: int) -> CgroupSample:
 
 
 def _v1_block_io(blkio: cg1.BlkIOStat) -> tuple[BlockIo, ...]:
-    """Fold blkio's per-op lines (Read, Write, Sync, Async, ...) into one record per device."""
-    counters: dict[tuple[int, int], dict[str, int]] = {}
+    entries = [*blkio.io_service_bytes_recursive, *blkio.io_serviced_recursive]
     names: dict[tuple[int, int], str] = {}
-    for entries, suffix in (
-        (blkio.io_service_bytes_recursive, "_bytes"),
-        (blkio.io_serviced_recursive, "s"),
-    ):
-        for e in entries:
-            op = e.op.lower()
-            if op not in ("read", "write"):
-                continue
-            key = (e.major, e.minor)
-            names.setdefault(key, e.device or f"{e.major}:{e.minor}")
-            c = counters.setdefault(key, {})
-            c[op + suffix] = c.get(op + suffix, 0) + e.value
-    return tuple(
-        BlockIo(
-            device=names[key],
-            major=key[0],
-            minor=key[1],
-            read_bytes=c.get("read_bytes", 0),
-            write_bytes=c.get("write_bytes", 0),
-            reads=c.get("reads", 0),
-            writes=c.get("writes", 0),
-        )
-        for key, c in sorted(counters.items())
+    for e in entries:
+        names.setdefault((e.major, e.minor), e.device or f"{e.major}:{e.minor}")
+    return fold_v1_block_io(
+        [(e.major, e.minor, e.op, e.value) for e in blkio.io_service_bytes_recursive],
+        [(e.major, e.minor, e.op, e.value) for e in blkio.io_serviced_recursive],
+        lambda major, minor: names[(major, minor)],
     )
 
 

@@ -11,9 +11,12 @@ is floored at 0 instead (said where it happens).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from criproxy.errors import Internal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "UNLIMITED_ABOVE",
@@ -23,6 +26,7 @@ __all__ = [
     "Pressure",
     "PressureData",
     "available_bytes",
+    "fold_v1_block_io",
     "limit_or_none",
     "nano_cores",
     "read_net_dev",
@@ -136,6 +140,38 @@ class InterfaceStats:
     tx_packets: int = 0
     tx_errors: int = 0
     tx_dropped: int = 0
+
+
+BlkioLine = tuple[int, int, str, int]
+"""One line of a cgroup v1 blkio counter: (major, minor, op, value)."""
+
+
+def fold_v1_block_io(
+    service_bytes: Iterable[BlkioLine],
+    serviced: Iterable[BlkioLine],
+    device: Callable[[int, int], str],
+) -> tuple[BlockIo, ...]:
+    """cgroup v1 blkio's per-op lines (Read, Write, Sync, Async, ...) folded into one record
+    per device, named by `device(major, minor)`."""
+    counters: dict[tuple[int, int], dict[str, int]] = {}
+    for lines, suffix in ((service_bytes, "_bytes"), (serviced, "s")):
+        for major, minor, op, value in lines:
+            name = op.lower()
+            if name in ("read", "write"):
+                c = counters.setdefault((major, minor), {})
+                c[name + suffix] = c.get(name + suffix, 0) + value
+    return tuple(
+        BlockIo(
+            device=device(*key),
+            major=key[0],
+            minor=key[1],
+            read_bytes=c.get("read_bytes", 0),
+            write_bytes=c.get("write_bytes", 0),
+            reads=c.get("reads", 0),
+            writes=c.get("writes", 0),
+        )
+        for key, c in sorted(counters.items())
+    )
 
 
 def limit_or_none(value: int) -> int | None:
