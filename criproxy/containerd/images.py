@@ -58,18 +58,17 @@ class ImagesService:
         return [_record(image) for image in resp.images]
 
     async def put(self, record: ImageRecord) -> ImageRecord:
-        """Create the record, or update target and labels of an existing one of that name."""
-        existing = await self.get(record.name)
-        if existing is None:
-            try:
-                resp = await self._channel.unary(
-                    self._stub.Create,
-                    images_pb2.CreateImageRequest(image=record.to_proto()),
-                    operation=f"create image {record.name}",
-                )
-                return _record(resp.image)
-            except AlreadyExists:
-                pass  # created concurrently: update it instead
+        """Create the record, or update target and labels of an existing one of that name
+        (a new name, the common case, costs one round trip)."""
+        try:
+            resp = await self._channel.unary(
+                self._stub.Create,
+                images_pb2.CreateImageRequest(image=record.to_proto()),
+                operation=f"create image {record.name}",
+            )
+            return _record(resp.image)
+        except AlreadyExists:
+            pass  # there is one: update it instead
         resp2 = await self._channel.unary(
             self._stub.Update,
             images_pb2.UpdateImageRequest(

@@ -109,8 +109,9 @@ async def write_records(
     record_labels = {labels.CRI_IMAGE: labels.CRI_IMAGE_MANAGED}
     if pinned:
         record_labels[labels.CRI_PINNED] = labels.CRI_PINNED_VALUE
-    for name in names:
-        await cd.images.put(ImageRecord(name, target, record_labels))
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(cd.images.put, ImageRecord(name, target, record_labels))
 
 
 @dataclass
@@ -266,11 +267,9 @@ class _PullJob:
         config_body = await self._small_blob(manifest.config)
         config = parse_config(config_body)
         _check_layers(manifest, config)
-        await self._store_small(manifest.config, config_body, {})
         manifest_labels = {labels.GC_CONTENT_CONFIG: manifest.config.digest}
         for i, layer in enumerate(manifest.layers):
             manifest_labels[labels.GC_CONTENT_LAYER.format(index=i)] = layer.digest
-        await self._store_small(manifest_desc, manifest_body, manifest_labels)
         self.progress.touch()
         size += manifest_desc.size + manifest.config.size + sum(x.size for x in manifest.layers)
 
@@ -296,6 +295,10 @@ class _PullJob:
                     )
 
         async with anyio.create_task_group() as tg:
+            # config and manifest into the content store beside the layers (the pull's
+            # lease keeps them all until the image records reference them)
+            tg.start_soon(self._store_small, manifest.config, config_body, {})
+            tg.start_soon(self._store_small, manifest_desc, manifest_body, manifest_labels)
             tg.start_soon(dispatch)
             for i in range(first_missing, len(chains)):
                 await downloaded[i].wait()
