@@ -92,6 +92,12 @@ class RuntimeServicer:
         self._listed_pods: EncodedList[Sandbox] = EncodedList(
             api_pb2.ListPodSandboxResponse, "items", sandbox_cri.to_pod_sandbox, _id
         )
+        self._container_statuses: EncodedList[Container] = EncodedList(
+            api_pb2.ContainerStatusResponse, "status", container_cri.to_status, _id
+        )
+        self._pod_statuses: EncodedList[Sandbox] = EncodedList(
+            api_pb2.PodSandboxStatusResponse, "status", sandbox_cri.to_status, _id
+        )
 
     # --- stats and metrics ------------------------------------------------------------
 
@@ -211,18 +217,18 @@ class RuntimeServicer:
 
     async def ContainerStatus(  # noqa: N802
         self, request: api_pb2.ContainerStatusRequest, context: Context
-    ) -> api_pb2.ContainerStatusResponse:
+    ) -> api_pb2.ContainerStatusResponse | bytes:
         container = self._containers.get(request.container_id)
-        info = {}
-        if request.verbose:
-            runtime_type, options = self._containers.runtime(container)
-            info = container_cri.verbose_info(
-                container,
-                self._containers.spec(container.id),
-                runtime_type,
-                snapshotter=self._containers.snapshotter,
-                runtime_options=options,
-            )
+        if not request.verbose:  # the kubelet's: encoded once per record version
+            return self._container_statuses.encode([container])
+        runtime_type, options = self._containers.runtime(container)
+        info = container_cri.verbose_info(
+            container,
+            self._containers.spec(container.id),
+            runtime_type,
+            snapshotter=self._containers.snapshotter,
+            runtime_options=options,
+        )
         return api_pb2.ContainerStatusResponse(status=container_cri.to_status(container), info=info)
 
     async def ListContainers(  # noqa: N802
@@ -230,9 +236,10 @@ class RuntimeServicer:
     ) -> bytes:
         """An encoded ListContainersResponse (see `convert/encoded.py`)."""
         flt = request.filter
-        return self._listed_containers.encode(
-            self._containers_matching(flt), complete=not flt.ByteSize()
-        )
+        listed = self._containers_matching(flt)
+        if not flt.ByteSize():  # every container: the statuses of removed ones can go
+            self._container_statuses.retain({c.id for c in listed})
+        return self._listed_containers.encode(listed, complete=not flt.ByteSize())
 
     async def StreamContainers(  # noqa: N802
         self, request: api_pb2.StreamContainersRequest, context: Context
@@ -342,11 +349,14 @@ class RuntimeServicer:
 
     async def PodSandboxStatus(  # noqa: N802
         self, request: api_pb2.PodSandboxStatusRequest, context: Context
-    ) -> api_pb2.PodSandboxStatusResponse:
+    ) -> api_pb2.PodSandboxStatusResponse | bytes:
         sandbox = self._sandboxes.get(request.pod_sandbox_id)
+        if not request.verbose:  # the kubelet's: the status encoded once per record version
+            stamp = api_pb2.PodSandboxStatusResponse(timestamp=time.time_ns())
+            return self._pod_statuses.encode([sandbox]) + stamp.SerializeToString()
         return api_pb2.PodSandboxStatusResponse(
             status=sandbox_cri.to_status(sandbox),
-            info=sandbox_cri.verbose_info(sandbox) if request.verbose else {},
+            info=sandbox_cri.verbose_info(sandbox),
             timestamp=time.time_ns(),
         )
 
@@ -355,7 +365,10 @@ class RuntimeServicer:
     ) -> bytes:
         """An encoded ListPodSandboxResponse (see `convert/encoded.py`)."""
         flt = request.filter
-        return self._listed_pods.encode(self._pods_matching(flt), complete=not flt.ByteSize())
+        listed = self._pods_matching(flt)
+        if not flt.ByteSize():  # every pod: the statuses of removed ones can go
+            self._pod_statuses.retain({p.id for p in listed})
+        return self._listed_pods.encode(listed, complete=not flt.ByteSize())
 
     async def StreamPodSandboxes(  # noqa: N802
         self, request: api_pb2.StreamPodSandboxesRequest, context: Context

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Collection, Iterable
 
     from google.protobuf.message import Message
 
@@ -30,7 +30,8 @@ def _varint(value: int) -> bytes:
 
 class EncodedList(Generic[R]):
     """A response message with one repeated message field, built from cached encodings of
-    each record's message (`to_message`), keyed by the record's id."""
+    each record's message (`to_message`), keyed by the record's id. A singular message
+    field encodes the same way: a status response is the list of its one record."""
 
     def __init__(
         self,
@@ -58,7 +59,12 @@ class EncodedList(Generic[R]):
                 hit = self._cache[key] = (record, self._to_message(record).SerializeToString())
             data = hit[1]
             parts += (self._tag, _varint(len(data)), data)
-        if complete and len(self._cache) > len(seen):
-            for gone in [k for k in self._cache if k not in seen]:
-                del self._cache[gone]
+        if complete:
+            self.retain(seen)
         return b"".join(parts)
+
+    def retain(self, keys: Collection[str]) -> None:
+        """Forget the encodings of every record but these (the removed ones)."""
+        if len(self._cache) > len(keys):
+            for gone in [k for k in self._cache if k not in keys]:
+                del self._cache[gone]

@@ -148,6 +148,9 @@ class Records:
     def pods(self) -> list[Any]:
         return self.items
 
+    def get(self, record_id: str) -> Any:
+        return next(i for i in self.items if i.id == record_id)
+
     def all(self) -> list[Any]:
         return self.items
 
@@ -193,6 +196,32 @@ async def test_list_containers_by_id_prefix_and_pod(
         await servicer.ListContainers(request, None)
     )
     assert [c.id for c in response.containers] == listed
+
+
+async def test_statuses_are_the_messages_the_records_make_and_follow_their_changes(
+    unreachable: Any,
+) -> None:
+    containers: Any = Records([_container("c1")])
+    sandboxes: Any = Records([_sandbox("aa11")])
+    servicer = RuntimeServicer(unreachable, sandboxes, containers, unreachable, unreachable)
+
+    async def container_status() -> api_pb2.ContainerStatusResponse:
+        raw = await servicer.ContainerStatus(
+            api_pb2.ContainerStatusRequest(container_id="c1"), None
+        )
+        assert isinstance(raw, bytes)
+        return api_pb2.ContainerStatusResponse.FromString(raw)
+
+    assert (await container_status()).status == container_cri.to_status(containers.items[0])
+    containers.items[0] = containers.items[0].with_changes(state="running", pid=7)
+    assert (await container_status()).status.state == api_pb2.CONTAINER_RUNNING
+
+    request = api_pb2.PodSandboxStatusRequest(pod_sandbox_id="aa11")
+    raw = await servicer.PodSandboxStatus(request, None)
+    assert isinstance(raw, bytes)
+    response = api_pb2.PodSandboxStatusResponse.FromString(raw)
+    assert response.status == sandbox_cri.to_status(sandboxes.items[0])
+    assert response.timestamp > 0 and not response.info
 
 
 # --- events -----------------------------------------------------------------------------
