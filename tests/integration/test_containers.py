@@ -1043,6 +1043,24 @@ def test_a_started_containers_record_says_running_and_survives_a_kill(
     ctr_env.remove(container)
 
 
+def test_a_container_that_exits_at_once_is_recorded_exited_not_running(
+    ctr_env: ContainerEnv,
+) -> None:
+    """The start's own write of RUNNING goes out after the answer; an exit right behind it
+    must still be the state on record (a kill -9 then shows it, not RUNNING)."""
+    proxy = ctr_env.pods.proxy
+    pod_id, pod = ctr_env.pod("quick-exit")
+    quick = [ctr_env.run(pod_id, pod, f"q{i}", args=[f"exit {i}"]) for i in range(5)]
+    for i, container in enumerate(quick):
+        assert ctr_env.wait_exited(container).exit_code == i
+    proxy.kill()
+    proxy.start()
+    for i, container in enumerate(quick):
+        status = ctr_env.status(container).status
+        assert (status.state, status.exit_code) == (api_pb2.CONTAINER_EXITED, i)
+        ctr_env.remove(container)
+
+
 def test_image_symlinks_never_reach_the_host(
     ctr_env: ContainerEnv,
     registry_http,  # type: ignore[no-untyped-def]
