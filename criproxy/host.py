@@ -89,13 +89,21 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def process_started_ns(pid: int, proc: Path = Path("/proc")) -> int | None:
-    """When process `pid` started, in ns since the epoch, to the kernel's clock tick (its
-    /proc/<pid>/stat start time counts ticks since boot); None when it is gone. Blocking."""
+def process_start_ticks(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat,
+    after the parenthesised command); None when it is gone. Blocking, cheap."""
     try:
         stat = (proc / str(pid) / "stat").read_text()
     except OSError:
         return None
-    ticks = int(stat.rsplit(")", 1)[-1].split()[19])
+    return int(stat.rsplit(")", 1)[-1].split()[19])
+
+
+def process_started_ns(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """When process `pid` started, in ns since the epoch, to the kernel's clock tick; None
+    when it is gone. Blocking, cheap."""
+    ticks = process_start_ticks(pid, proc)
+    if ticks is None:
+        return None
     since_boot_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
     return time.time_ns() - (time.clock_gettime_ns(time.CLOCK_BOOTTIME) - since_boot_ns)

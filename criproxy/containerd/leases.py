@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from criproxy._generated.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from criproxy.errors import NotFound
+from criproxy.host import process_start_ticks
 
 if TYPE_CHECKING:
     import builtins
@@ -49,12 +50,9 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> str:
-    """Field 22 of /proc/<pid>/stat (after the parenthesised command); "" when gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]
+    """The process's start in clock ticks since boot, as text; "" when gone."""
+    ticks = process_start_ticks(pid)
+    return "" if ticks is None else str(ticks)
 
 
 @cache

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from criproxy.containers.exec import resize
 from criproxy.errors import CriproxyError, FailedPrecondition
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ async def attach_session(
             if request.stdin and streams.stdin is not None:
                 tg.start_soon(_copy_in, deps, io, streams)
             if streams.resize is not None:
-                tg.start_soon(_resize, deps, container.id, streams)
+                tg.start_soon(resize, deps, container.id, "", streams)
             await _copy_out(attacher, streams)
             tg.cancel_scope.cancel()
     finally:
@@ -74,10 +75,3 @@ async def _copy_in(deps: ContainerDeps, io: ContainerIO, streams: SessionStreams
         io.stdin.close()
         with contextlib.suppress(CriproxyError):
             await deps.containerd.tasks.close_io(io.container_id)
-
-
-async def _resize(deps: ContainerDeps, container_id: str, streams: SessionStreams) -> None:
-    assert streams.resize is not None
-    async for size in streams.resize:
-        with contextlib.suppress(CriproxyError):
-            await deps.containerd.tasks.resize_pty(container_id, "", size.width, size.height)

@@ -46,6 +46,7 @@ async def exec_sync(
     process["terminal"] = False
     exec_id = secrets.token_hex(16)
     tasks = deps.containerd.tasks
+    exit_code = 0
     io = await ExecIO.create(Path(container.io_dir), exec_id)  # capped at 16 MiB
     try:
         async with anyio.create_task_group() as tg:
@@ -59,10 +60,10 @@ async def exec_sync(
                         stdout=io.fifos.stdout,
                         stderr=io.fifos.stderr,
                     )
-                    exited = _Exit()
 
                     async def wait() -> None:
-                        exited.code = await _wait(deps, container.id, exec_id, cmd, timeout)
+                        nonlocal exit_code
+                        exit_code = await _wait(deps, container.id, exec_id, cmd, timeout)
 
                     async with anyio.create_task_group() as waiting:
                         waiting.start_soon(wait)
@@ -72,13 +73,7 @@ async def exec_sync(
                 tg.cancel_scope.cancel()
     finally:
         io.close()
-    return io.stdout, io.stderr, exited.code
-
-
-class _Exit:
-    """An exec process's exit code, once its Wait has answered."""
-
-    code: int = 0
+    return io.stdout, io.stderr, exit_code
 
 
 async def _wait(
@@ -202,10 +197,11 @@ async def _serve(
                 if io.stderr is not None:
                     pumps.start_soon(_copy_out, io.stderr, streams.stderr)
 
-    exited = _Exit()
+    exit_code = 0
 
     async def wait(inputs: anyio.CancelScope) -> None:
-        exited.code = (await tasks.wait(container_id, exec_id, None)).exit_status
+        nonlocal exit_code
+        exit_code = (await tasks.wait(container_id, exec_id, None)).exit_status
         inputs.cancel()
 
     async with anyio.create_task_group() as tg:
@@ -216,9 +212,9 @@ async def _serve(
             if io.stdin is not None and streams.stdin is not None:
                 inputs.start_soon(_copy_in, deps, container_id, exec_id, streams, io.stdin)
             if streams.resize is not None:
-                inputs.start_soon(_resize, deps, container_id, exec_id, streams)
+                inputs.start_soon(resize, deps, container_id, exec_id, streams)
         drain.deadline = anyio.current_time() + IO_DRAIN
-    return exited.code
+    return exit_code
 
 
 async def _copy_out(reader: FifoReader, sink: OutputStream | None) -> None:
@@ -246,9 +242,10 @@ async def _copy_in(
         await deps.containerd.tasks.close_io(container_id, exec_id)
 
 
-async def _resize(
+async def resize(
     deps: ContainerDeps, container_id: str, exec_id: str, streams: SessionStreams
 ) -> None:
+    """Terminal size changes to the process's pty (exec id "": the container's own)."""
     assert streams.resize is not None
     async for size in streams.resize:
         with contextlib.suppress(CriproxyError):

@@ -130,17 +130,22 @@ def _on_netns_thread(name: str, enter: Callable[[], None], body: Callable[[], No
         raise failure[0]
 
 
-def _loopback_up_in(netns: Path) -> None:
-    """`_loopback_up` inside a pinned netns."""
+def _in_pinned_netns(netns: Path, name: str, body: Callable[[], None]) -> None:
+    """`body` on a thread that entered the pinned netns `netns` (setns is per thread)."""
     target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _on_netns_thread(
-            f"criproxy-lo-{netns.name}",
+            name,
             lambda: _check(_libc.setns(target, _CLONE_NEWNET), f"setns into {netns}"),
-            _loopback_up,
+            body,
         )
     finally:
         os.close(target)
+
+
+def _loopback_up_in(netns: Path) -> None:
+    """`_loopback_up` inside a pinned netns."""
+    _in_pinned_netns(netns, f"criproxy-lo-{netns.name}", _loopback_up)
 
 
 def _pin_new_netns(path: Path) -> None:
@@ -335,15 +340,7 @@ def dial_in_netns(netns: Path | None, port: int, timeout: float) -> socket.socke
     if netns is None:
         connect()
     else:
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _on_netns_thread(
-                f"criproxy-dial-{netns.name[:12]}",
-                lambda: _check(_libc.setns(target, _CLONE_NEWNET), f"setns into {netns}"),
-                connect,
-            )
-        finally:
-            os.close(target)
+        _in_pinned_netns(netns, f"criproxy-dial-{netns.name[:12]}", connect)
     if made:
         return made[0]
     raise errors[-1] if errors else OSError(f"cannot connect to port {port}")

@@ -89,9 +89,9 @@ async def serve(
     status = await run_session(
         session,
         SessionStreams(
-            stdin=_Input(streams["stdin"]) if "stdin" in streams else None,
-            stdout=_Output(streams["stdout"]) if "stdout" in streams else None,
-            stderr=_Output(streams["stderr"]) if "stderr" in streams else None,
+            stdin=streams.get("stdin"),
+            stdout=streams.get("stdout"),
+            stderr=streams.get("stderr"),
             resize=sizes(streams["resize"].receive) if "resize" in streams else None,
         ),
         cmd,
@@ -124,22 +124,6 @@ async def _collect(
             f"timed out waiting for the client to create streams {sorted(missing)}"
         )
     return streams
-
-
-class _Input:
-    def __init__(self, stream: SpdyStream) -> None:
-        self._stream = stream
-
-    async def receive(self) -> bytes:
-        return await self._stream.receive()
-
-
-class _Output:
-    def __init__(self, stream: SpdyStream) -> None:
-        self._stream = stream
-
-    async def send(self, data: bytes) -> None:
-        await self._stream.send(data)
 
 
 async def sizes(receive: Callable[[], Awaitable[bytes]]) -> AsyncIterator[TerminalSize]:

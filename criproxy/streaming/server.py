@@ -48,7 +48,6 @@ REQUEST_TIMEOUT = 30.0
 """How long a client has to send its request line and headers."""
 _MAX_REQUEST = 64 * 1024
 _IDLE_CHECK = 30.0
-_CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,6 @@ class StreamServer:
         self._ssl = ssl_context
         self.tokens = tokens or TokenStore()
         self._bound: tuple[str, int] | None = None
-        self._ready = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen (started once bound: a port in use fails the start) and serve until
@@ -109,7 +107,6 @@ class StreamServer:
         try:
             sockname = listener.getsockname()
             self._bound = (str(sockname[0]), int(sockname[1]))
-            self._ready.set()
             task_status.started()
             log.info("streaming server listening", url=self.base_url)
             async with anyio.create_task_group() as tg:
@@ -118,9 +115,6 @@ class StreamServer:
         finally:
             anyio.notify_closing(listener)
             listener.close()
-
-    async def ready(self) -> None:
-        await self._ready.wait()
 
     @property
     def address(self) -> str:
@@ -239,9 +233,8 @@ class StreamServer:
                 target=upgrade.target,
                 initial=bytes(trailing),
             )
-        except websocket.HandshakeRefused as refused:
-            log.info("WebSocket upgrade refused", status=refused.status, reason=refused.reason)
-            return
+        except websocket.HandshakeRefused:
+            return  # websocket.accept logged it and answered the client
         request = upgrade.request
         if ws.protocol == websocket.SPDY_TUNNEL:  # crictl's port-forward over WebSocket
             spdy = SpdyConnection(websocket.WebSocketByteStream(ws), server=True)
@@ -291,7 +284,7 @@ class StreamServer:
                 await session()
             finally:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    with anyio.move_on_after(_CLOSE_TIMEOUT):
+                    with anyio.move_on_after(websocket.CLOSE_TIMEOUT):
                         await close()
                 tg.cancel_scope.cancel()
 

@@ -32,6 +32,8 @@ import anyio
 import anyio.lowlevel
 import structlog
 
+from criproxy.streaming.gone import CLIENT_GONE
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
@@ -559,12 +561,7 @@ class _Signal:
             self._waiters -= 1
 
 
-_TRANSPORT_ERRORS = (
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.EndOfStream,
-    OSError,
-)
+_TRANSPORT_ERRORS = CLIENT_GONE
 
 
 class SpdyStream:
@@ -608,10 +605,6 @@ class SpdyStream:
     def reply_headers(self) -> Mapping[str, str]:
         """For a stream we opened: the SYN_REPLY headers (and any later HEADERS frames)."""
         return self._reply_headers
-
-    @property
-    def replied(self) -> bool:
-        return self._replied
 
     @property
     def remote_closed(self) -> bool:

@@ -439,8 +439,6 @@ class ChannelConnection:
     {"Width":..,"Height":..} per message); of port-forward: see `port_channels`.
     """
 
-    PROTOCOLS = EXEC_PROTOCOLS
-
     def __init__(self, ws: WebSocket) -> None:
         if ws.protocol not in BINARY_PROTOCOLS | BASE64_PROTOCOLS:
             raise ValueError(f"{ws.protocol!r} is not a channel protocol")
