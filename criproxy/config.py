@@ -107,6 +107,13 @@ class Config:
     image_pull_progress_timeout: float = 300.0
     """Seconds without pull progress before a pull is cancelled; 0 disables the limit."""
     max_concurrent_downloads: int = 3
+    discard_unpacked_layers: bool = True
+    """Layers go only into their snapshots, not also into containerd's content store.
+
+    On, unlike containerd's default: a node runs images and never reads their layer
+    blobs back, so keeping them doubles the disk an image takes and has containerd
+    receive every byte a second time. Off keeps them (for `ctr export` or a second
+    snapshotter)."""
     cgroup_driver: CgroupDriver = "cgroupfs"
     default_runtime_name: str = "runc"
     shutdown_grace_period: float = 10.0
@@ -371,6 +378,7 @@ _TOP: Mapping[str, Parser] = {
     "max_container_log_line_size": _int_range(-1, 1 << 30),
     "image_pull_progress_timeout": _duration,
     "max_concurrent_downloads": _int_range(1, 64),
+    "discard_unpacked_layers": _bool,
     "cgroup_driver": _cgroup_driver,
     "default_runtime_name": _nonempty,
     "shutdown_grace_period": _duration,

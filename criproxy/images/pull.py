@@ -28,6 +28,7 @@ from criproxy.errors import (
     Unavailable,
 )
 from criproxy.images import labels
+from criproxy.images.layerstream import LayerStream, can_stream
 from criproxy.images.manifest import (
     ImageConfig,
     Manifest,
@@ -40,12 +41,13 @@ from criproxy.images.manifest import (
 )
 from criproxy.images.registry import INDEX_TYPES, MANIFEST_TYPES
 from criproxy.images.store import ImageContent
-from criproxy.images.unpack import Unpacker
+from criproxy.images.unpack import StreamedUnpacker, Unpacker
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from criproxy.containerd import Containerd
+    from criproxy.containerd.content import ContentWriter
     from criproxy.containerd.types import Descriptor
     from criproxy.images.reference import Reference
     from criproxy.images.registry import Repository
@@ -54,6 +56,10 @@ log = structlog.get_logger("criproxy.images.pull")
 
 LEASE_EXPIRY = datetime.timedelta(hours=24)
 _CHUNK_RETRIES = 3
+_PIPELINE_CHUNKS = 8
+"""Chunks (of up to 256 KiB) read ahead of the unpacking."""
+_FEED_BATCH = 1 << 20
+"""Bytes handed to the unpacking thread at once, at most (fewer thread hops)."""
 _PROGRESS_LOG_INTERVAL = 5.0
 
 _K = TypeVar("_K")
@@ -140,6 +146,20 @@ class PullResult:
     names: tuple[str, ...]
 
 
+_NO_PARENT = anyio.Event()
+_NO_PARENT.set()
+
+
+@dataclass(frozen=True)
+class _Layer:
+    desc: Descriptor
+    urls: tuple[str, ...]
+    diff_id: str
+    chain: str
+    parent: str
+    parent_done: anyio.Event
+
+
 class Puller:
     """Pulls into one containerd namespace with one snapshotter."""
 
@@ -150,6 +170,7 @@ class Puller:
         *,
         progress_timeout: float,
         max_concurrent_downloads: int = 3,
+        discard_unpacked_layers: bool = True,
     ) -> None:
         self._containerd = containerd
         self.snapshotter = snapshotter
@@ -157,6 +178,11 @@ class Puller:
         self.max_concurrent_downloads = max(1, max_concurrent_downloads)
         self._pulls: SingleFlight[str, PullResult] = SingleFlight()
         self.blobs: SingleFlight[str, None] = SingleFlight()
+        self.unpacks: SingleFlight[str, None] = SingleFlight()
+        self.discard_unpacked_layers = discard_unpacked_layers
+        self.streaming = StreamedUnpacker.available(snapshotter)
+        """Layers unpack as they download (else through the content store and containerd's
+        differ: other snapshotters, or a kernel without openat2)."""
         self.downloads = 0
         """Blobs fetched from a registry so far (tests check sharing with it)."""
 
@@ -274,36 +300,32 @@ class _PullJob:
         size += manifest_desc.size + manifest.config.size + sum(x.size for x in manifest.layers)
 
         chains = chain_ids(config.diff_ids)
-        unpacker = Unpacker(self.cd, self.snapshotter, self.progress)
-        first_missing = await unpacker.first_missing(chains)
-        downloaded = [anyio.Event() for _ in manifest.layers]
-        for event in downloaded[:first_missing]:
+        first_missing = await Unpacker(self.cd, self.snapshotter, self.progress).first_missing(
+            chains
+        )
+        committed = [anyio.Event() for _ in manifest.layers]
+        for event in committed[:first_missing]:
             event.set()  # unpacked already: containerd does not fetch these either
-
-        async def dispatch() -> None:
-            """Start downloads in layer order, so the bottom layers arrive (and unpack) first."""
-            async with anyio.create_task_group() as downloads:
-                for i in range(first_missing, len(manifest.layers)):
-                    await self.download_slots.acquire()
-                    urls = manifest.layer_urls[i] if manifest.layer_urls else ()
-                    downloads.start_soon(
-                        self._download_layer,
-                        manifest.layers[i],
-                        urls,
-                        config.diff_ids[i],
-                        downloaded[i],
-                    )
 
         async with anyio.create_task_group() as tg:
             # config and manifest into the content store beside the layers (the pull's
             # lease keeps them all until the image records reference them)
             tg.start_soon(self._store_small, manifest.config, config_body, {})
             tg.start_soon(self._store_small, manifest_desc, manifest_body, manifest_labels)
-            tg.start_soon(dispatch)
-            for i in range(first_missing, len(chains)):
-                await downloaded[i].wait()
-                await unpacker.apply(
-                    manifest.layers[i], config.diff_ids[i], chains[i], chains[i - 1] if i else ""
+            # Layers start in order, so the bottom ones arrive (and commit) first.
+            for i in range(first_missing, len(manifest.layers)):
+                await self.download_slots.acquire()
+                tg.start_soon(
+                    self._layer,
+                    _Layer(
+                        manifest.layers[i],
+                        manifest.layer_urls[i] if manifest.layer_urls else (),
+                        config.diff_ids[i],
+                        chains[i],
+                        chains[i - 1] if i else "",
+                        committed[i - 1] if i else _NO_PARENT,
+                    ),
+                    committed[i],
                 )
         top_chain = chains[-1] if chains else ""
         if top_chain:
@@ -368,18 +390,137 @@ class _PullJob:
             await writer.write(body)
             await writer.commit(self._with_source({}, blob_labels))
 
-    async def _download_layer(
-        self, layer: Descriptor, urls: tuple[str, ...], diff_id: str, done: anyio.Event
-    ) -> None:
+    async def _layer(self, layer: _Layer, done: anyio.Event) -> None:
+        """Download and unpack one layer (holding a download slot while it downloads)."""
+        slot = [True]
+
+        def release() -> None:
+            if slot:
+                slot.clear()
+                self.download_slots.release()
+
         try:
-            self.progress.total[layer.digest] = layer.size
-            await self.puller.blobs.do(
-                layer.digest,
-                lambda: self._download_blob(layer, urls, {labels.UNCOMPRESSED: diff_id}),
+            desc = layer.desc
+            self.progress.total[desc.digest] = desc.size
+            streamed = (
+                self.puller.streaming
+                and can_stream(desc.media_type)
+                and await self.cd.content.info(desc.digest) is None
             )
+            if streamed:
+                await self.puller.unpacks.do(
+                    layer.chain, lambda: self._stream_layer(layer, release)
+                )
+            else:
+                await self.puller.blobs.do(
+                    desc.digest,
+                    lambda: self._download_blob(
+                        desc, layer.urls, {labels.UNCOMPRESSED: layer.diff_id}
+                    ),
+                )
+                release()
+                if layer.parent:
+                    await layer.parent_done.wait()
+                await Unpacker(self.cd, self.snapshotter, self.progress).apply(
+                    desc, layer.diff_id, layer.chain, layer.parent
+                )
         finally:
-            self.download_slots.release()
-            done.set()
+            release()
+        done.set()
+
+    async def _stream_layer(self, layer: _Layer, downloaded: Callable[[], None]) -> None:
+        """One pass: the bytes go from the registry through verification and
+        decompression into the layer's snapshot (and into the content store only when
+        `discard_unpacked_layers` is off)."""
+        unpacker = StreamedUnpacker(self.cd, self.snapshotter, self.progress)
+        desc = layer.desc
+        async with unpacker.stream(
+            desc, layer.diff_id, layer.chain, layer.parent, layer.parent_done
+        ) as stream:
+            if stream is None:
+                return
+            if self.puller.discard_unpacked_layers:
+                await self._fetch_into(desc, layer.urls, stream, None)
+            else:
+                ref = _ingest_ref(desc)
+                async with self.cd.content.writer(ref, desc.size, desc.digest) as writer:
+                    writer.offset = 0  # the unpack starts at the first byte, so does the blob
+                    await self._fetch_into(desc, layer.urls, stream, writer)
+                    try:
+                        await writer.commit(
+                            self._with_source({}, {labels.UNCOMPRESSED: layer.diff_id})
+                        )
+                    except FailedPrecondition as err:
+                        await self.cd.content.abort(ref)
+                        raise DataLoss(
+                            f"layer {desc.digest} of {self.repo.ref}: {err.message}"
+                        ) from None
+            downloaded()
+            self.puller.downloads += 1
+            self.log.info("layer downloaded", layer=desc.digest, size=desc.size)
+
+    async def _fetch_into(
+        self,
+        desc: Descriptor,
+        urls: tuple[str, ...],
+        stream: LayerStream,
+        writer: ContentWriter | None,
+    ) -> None:
+        """Feed the blob to `stream` as it arrives, resuming a broken download where it
+        stopped; the network and the unpacking overlap (a few chunks apart)."""
+        send, receive = anyio.create_memory_object_stream[bytes](_PIPELINE_CHUNKS)
+
+        async def read() -> None:
+            async with send:
+                offset = 0
+                for attempt in range(_CHUNK_RETRIES + 1):
+                    try:
+                        async for chunk in self.repo.fetch_blob(desc, offset, urls):
+                            offset += len(chunk)
+                            if offset > desc.size:
+                                raise DataLoss(
+                                    f"layer {desc.digest} of {self.repo.ref}: registry sent "
+                                    f"more than {desc.size} bytes"
+                                )
+                            await send.send(chunk)
+                            self.progress.add(desc.digest, len(chunk))
+                        if offset == desc.size:
+                            return
+                        raise Unavailable(
+                            f"layer {desc.digest} of {self.repo.ref}: download ended at "
+                            f"{offset} of {desc.size} bytes"
+                        )
+                    except Unavailable as err:
+                        if attempt == _CHUNK_RETRIES:
+                            raise
+                        self.log.warning(
+                            "layer download broke off; resuming",
+                            layer=desc.digest,
+                            offset=offset,
+                            error=err.message,
+                        )
+                        await anyio.sleep(0.5 * (attempt + 1))
+
+        async def unpack() -> None:
+            async with receive:
+                async for chunk in receive:
+                    batch = [chunk]
+                    size = len(chunk)
+                    while size < _FEED_BATCH:
+                        try:
+                            more = receive.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                        batch.append(more)
+                        size += len(more)
+                    data = chunk if len(batch) == 1 else b"".join(batch)
+                    await anyio.to_thread.run_sync(stream.feed, data)
+                    if writer is not None:
+                        await writer.write(data)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            tg.start_soon(unpack)
 
     async def _download_blob(
         self, desc: Descriptor, urls: tuple[str, ...], blob_labels: dict[str, str]

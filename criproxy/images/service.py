@@ -59,6 +59,7 @@ class ImageService:
             config.containerd.snapshotter,
             progress_timeout=config.image_pull_progress_timeout,
             max_concurrent_downloads=config.max_concurrent_downloads,
+            discard_unpacked_layers=config.discard_unpacked_layers,
         )
         self.filesystem = ImageFilesystem(containerd, config.containerd.snapshotter)
 

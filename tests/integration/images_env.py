@@ -70,8 +70,13 @@ class ImageEnv:
         )
 
     def ctr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.ctr_in("k8s.io", *args, timeout=timeout)
+
+    def ctr_in(
+        self, namespace: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["ctr", "-a", str(self.containerd.socket), "-n", "k8s.io", *args],
+            ["ctr", "-a", str(self.containerd.socket), "-n", namespace, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
