@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -45,7 +47,7 @@ from tests.integration.helpers import (
     requirements_missing,
     wait_until,
 )
-from tests.support.images import busybox_image, random_layer
+from tests.support.images import busybox_image, file_layer, random_layer
 from tests.support.registry import missing_requirements, start_registry
 
 if TYPE_CHECKING:
@@ -194,6 +196,10 @@ class Runtime(Endpoint):
     """One pulling runtime, whose stores prove each run starts empty."""
 
     samples: list[float] = field(default_factory=list)
+    pids: tuple[int, ...] = ()
+    """The runtime's processes (criproxy and its containerd, or containerd with CRI)."""
+    keeps_layers: bool = True
+    cpu: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -201,8 +207,10 @@ class Runtime(Endpoint):
         self.snapshots = snapshots_pb2_grpc.SnapshotsStub(self.containerd_channel)
 
     def pull(self, ref: str) -> tuple[float, str]:
-        """One PullImage, timed by the wall clock around the RPC; returns (seconds, id)."""
+        """One PullImage, timed by the wall clock around the RPC; returns (seconds, id).
+        The CPU its processes spent meanwhile goes to `last_cpu`."""
         request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+        cpu_before = [cpu_seconds((pid,)) for pid in self.pids]
         start = time.perf_counter()
         try:
             response = self.images.PullImage(request, timeout=PULL_TIMEOUT)
@@ -211,7 +219,12 @@ class Runtime(Endpoint):
                 f"{self.name}: PullImage({ref}) failed: {err.code().name}: {err.details()}\n"
                 f"--- tail of {self.log}:\n{tail(self.log)}"
             ) from err
-        return time.perf_counter() - start, response.image_ref
+        seconds = time.perf_counter() - start
+        self.last_cpus = [
+            cpu_seconds((pid,)) - before for pid, before in zip(self.pids, cpu_before, strict=True)
+        ]
+        self.last_cpu = sum(self.last_cpus)
+        return seconds, response.image_ref
 
     def blobs(self) -> set[str]:
         stream = self.content.List(content_pb2.ListContentRequest(), metadata=self._md)
@@ -223,10 +236,14 @@ class Runtime(Endpoint):
         return {info.name for response in stream for info in response.info}
 
     def check_pulled(self, image: Image, image_id: str) -> None:
-        """Both runtimes must have done the same work: every blob stored, every layer unpacked."""
+        """Both runtimes must have done the same work: every layer unpacked, and every blob
+        stored that the runtime keeps (criproxy discards unpacked layers by default)."""
         if image_id != image.id:
             raise BenchError(f"{self.name}: PullImage returned {image_id}, want {image.id}")
-        missing_blobs = set(image.content) - self.blobs()
+        expected = set(image.content)
+        if not self.keeps_layers:
+            expected -= {d.digest for d in image.layer_descriptors}
+        missing_blobs = expected - self.blobs()
         missing_snaps = set(image.chain_ids) - self.committed_snapshots()
         if missing_blobs or missing_snaps:
             raise BenchError(
@@ -277,9 +294,10 @@ def write_hosts(certs_d: Path, registry: Registry) -> None:
     """
     directory = certs_d / registry.host
     directory.mkdir(parents=True, exist_ok=True)
+    ca = f'  ca = "{registry.ca_path}"\n' if registry.ca_path else ""
     (directory / "hosts.toml").write_text(
         f'server = "{registry.url}"\n\n'
-        f'[host."{registry.url}"]\n  capabilities = ["pull", "resolve"]\n'
+        f'[host."{registry.url}"]\n  capabilities = ["pull", "resolve"]\n{ca}'
     )
 
 
@@ -302,6 +320,15 @@ def unmount_below(base: Path) -> None:
         subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU of these processes so far (/proc/PID/stat, clock ticks)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def summary(samples: Sequence[float]) -> dict[str, float | int]:
     return {
         "n": len(samples),
@@ -311,9 +338,23 @@ def summary(samples: Sequence[float]) -> dict[str, float | int]:
     }
 
 
-def build_image(layers: int, layer_mb: int) -> Image:
-    """busybox plus `layers` incompressible layers, so the compressed size is the stated one."""
-    extra = [random_layer(layer_mb * MIB, seed=f"bench-pull-{i}") for i in range(layers)]
+def build_image(layers: int, layer_mb: int, files: int = 0) -> Image:
+    """busybox plus `layers` layers: one incompressible file of `layer_mb` MiB each (so the
+    compressed size is the stated one), or `files` small files each (a source tree's
+    shape: 64 B to 8 KiB of text-like bytes, 100 to a directory)."""
+    if not files:
+        extra = [random_layer(layer_mb * MIB, seed=f"bench-pull-{i}") for i in range(layers)]
+        return busybox_image(extra_layers=extra)
+    words = [f"w{n:x}".encode() for n in range(4096)]
+    extra = []
+    for i in range(layers):
+        rng = random.Random(f"bench-pull-files-{i}")
+        contents = {}
+        for f in range(files):
+            size = int(64 * 2 ** (rng.random() * 7))
+            text = b" ".join(rng.choices(words, k=size // 4 + 1))[:size]
+            contents[f"/src{i}/d{f // 100:03d}/f{f:05d}.txt"] = text
+        extra.append(file_layer(contents, created_by=f"{files} files, layer {i}"))
     return busybox_image(extra_layers=extra)
 
 
@@ -321,10 +362,13 @@ def build_image(layers: int, layer_mb: int) -> Image:
 
 
 def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
-    image = build_image(args.layers, args.layer_mb)
+    image = build_image(args.layers, args.layer_mb, args.files)
     layer_bytes = sum(d.size for d in image.layer_descriptors)
+    shape = (
+        f"{args.files} small files" if args.files else f"{args.layer_mb} MiB random"
+    )
     size_line = (
-        f"image: busybox base + {args.layers} x {args.layer_mb} MiB random layers "
+        f"image: busybox base + {args.layers} layers of {shape} "
         f"({len(image.layers)} layers, compressed total {layer_bytes / MIB:.1f} MiB, "
         f"{image.content_size / MIB:.1f} MiB with manifest and config)"
     )
@@ -336,7 +380,7 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
     reference = CriContainerd(base / "cd-cri", certs_d=base / "certs.d")
     runtimes: list[Runtime] = []
     try:
-        registry = start_registry(base / "registry")
+        registry = start_registry(base / "registry", tls=args.tls)
         registry.push(REPO_NAME, image, TAG)
         ref = registry.reference(REPO_NAME, TAG)
         write_hosts(base / "certs.d", registry)
@@ -352,9 +396,24 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
         )
         proxy.start()
         reference.start()
+        assert proxy.proc is not None and plain.proc is not None
+        assert reference.proc is not None
         runtimes = [
-            Runtime("criproxy", proxy.socket, plain.socket, proxy.log),
-            Runtime("containerd", reference.socket, reference.socket, reference.log),
+            Runtime(
+                "criproxy",
+                proxy.socket,
+                plain.socket,
+                proxy.log,
+                pids=(proxy.proc.pid, plain.proc.pid),
+                keeps_layers=False,
+            ),
+            Runtime(
+                "containerd",
+                reference.socket,
+                reference.socket,
+                reference.log,
+                pids=(reference.proc.pid,),
+            ),
         ]
         versions = {rt.name: rt.describe() for rt in runtimes}
         for rt in runtimes:
@@ -370,9 +429,14 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
             for rt in runtimes:  # A B A B ...: both share the machine's noise
                 seconds, image_id = rt.pull(ref)
                 rt.samples.append(seconds)
+                rt.cpu.append(rt.last_cpu)
                 rt.check_pulled(image, image_id)
                 rt.remove_and_wait(image_id)
-                print(f"run {i + 1}/{args.runs} {rt.name}: {seconds:.3f}s", file=sys.stderr)
+                print(
+                    f"run {i + 1}/{args.runs} {rt.name}: {seconds:.3f}s, "
+                    f"{rt.last_cpu:.2f} CPU-s ({' + '.join(f'{c:.2f}' for c in rt.last_cpus)})",
+                    file=sys.stderr,
+                )
     finally:
         for rt in runtimes:
             rt.close()
@@ -384,20 +448,28 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
             registry.stop()
 
     stats = {rt.name: summary(rt.samples) for rt in runtimes}
+    cpu = {rt.name: statistics.median(rt.cpu) for rt in runtimes}
     ratio = stats["criproxy"]["median"] / stats["containerd"]["median"]
+    cpu_ratio = cpu["criproxy"] / cpu["containerd"]
     print()
     print(size_line)
+    transport = "TLS" if args.tls else "plain HTTP"
     print(
-        f"PullImage from a local registry (plain HTTP), {args.runs} runs each, alternating, "
+        f"PullImage from a local registry ({transport}), {args.runs} runs each, alternating, "
         f"after one warm-up each; max_concurrent_downloads={MAX_CONCURRENT_DOWNLOADS}"
     )
-    print(f"{'runtime':<12}{'n':>4}{'min s':>10}{'median s':>10}{'max s':>10}  version")
+    print(
+        f"{'runtime':<12}{'n':>4}{'min s':>10}{'median s':>10}{'max s':>10}{'CPU-s':>8}  version"
+    )
     for name, r in stats.items():
         print(
             f"{name:<12}{r['n']:>4}{r['min']:>10.3f}{r['median']:>10.3f}{r['max']:>10.3f}"
-            f"  {versions[name]}"
+            f"{cpu[name]:>8.2f}  {versions[name]}"
         )
     print(f"ratio criproxy/containerd (median) = {ratio:.2f}  (< 1: criproxy is faster)")
+    print(
+        f"CPU ratio (criproxy + its containerd / containerd with CRI, median) = {cpu_ratio:.2f}"
+    )
     return {
         "benchmark": "pull",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -410,6 +482,10 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
             "content_bytes": image.content_size,
         },
         "runs": args.runs,
+        "tls": args.tls,
+        "files_per_layer": args.files,
+        "cpu_seconds_median": cpu,
+        "cpu_ratio_criproxy_over_containerd_median": cpu_ratio,
         "max_concurrent_downloads": MAX_CONCURRENT_DOWNLOADS,
         "versions": versions,
         "seconds": {rt.name: {**stats[rt.name], "samples": rt.samples} for rt in runtimes},
@@ -424,10 +500,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=5, help="random layers on busybox")
     parser.add_argument("--layer-mb", type=int, default=4, help="MiB per random layer")
     parser.add_argument("--runs", type=int, default=5, help="timed pulls per runtime")
+    parser.add_argument(
+        "--files", type=int, default=0, help="small files per layer instead of one random file"
+    )
+    parser.add_argument("--tls", action="store_true", help="the registry speaks TLS")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args(argv)
-    if args.layers < 0 or args.layer_mb < 1 or args.runs < 1:
+    if args.layers < 0 or args.layer_mb < 1 or args.runs < 1 or args.files < 0:
         parser.error("--layers must be >= 0, --layer-mb and --runs >= 1")
     return args
 

@@ -56,10 +56,6 @@ log = structlog.get_logger("criproxy.images.pull")
 
 LEASE_EXPIRY = datetime.timedelta(hours=24)
 _CHUNK_RETRIES = 3
-_PIPELINE_CHUNKS = 8
-"""Chunks (of up to 256 KiB) read ahead of the unpacking."""
-_FEED_BATCH = 1 << 20
-"""Bytes handed to the unpacking thread at once, at most (fewer thread hops)."""
 _PROGRESS_LOG_INTERVAL = 5.0
 
 _K = TypeVar("_K")
@@ -466,61 +462,38 @@ class _PullJob:
         stream: LayerStream,
         writer: ContentWriter | None,
     ) -> None:
-        """Feed the blob to `stream` as it arrives, resuming a broken download where it
-        stopped; the network and the unpacking overlap (a few chunks apart)."""
-        send, receive = anyio.create_memory_object_stream[bytes](_PIPELINE_CHUNKS)
+        """Feed the blob to `stream` as it arrives (in the thread that reads it), resuming
+        a broken download where it stopped."""
+        progress = self.progress
+        received = 0
 
-        async def read() -> None:
-            async with send:
-                offset = 0
-                for attempt in range(_CHUNK_RETRIES + 1):
-                    try:
-                        async for chunk in self.repo.fetch_blob(desc, offset, urls):
-                            offset += len(chunk)
-                            if offset > desc.size:
-                                raise DataLoss(
-                                    f"layer {desc.digest} of {self.repo.ref}: registry sent "
-                                    f"more than {desc.size} bytes"
-                                )
-                            await send.send(chunk)
-                            self.progress.add(desc.digest, len(chunk))
-                        if offset == desc.size:
-                            return
-                        raise Unavailable(
-                            f"layer {desc.digest} of {self.repo.ref}: download ended at "
-                            f"{offset} of {desc.size} bytes"
-                        )
-                    except Unavailable as err:
-                        if attempt == _CHUNK_RETRIES:
-                            raise
-                        self.log.warning(
-                            "layer download broke off; resuming",
-                            layer=desc.digest,
-                            offset=offset,
-                            error=err.message,
-                        )
-                        await anyio.sleep(0.5 * (attempt + 1))
+        def sink(chunk: bytes) -> None:
+            nonlocal received
+            stream.feed(chunk)
+            if writer is not None:
+                anyio.from_thread.run(writer.write, chunk)
+            received += len(chunk)
+            progress.add(desc.digest, len(chunk))
 
-        async def unpack() -> None:
-            async with receive:
-                async for chunk in receive:
-                    batch = [chunk]
-                    size = len(chunk)
-                    while size < _FEED_BATCH:
-                        try:
-                            more = receive.receive_nowait()
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                        batch.append(more)
-                        size += len(more)
-                    data = chunk if len(batch) == 1 else b"".join(batch)
-                    await anyio.to_thread.run_sync(stream.feed, data)
-                    if writer is not None:
-                        await writer.write(data)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read)
-            tg.start_soon(unpack)
+        for attempt in range(_CHUNK_RETRIES + 1):
+            try:
+                await self.repo.stream_blob(desc, received, urls, sink)
+                if received == desc.size:
+                    return
+                raise Unavailable(
+                    f"layer {desc.digest} of {self.repo.ref}: download ended at "
+                    f"{received} of {desc.size} bytes"
+                )
+            except Unavailable as err:
+                if attempt == _CHUNK_RETRIES:
+                    raise
+                self.log.warning(
+                    "layer download broke off; resuming",
+                    layer=desc.digest,
+                    offset=received,
+                    error=err.message,
+                )
+                await anyio.sleep(0.5 * (attempt + 1))
 
     async def _download_blob(
         self, desc: Descriptor, urls: tuple[str, ...], blob_labels: dict[str, str]

@@ -8,11 +8,15 @@ order, then the registry itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import socket
 import ssl
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import structlog
 
@@ -35,7 +39,7 @@ from criproxy.images.hosts import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from criproxy.images.reference import Reference
 
@@ -84,25 +88,39 @@ class Registry:
     """Credentials from the config, by registry host."""
     tokens: TokenCache = field(default_factory=TokenCache)
     _clients: dict[_TlsKey, httpx.AsyncClient] = field(default_factory=dict)
+    _blocking_clients: dict[_TlsKey, httpx.Client] = field(default_factory=dict)
     _plain_http: set[str] = field(default_factory=set)
 
     def client(self, host: RegistryHost) -> httpx.AsyncClient:
         key = _TlsKey(host.skip_verify, host.ca_files, host.client_certs)
         client = self._clients.get(key)
         if client is None:
-            try:
-                verify = _ssl_context(key)
-            except (OSError, ssl.SSLError) as err:
-                raise Unavailable(f"TLS set-up for {host.host} failed: {err}") from None
-            client = httpx.AsyncClient(
-                verify=verify,
-                follow_redirects=True,
-                timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-                headers={"User-Agent": "criproxy"},
-            )
+            client = httpx.AsyncClient(**self._client_options(host, key))
             self._clients[key] = client
         return client
+
+    def blocking_client(self, host: RegistryHost) -> httpx.Client:
+        """A client for bodies read in a worker thread: big downloads cost about half the
+        CPU there that they cost through the event loop's TLS and HTTP layers."""
+        key = _TlsKey(host.skip_verify, host.ca_files, host.client_certs)
+        client = self._blocking_clients.get(key)
+        if client is None:
+            client = httpx.Client(**self._client_options(host, key))
+            self._blocking_clients[key] = client
+        return client
+
+    def _client_options(self, host: RegistryHost, key: _TlsKey) -> dict[str, Any]:
+        try:
+            verify = _ssl_context(key)
+        except (OSError, ssl.SSLError) as err:
+            raise Unavailable(f"TLS set-up for {host.host} failed: {err}") from None
+        return {
+            "verify": verify,
+            "follow_redirects": True,
+            "timeout": httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            "limits": httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            "headers": {"User-Agent": "criproxy"},
+        }
 
     def repository(self, ref: Reference, credentials: Credentials | None = None) -> Repository:
         creds = credentials if credentials and not credentials.anonymous else None
@@ -112,6 +130,9 @@ class Registry:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+        for blocking in self._blocking_clients.values():
+            blocking.close()
+        self._blocking_clients.clear()
 
 
 class Repository:
@@ -172,9 +193,13 @@ class Repository:
         kind: str,
         obj: str,
         headers: Mapping[str, str],
+        *,
+        blocking: bool = False,
     ) -> AsyncIterator[httpx.Response]:
-        """One request to one host; answers a 401 challenge once; the body streams."""
+        """One request to one host; answers a 401 challenge once; the body streams
+        (`blocking`: a response whose body a worker thread reads, with `iter_raw`)."""
         client = self._registry.client(host)
+        blocking_client = self._registry.blocking_client(host) if blocking else None
         schemes = [host.scheme]
         if host.fallback_http and host.host not in self._registry._plain_http:
             schemes.append("http")
@@ -184,11 +209,16 @@ class Repository:
             all_headers = {**dict(host.headers), **headers, **await self._auth_header(host)}
             response = None
             for scheme in schemes:
-                request = client.build_request(
+                request = (blocking_client or client).build_request(
                     method, self._url(host, scheme, kind, obj), headers=all_headers
                 )
                 try:
-                    response = await client.send(request, stream=True)
+                    if blocking_client is not None:
+                        response = await anyio.to_thread.run_sync(
+                            functools.partial(blocking_client.send, request, stream=True)
+                        )
+                    else:
+                        response = await client.send(request, stream=True)
                 except httpx.ConnectError as err:
                     if scheme == "https" and len(schemes) > 1 and _tls_refused(err):
                         continue
@@ -198,7 +228,7 @@ class Repository:
                 break
             assert response is not None
             if response.status_code == 401 and attempt == 0:
-                await response.aclose()
+                await _close(response)
                 if self._remember_challenge(host, response):
                     continue
                 raise Unauthenticated(
@@ -206,7 +236,7 @@ class Repository:
                     "were given"
                 )
             if response.status_code in (401, 403):
-                await response.aclose()
+                await _close(response)
                 raise Unauthenticated(
                     f"registry {host.host} refused the credentials for {self.ref.name} "
                     f"(HTTP {response.status_code})"
@@ -214,7 +244,7 @@ class Repository:
             try:
                 yield response
             finally:
-                await response.aclose()
+                await _close(response)
             return
 
     async def _each_host(self, capability: str) -> AsyncIterator[RegistryHost]:
@@ -303,6 +333,42 @@ class Repository:
         async for chunk in self._fetch("blobs", desc, offset, {}):
             yield chunk
 
+    async def stream_blob(
+        self, desc: Descriptor, offset: int, urls: tuple[str, ...], sink: Callable[[bytes], None]
+    ) -> None:
+        """`fetch_blob`, with the body read in a worker thread that hands each chunk to
+        `sink` there: CPU work on the bytes (hashing, inflating, writing) happens beside
+        the reading, with no trip through the event loop per chunk."""
+        if urls:  # foreign layers: rare, and their URLs are tried through the event loop
+            async for chunk in self.fetch_blob(desc, offset, urls):
+                await anyio.to_thread.run_sync(sink, chunk)
+            return
+        errors: list[str] = []
+        async for host in self._each_host(PULL):
+            range_header = {"Range": f"bytes={offset}-"} if offset else {}
+            started = False
+            try:
+                async with self._send(
+                    host, "GET", "blobs", desc.digest, range_header, blocking=True
+                ) as resp:
+                    if resp.status_code == 404:
+                        errors.append(f"{host.host}: not found")
+                        continue
+                    if resp.status_code not in (200, 206):
+                        errors.append(f"{host.host}: HTTP {resp.status_code}")
+                        continue
+                    started = True
+                    skip = offset if (offset and resp.status_code == 200) else 0
+                    await _pump(resp, skip, sink)
+                    return
+            except httpx.HTTPError as err:
+                if started:
+                    raise Unavailable(
+                        f"download of {desc.digest} from {host.host} broke off: {_describe(err)}"
+                    ) from None
+                errors.append(f"{host.host}: {_describe(err)}")
+        raise _summarise(self.ref, errors, f"fetch {desc.digest} of")
+
     async def _fetch_url(self, url: str, offset: int) -> AsyncIterator[bytes]:
         client = self._registry.client(RegistryHost("https", "", ""))
         headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -358,6 +424,53 @@ class Repository:
                     ) from None
                 errors.append(f"{host.host}: {_describe(err)}")
         raise _summarise(self.ref, errors, f"fetch {desc.digest} of")
+
+
+async def _close(response: httpx.Response) -> None:
+    if isinstance(response.stream, httpx.SyncByteStream):
+        await anyio.to_thread.run_sync(response.close)
+    else:
+        await response.aclose()
+
+
+async def _pump(resp: httpx.Response, skip: int, sink: Callable[[bytes], None]) -> None:
+    """Read a blocking response's body in a worker thread into `sink`.
+
+    Cancelled (the pull gave up), the connection is shut down so that a read blocked on
+    a silent registry returns, and the thread is waited for: `sink` writes through file
+    descriptors its caller closes only once no thread can use them any more.
+    """
+    stop = threading.Event()
+    finished = threading.Event()
+
+    def run() -> None:
+        nonlocal skip
+        try:
+            for raw in resp.iter_raw(_CHUNK):
+                if stop.is_set():
+                    raise anyio.get_cancelled_exc_class()()
+                chunk = raw
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                    if not chunk:
+                        continue
+                sink(chunk)
+        finally:
+            finished.set()
+
+    try:
+        await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        stop.set()
+        stream = resp.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(finished.wait)
+        raise
 
 
 class _HostMiss(Exception):
