@@ -361,12 +361,38 @@ def build_image(layers: int, layer_mb: int, files: int = 0) -> Image:
 # ---------------------------------------------------------------- the benchmark
 
 
+def report(
+    args: argparse.Namespace,
+    size_line: str,
+    stats: dict[str, dict[str, float | int]],
+    cpu: dict[str, float],
+    versions: dict[str, str],
+) -> tuple[float, float]:
+    """Print the table; the wall-time and CPU ratios."""
+    ratio = stats["criproxy"]["median"] / stats["containerd"]["median"]
+    cpu_ratio = cpu["criproxy"] / cpu["containerd"]
+    print()
+    print(size_line)
+    transport = "TLS" if args.tls else "plain HTTP"
+    print(
+        f"PullImage from a local registry ({transport}), {args.runs} runs each, alternating, "
+        f"after one warm-up each; max_concurrent_downloads={MAX_CONCURRENT_DOWNLOADS}"
+    )
+    print(f"{'runtime':<12}{'n':>4}{'min s':>10}{'median s':>10}{'max s':>10}{'CPU-s':>8}  version")
+    for name, r in stats.items():
+        print(
+            f"{name:<12}{r['n']:>4}{r['min']:>10.3f}{r['median']:>10.3f}{r['max']:>10.3f}"
+            f"{cpu[name]:>8.2f}  {versions[name]}"
+        )
+    print(f"ratio criproxy/containerd (median) = {ratio:.2f}  (< 1: criproxy is faster)")
+    print(f"CPU ratio (criproxy + its containerd / containerd with CRI, median) = {cpu_ratio:.2f}")
+    return ratio, cpu_ratio
+
+
 def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
     image = build_image(args.layers, args.layer_mb, args.files)
     layer_bytes = sum(d.size for d in image.layer_descriptors)
-    shape = (
-        f"{args.files} small files" if args.files else f"{args.layer_mb} MiB random"
-    )
+    shape = f"{args.files} small files" if args.files else f"{args.layer_mb} MiB random"
     size_line = (
         f"image: busybox base + {args.layers} layers of {shape} "
         f"({len(image.layers)} layers, compressed total {layer_bytes / MIB:.1f} MiB, "
@@ -449,27 +475,7 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, object]:
 
     stats = {rt.name: summary(rt.samples) for rt in runtimes}
     cpu = {rt.name: statistics.median(rt.cpu) for rt in runtimes}
-    ratio = stats["criproxy"]["median"] / stats["containerd"]["median"]
-    cpu_ratio = cpu["criproxy"] / cpu["containerd"]
-    print()
-    print(size_line)
-    transport = "TLS" if args.tls else "plain HTTP"
-    print(
-        f"PullImage from a local registry ({transport}), {args.runs} runs each, alternating, "
-        f"after one warm-up each; max_concurrent_downloads={MAX_CONCURRENT_DOWNLOADS}"
-    )
-    print(
-        f"{'runtime':<12}{'n':>4}{'min s':>10}{'median s':>10}{'max s':>10}{'CPU-s':>8}  version"
-    )
-    for name, r in stats.items():
-        print(
-            f"{name:<12}{r['n']:>4}{r['min']:>10.3f}{r['median']:>10.3f}{r['max']:>10.3f}"
-            f"{cpu[name]:>8.2f}  {versions[name]}"
-        )
-    print(f"ratio criproxy/containerd (median) = {ratio:.2f}  (< 1: criproxy is faster)")
-    print(
-        f"CPU ratio (criproxy + its containerd / containerd with CRI, median) = {cpu_ratio:.2f}"
-    )
+    ratio, cpu_ratio = report(args, size_line, stats, cpu, versions)
     return {
         "benchmark": "pull",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),

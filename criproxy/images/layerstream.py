@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from isal import isal_zlib
 
@@ -44,50 +44,77 @@ def can_stream(media_type: str) -> bool:
     return any(media_type == t + s for t in _LAYER_TYPES for s in _LAYER_SUFFIXES)
 
 
+_OUT = 256 * 1024
+"""Uncompressed bytes produced at a time: a bomb never lands in memory whole."""
+
+Emit: TypeAlias = "Callable[[bytes], None]"
+
+
 class _Decompressor(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
+    def feed(self, data: bytes, emit: Emit) -> None: ...
 
     def finish(self) -> None: ...
 
 
 class _Plain:
-    def decompress(self, data: bytes) -> bytes:
-        return data
+    def feed(self, data: bytes, emit: Emit) -> None:
+        emit(data)
 
     def finish(self) -> None:
         pass
 
 
-class _Frames:
-    """Concatenated gzip members or zstd frames, as Go's readers (and so containerd)
-    read them: a new decompressor starts where the last one ended."""
+class _Gzip:
+    """Concatenated gzip members, as Go's reader (and so containerd) reads them."""
 
-    def __init__(self, start: Callable[[], Any], what: str) -> None:
-        self._start = start
-        self._what = what
-        self._d = start()
+    def __init__(self) -> None:
+        self._d = isal_zlib.decompressobj(31)
 
-    def decompress(self, data: bytes) -> bytes:
-        out: bytes = self._d.decompress(data)
-        while self._d.eof and self._d.unused_data:
-            rest = self._d.unused_data
-            self._d = self._start()
-            out += self._d.decompress(rest)
-        return out
+    def feed(self, data: bytes, emit: Emit) -> None:
+        while True:
+            out = self._d.decompress(data, _OUT)
+            if out:
+                emit(out)
+            if self._d.eof:
+                data = self._d.unused_data
+                if not data:
+                    return
+                self._d = isal_zlib.decompressobj(31)  # the next member
+                continue
+            data = self._d.unconsumed_tail
+            if not data and len(out) < _OUT:
+                return
 
     def finish(self) -> None:
         if not self._d.eof:
-            raise DataLoss(f"{self._what} stream is truncated")
+            raise DataLoss("gzip stream is truncated")
 
 
-def _gzip() -> _Frames:
-    return _Frames(lambda: isal_zlib.decompressobj(31), "gzip")
+class _Zstd:
+    """zstd frames one after another. A truncated stream shows as a short tar or a wrong
+    diff id (the writer API has no end-of-frame flag)."""
 
+    def __init__(self) -> None:
+        import zstandard  # only layers that need it pay for the import
 
-def _zstd() -> _Frames:
-    import zstandard  # only layers that need it pay for the import
+        self._emit: Emit | None = None
+        self._w = zstandard.ZstdDecompressor().stream_writer(
+            self,  # type: ignore[arg-type]  # anything with write() will do
+            write_size=_OUT,
+            write_return_read=True,
+        )
 
-    return _Frames(lambda: zstandard.ZstdDecompressor().decompressobj(), "zstd")
+    def write(self, out: bytes) -> int:
+        assert self._emit is not None
+        self._emit(out)
+        return len(out)
+
+    def feed(self, data: bytes, emit: Emit) -> None:
+        self._emit = emit
+        self._w.write(data)
+
+    def finish(self) -> None:
+        pass
 
 
 class LayerStream:
@@ -113,6 +140,9 @@ class LayerStream:
         self._head = b""
         self._tar = TarReader(extractor, limits)
         self._failed: DataLoss | None = None
+        limits = limits or Limits()
+        self.unpacked = 0
+        self.max_unpacked = max(limits.min_unpacked, desc.size * limits.max_expansion)
 
     def feed(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -162,14 +192,21 @@ class LayerStream:
                 self._decompressor.finish()
                 self._tar.close()
                 return
-            out = self._decompressor.decompress(chunk)
-            if out:
-                self._uncompressed.update(out)
-                self._tar.feed(out)
+            self._decompressor.feed(chunk, self._untar)
         except (_IsalError, ValueError, _zstd_error()) as err:
             self._failed = DataLoss(f"layer {self.desc.digest} is corrupt: {err}")
         except DataLoss as err:
             self._failed = DataLoss(f"layer {self.desc.digest}: {err.message}")
+
+    def _untar(self, out: bytes) -> None:
+        self.unpacked += len(out)
+        if self.unpacked > self.max_unpacked:
+            raise DataLoss(
+                f"unpacks to more than {self.max_unpacked} bytes "
+                f"({self.max_unpacked // max(self.desc.size, 1)}x its size)"
+            )
+        self._uncompressed.update(out)
+        self._tar.feed(out)
 
 
 @functools.cache
@@ -180,8 +217,9 @@ def _zstd_error() -> type[Exception]:
 
 
 def _pick(head: bytes) -> _Decompressor:
+    """By the stream's magic, as containerd's DecompressStream does."""
     if head.startswith(_GZIP_MAGIC):
-        return _gzip()
+        return _Gzip()
     if head.startswith(_ZSTD_MAGIC):
-        return _zstd()
+        return _Zstd()
     return _Plain()

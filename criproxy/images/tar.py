@@ -41,6 +41,11 @@ class Limits:
     """Bytes of one PAX or GNU long-name header."""
     max_path: int = 4096
     max_xattr_value: int = 64 * 1024
+    max_expansion: int = 2000
+    """Uncompressed bytes per compressed byte. gzip cannot exceed ~1,032; a zstd bomb of a
+    few MiB can unpack to terabytes of zeros; real layers stay far below either."""
+    min_unpacked: int = 1 << 30
+    """What any layer may unpack to, whatever its compressed size."""
 
 
 @dataclass

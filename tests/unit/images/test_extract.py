@@ -431,6 +431,29 @@ def test_a_truncated_compressed_stream_fails_even_when_its_digest_matches(root: 
         _stream(root, blob, "sha256:" + "0" * 64)
 
 
+def test_a_decompression_bomb_stops_at_the_expansion_limit(root: Path) -> None:
+    import zstandard
+
+    tar = _tar(reg("zeros", b"\0" * (8 << 20)))
+    blob = zstandard.ZstdCompressor(level=19).compress(tar)
+    assert len(tar) / len(blob) > 1000
+    desc = _desc(blob, "application/vnd.oci.image.layer.v1.tar+zstd")
+    ex = Extractor(str(root), "overlay")
+    try:
+        ls = LayerStream(
+            desc,
+            "sha256:" + hashlib.sha256(tar).hexdigest(),
+            ex,
+            Limits(max_expansion=100, min_unpacked=1 << 20),
+        )
+        ls.feed(blob)
+        with pytest.raises(DataLoss, match="unpacks to more than"):
+            ls.finish()
+        assert ls.unpacked < len(tar) // 4  # stopped early, not at the end
+    finally:
+        ex.close()
+
+
 def test_encrypted_layers_are_not_streamed() -> None:
     from criproxy.images.layerstream import can_stream
 
