@@ -343,31 +343,8 @@ class Repository:
             async for chunk in self.fetch_blob(desc, offset, urls):
                 await anyio.to_thread.run_sync(sink, chunk)
             return
-        errors: list[str] = []
-        async for host in self._each_host(PULL):
-            range_header = {"Range": f"bytes={offset}-"} if offset else {}
-            started = False
-            try:
-                async with self._send(
-                    host, "GET", "blobs", desc.digest, range_header, blocking=True
-                ) as resp:
-                    if resp.status_code == 404:
-                        errors.append(f"{host.host}: not found")
-                        continue
-                    if resp.status_code not in (200, 206):
-                        errors.append(f"{host.host}: HTTP {resp.status_code}")
-                        continue
-                    started = True
-                    skip = offset if (offset and resp.status_code == 200) else 0
-                    await _pump(resp, skip, sink)
-                    return
-            except httpx.HTTPError as err:
-                if started:
-                    raise Unavailable(
-                        f"download of {desc.digest} from {host.host} broke off: {_describe(err)}"
-                    ) from None
-                errors.append(f"{host.host}: {_describe(err)}")
-        raise _summarise(self.ref, errors, f"fetch {desc.digest} of")
+        async with self._open("blobs", desc, offset, {}, blocking=True) as (resp, skip):
+            await _pump(resp, skip, sink)
 
     async def _fetch_url(self, url: str, offset: int) -> AsyncIterator[bytes]:
         client = self._registry.client(RegistryHost("https", "", ""))
@@ -380,8 +357,7 @@ class Repository:
                 skip = offset if (offset and resp.status_code == 200) else 0
                 started = True
                 async for raw in resp.aiter_raw(_CHUNK):
-                    chunk = raw[skip:] if skip else raw
-                    skip = max(0, skip - len(raw))
+                    chunk, skip = _skip(raw, skip)
                     if chunk:
                         yield chunk
         except httpx.HTTPError as err:
@@ -392,38 +368,64 @@ class Repository:
     async def _fetch(
         self, kind: str, desc: Descriptor, offset: int, headers: Mapping[str, str]
     ) -> AsyncIterator[bytes]:
+        async with self._open(kind, desc, offset, headers) as (resp, first_skip):
+            skip = first_skip
+            async for raw in resp.aiter_raw(_CHUNK):
+                chunk, skip = _skip(raw, skip)
+                if chunk:
+                    yield chunk
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self,
+        kind: str,
+        desc: Descriptor,
+        offset: int,
+        headers: Mapping[str, str],
+        *,
+        blocking: bool = False,
+    ) -> AsyncIterator[tuple[httpx.Response, int]]:
+        """The first host that has the object, its response (body unread) and how many
+        bytes of it to skip (a server that ignored the Range header); a body that breaks
+        off is `Unavailable`, so the caller resumes."""
         errors: list[str] = []
         async for host in self._each_host(PULL):
             request_headers = dict(headers)
             if offset:
                 request_headers["Range"] = f"bytes={offset}-"
-            started = False
             try:
-                async with self._send(host, "GET", kind, desc.digest, request_headers) as resp:
+                async with self._send(
+                    host, "GET", kind, desc.digest, request_headers, blocking=blocking
+                ) as resp:
                     if resp.status_code == 404:
                         errors.append(f"{host.host}: not found")
                         continue
                     if resp.status_code not in (200, 206):
                         errors.append(f"{host.host}: HTTP {resp.status_code}")
                         continue
-                    skip = offset if (offset and resp.status_code == 200) else 0
-                    started = True
-                    async for raw in resp.aiter_raw(_CHUNK):
-                        chunk = raw
-                        if skip:
-                            cut = min(skip, len(chunk))
-                            chunk, skip = chunk[cut:], skip - cut
-                            if not chunk:
-                                continue
-                        yield chunk
+                    try:
+                        yield resp, offset if (offset and resp.status_code == 200) else 0
+                    except httpx.HTTPError as err:
+                        raise Unavailable(
+                            f"download of {desc.digest} from {host.host} broke off: "
+                            f"{_describe(err)}"
+                        ) from None
                     return
             except httpx.HTTPError as err:
-                if started:
-                    raise Unavailable(
-                        f"download of {desc.digest} from {host.host} broke off: {_describe(err)}"
-                    ) from None
                 errors.append(f"{host.host}: {_describe(err)}")
         raise _summarise(self.ref, errors, f"fetch {desc.digest} of")
+
+
+class _HostMiss(Exception):
+    """This host did not work out; the next one may."""
+
+
+def _skip(raw: bytes, skip: int) -> tuple[bytes, int]:
+    """Drop what is left of `skip` from the front of `raw`."""
+    if not skip:
+        return raw, 0
+    cut = min(skip, len(raw))
+    return raw[cut:], skip - cut
 
 
 async def _close(response: httpx.Response) -> None:
@@ -449,13 +451,9 @@ async def _pump(resp: httpx.Response, skip: int, sink: Callable[[bytes], None]) 
             for raw in resp.iter_raw(_CHUNK):
                 if stop.is_set():
                     raise anyio.get_cancelled_exc_class()()
-                chunk = raw
-                if skip:
-                    cut = min(skip, len(chunk))
-                    chunk, skip = chunk[cut:], skip - cut
-                    if not chunk:
-                        continue
-                sink(chunk)
+                chunk, skip = _skip(raw, skip)
+                if chunk:
+                    sink(chunk)
         finally:
             finished.set()
 
@@ -471,10 +469,6 @@ async def _pump(resp: httpx.Response, skip: int, sink: Callable[[bytes], None]) 
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(finished.wait)
         raise
-
-
-class _HostMiss(Exception):
-    """This host did not work out; the next one may."""
 
 
 def _summarise(ref: Reference, errors: list[str], what: str) -> CriproxyError:

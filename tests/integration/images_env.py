@@ -82,3 +82,11 @@ class ImageEnv:
             timeout=timeout,
             check=False,
         )
+
+
+def private_env(base: Path, ctd: ContainerdProcess, **config: object) -> ImageEnv:
+    """A criproxy of its own (with `config`) on a shared containerd, not started yet."""
+    env = ImageEnv(ctd, Criproxy(base / "cpx", containerd=ctd.socket), base / "certs.d")
+    env.certs_d.mkdir(parents=True)
+    env.proxy.config = {"registry": {"config_path": str(env.certs_d)}, **config}
+    return env

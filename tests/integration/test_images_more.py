@@ -14,7 +14,7 @@ import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.helpers import REPO, ContainerdProcess, Criproxy
-from tests.integration.images_env import ImageEnv
+from tests.integration.images_env import ImageEnv, private_env
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import (
     Compression,
@@ -30,13 +30,7 @@ from tests.support.registry import Registry
 @pytest.fixture
 def own_env(short_tmp: Path, image_env: ImageEnv) -> Iterator[ImageEnv]:
     """A second criproxy on the image tests' containerd; tests set its config first."""
-    env = ImageEnv(
-        image_env.containerd,
-        Criproxy(short_tmp / "cpx", containerd=image_env.containerd.socket),
-        short_tmp / "certs.d",
-    )
-    env.certs_d.mkdir()
-    env.proxy.config = {"registry": {"config_path": str(env.certs_d)}}
+    env = private_env(short_tmp, image_env.containerd)
     yield env
     env.proxy.stop()
 

@@ -20,8 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.helpers import Criproxy
-from tests.integration.images_env import ImageEnv
+from tests.integration.images_env import ImageEnv, private_env
 from tests.support.images import Image, Layer, LayerBuilder, busybox_image
 from tests.support.registry import Registry
 
@@ -103,16 +102,7 @@ def _listing(env: ImageEnv, ref: str, snapshotter: str, namespace: str = "k8s.io
 
 @pytest.fixture
 def native_env(short_tmp: Path, image_env: ImageEnv) -> Iterator[ImageEnv]:
-    env = ImageEnv(
-        image_env.containerd,
-        Criproxy(short_tmp / "cpx", containerd=image_env.containerd.socket),
-        short_tmp / "certs.d",
-    )
-    env.certs_d.mkdir()
-    env.proxy.config = {
-        "registry": {"config_path": str(env.certs_d)},
-        "containerd": {"snapshotter": "native"},
-    }
+    env = private_env(short_tmp, image_env.containerd, containerd={"snapshotter": "native"})
     env.proxy.start()
     yield env
     env.proxy.stop()
@@ -164,16 +154,7 @@ def test_discarded_layers_are_not_in_the_content_store_and_kept_ones_are(
     assert not set(layers) & set(content)
     assert image.digest in content and image.id in content
 
-    keep = ImageEnv(
-        image_env.containerd,
-        Criproxy(short_tmp / "keep", containerd=image_env.containerd.socket),
-        short_tmp / "certs.d",
-    )
-    keep.certs_d.mkdir()
-    keep.proxy.config = {
-        "registry": {"config_path": str(keep.certs_d)},
-        "discard_unpacked_layers": False,
-    }
+    keep = private_env(short_tmp, image_env.containerd, discard_unpacked_layers=False)
     keep.proxy.start()
     try:
         image2 = busybox_image(extra_layers=[LayerBuilder().file("/kept2", b"k\n").build("k2")])
