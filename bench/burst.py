@@ -41,7 +41,7 @@ from bench.pods import (
     _preflight,
     _start,
 )
-from bench.pull import BenchError, check_hosts_used, run_bench
+from bench.pull import BenchError, check_hosts_used, cpu_seconds, run_bench
 from criproxy._generated.cri.runtime.v1 import api_pb2
 
 if TYPE_CHECKING:
@@ -144,9 +144,11 @@ def stop_pod(rt: Runtime, pod_id: str, container_id: str) -> None:
 def burst(rt: Runtime, image: str, pods: int, run: int) -> dict[str, float]:
     """Start `pods` pods at once and tear them down at once; seconds and CPU of each phase."""
     with Relister(rt) as relister, ThreadPoolExecutor(pods) as pool:
+        each0 = [cpu_seconds((pid,)) for pid in rt.pids]
         cpu0, t0 = _own_cpu_s(rt.pids), time.perf_counter()
         started = list(pool.map(lambda i: start_pod(rt, image, run, i), range(pods)))
         up, cpu1 = time.perf_counter() - t0, _own_cpu_s(rt.pids)
+        each = [cpu_seconds((pid,)) - c for pid, c in zip(rt.pids, each0, strict=True)]
         t1 = time.perf_counter()
         list(pool.map(lambda p: stop_pod(rt, *p), started))
         down, cpu2 = time.perf_counter() - t1, _own_cpu_s(rt.pids)
@@ -159,6 +161,7 @@ def burst(rt: Runtime, image: str, pods: int, run: int) -> dict[str, float]:
         "start_cpu_s": cpu1 - cpu0,
         "teardown_cpu_s": cpu2 - cpu1,
         "relist_calls": float(relister.calls),
+        "start_cpu_own_process_s": each[0],
     }
 
 
@@ -183,7 +186,8 @@ def run(args: argparse.Namespace, base: Path) -> tuple[dict[str, object], bool]:
                 print(
                     f"run {i}/{args.runs} {rt.name}: start {result['start_s']:.2f}s "
                     f"({result['start_cpu_s']:.2f} CPU-s), teardown {result['teardown_s']:.2f}s "
-                    f"({result['teardown_cpu_s']:.2f} CPU-s)",
+                    f"({result['teardown_cpu_s']:.2f} CPU-s); start CPU of "
+                    f"{rt.name}'s own process {result['start_cpu_own_process_s']:.2f}",
                     file=sys.stderr,
                 )
         checks = _leak_checks(runtimes)
