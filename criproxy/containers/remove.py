@@ -1,9 +1,10 @@
-"""RemoveContainer: SIGKILL if running, then the task, and then together the snapshot, the
-FIFOs, volumes and idmapped layers, and the record. The log file stays: the kubelet
+"""RemoveContainer: SIGKILL if running, then the task, then the record; the snapshot, the
+FIFOs, volumes and idmapped layers after the answer. The log file stays: the kubelet
 removes it. Idempotent."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,11 +13,12 @@ import structlog
 
 from criproxy.containers.deps import KILL_WAIT, remove_tree
 from criproxy.containers.stop import stop_container
-from criproxy.errors import FailedPrecondition, NotFound
+from criproxy.errors import CriproxyError, FailedPrecondition, NotFound
 from criproxy.sandbox import idmap
 
 if TYPE_CHECKING:
     from criproxy.containers.deps import ContainerDeps
+    from criproxy.containers.model import Container
 
 log = structlog.get_logger("criproxy.containers")
 
@@ -46,22 +48,37 @@ async def _remove(deps: ContainerDeps, container_id: str) -> None:
         raise FailedPrecondition(f"container {container_id} is still running")
     if container_id not in deps.tasks_deleted:  # deleted at its exit: nothing to look up
         await deps.containerd.tasks.kill_and_delete(container_id, KILL_WAIT)  # holds the rootfs
+    # The record first, and alone on the caller's path: once it is gone the container is
+    # gone for good (a criproxy killed now never lists it again). The snapshot and the
+    # files follow after the answer; should criproxy die first, a snapshot no record
+    # references is containerd's GC's and the files are the recovery's orphan sweep's.
+    await deps.containerd.containers.delete(container_id)
+    deps.forget(container_id)
+    deps.store.remove(container_id)
+    deps.background.start_soon(_remove_leftovers, deps, container)
+    log.info("container removed", container=container_id)
+    deps.publish("deleted", container)
+
+
+async def _remove_leftovers(deps: ContainerDeps, container: Container) -> None:
+    """The snapshot and the files of a removed container, off the RemoveContainer call."""
     paths = deps.paths
 
     def remove_files() -> None:
-        idmap.release(paths.idmap_root / container_id)  # before any rmtree: nothing may
+        idmap.release(paths.idmap_root / container.id)  # before any rmtree: nothing may
         remove_tree(Path(container.io_dir))  # reach into a layer
-        remove_tree(paths.volumes_root / container_id)
+        remove_tree(paths.volumes_root / container.id)
 
-    # Side by side: a criproxy killed in between leaves nothing for long. A snapshot no
-    # record references is containerd's GC's, the files recovery's orphan sweep's.
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(
-            deps.containerd.snapshots.remove, deps.config.containerd.snapshotter, container_id
-        )
-        tg.start_soon(anyio.to_thread.run_sync, remove_files)
-        tg.start_soon(deps.containerd.containers.delete, container_id)
-    deps.forget(container_id)
-    deps.store.remove(container_id)
-    log.info("container removed", container=container_id)
-    deps.publish("deleted", container)
+    async def remove_snapshot() -> None:
+        await deps.containerd.snapshots.remove(deps.config.containerd.snapshotter, container.id)
+
+    for step in (remove_snapshot, functools.partial(anyio.to_thread.run_sync, remove_files)):
+        try:
+            await step()
+        except (CriproxyError, OSError) as err:
+            message = err.message if isinstance(err, CriproxyError) else str(err)
+            log.warning(
+                "removed container's leftovers not removed",
+                container=container.id,
+                error=message,
+            )

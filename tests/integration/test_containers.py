@@ -24,6 +24,7 @@ from criproxy.stats.cgroupfs import process_cgroup, read_cgroup
 from criproxy.stats.containerd import decode_metrics
 from criproxy.stats.sample import CgroupSample
 from tests.integration.containers_env import ContainerEnv
+from tests.integration.helpers import wait_until
 from tests.support.images import ImageConfig, busybox_image
 
 BUSYBOX_REPO = "test/busybox"
@@ -404,9 +405,12 @@ def test_list_filters_and_remove_cleans_up(ctr_env: ContainerEnv) -> None:
     ctr_env.remove(running)
     ctr_env.remove(running)
     assert ids(pod_sandbox_id=pod_id) == {created}
-    assert not io_dir.exists()
     assert running not in ctr_env.pods.ctr("containers", "ls", "-q").stdout
-    assert running not in ctr_env.pods.ctr("snapshots", "ls").stdout
+    # the snapshot and the files go right after the answer
+    wait_until(
+        lambda: not io_dir.exists() and running not in ctr_env.pods.ctr("snapshots", "ls").stdout,
+        10,
+    )
 
 
 def test_stop_and_remove_pod_take_its_containers(ctr_env: ContainerEnv) -> None:
@@ -933,7 +937,8 @@ def test_image_volumes_start_with_the_images_files(
     assert any(m["destination"] == "/data" for m in mounts)
     ctr_env.stop(first)
     ctr_env.remove(first)
-    assert not (ctr_env.pods.proxy.root / "containers" / first).exists()
+    first_volumes = ctr_env.pods.proxy.root / "containers" / first
+    wait_until(lambda: not first_volumes.exists(), 10)  # right after the answer
 
 
 def test_concurrent_identical_creates_make_one_container(ctr_env: ContainerEnv) -> None:

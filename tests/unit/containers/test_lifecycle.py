@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from criproxy.errors import AlreadyExists, Unavailable
@@ -39,17 +40,21 @@ async def test_a_record_that_cannot_be_made_leaves_no_snapshot_or_dirs_and_frees
             await n.containers.create(pod, container("web"))
 
 
-async def test_remove_deletes_the_record_last_and_frees_the_name(tmp_path: Path) -> None:
+async def test_remove_deletes_the_record_first_then_the_snapshot_and_frees_the_name(
+    tmp_path: Path,
+) -> None:
     async with node(tmp_path) as n:
         pod = await n.sandboxes.run_pod(host_pod("app"), "")
         created = await n.containers.create(pod, container("job"))
         cd = n.containerd
         before = len(cd.calls)
         await n.containers.remove(created)
+        # answered once the record is gone: a criproxy killed now never lists it again
+        assert created not in cd.state.records
+        await anyio.wait_all_tasks_blocked()  # the snapshot goes right after the answer
         removal = [c for c in cd.calls[before:] if c.endswith(created)]
-        assert removal[-1] == f"containers.delete {created}"  # a killed remove resumes
-        assert f"snapshots.remove {created}" in removal
-        assert created not in cd.state.snapshots and created not in cd.state.records
+        assert removal == [f"containers.delete {created}", f"snapshots.remove {created}"]
+        assert created not in cd.state.snapshots
         assert n.containers.resolve(created) is None
         again = await n.containers.create(pod, container("job"))
         assert again != created
