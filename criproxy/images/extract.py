@@ -15,6 +15,7 @@ snapshotter's copy).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -25,10 +26,12 @@ import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from criproxy.errors import DataLoss
+from criproxy.errors import DataLoss, Unavailable
 from criproxy.images import tar
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from criproxy.images.tar import Entry
 
 Whiteouts = Literal["overlay", "remove"]
@@ -83,11 +86,13 @@ def open_in_root(root_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
 @functools.cache
 def supported() -> bool:
     """Whether this kernel confines lookups (openat2, Linux 5.6); without it, containerd unpacks."""
+    root = os.open("/", _O_PATH_DIR)
     try:
-        fd = open_in_root(os.open("/", _O_PATH_DIR), b".", _O_PATH_DIR)
+        os.close(open_in_root(root, b".", _O_PATH_DIR))
     except OSError:
         return False
-    os.close(fd)
+    finally:
+        os.close(root)
     return True
 
 
@@ -138,18 +143,19 @@ class Extractor:
         rel = _clean(entry.name)
         if rel is None:
             return  # the root itself: containerd ignores it too
+        if len(self._parents) >= _PARENT_CACHE:
+            self._drop_parents()  # between entries only: an entry's own fds stay open
         parent, base = posixpath.split(rel)
-        try:
+        with _failing(entry):
             self._begin(entry, rel, parent, base)
-        except OSError as err:
-            raise DataLoss(f"layer entry {entry.name!r}: {os.strerror(err.errno or 0)}") from None
 
     def data(self, chunk: memoryview) -> None:
         if self._file < 0:
             return
-        while chunk:
-            n = os.write(self._file, chunk)
-            chunk = chunk[n:]
+        with _failing(self._file_entry):
+            while chunk:
+                n = os.write(self._file, chunk)
+                chunk = chunk[n:]
 
     def end(self) -> None:
         if self._file < 0:
@@ -157,13 +163,14 @@ class Extractor:
         fd, entry = self._file, self._file_entry
         self._file, self._file_entry = -1, None
         assert entry is not None
-        try:
-            os.fchown(fd, entry.uid, entry.gid)
-            self._xattrs_fd(fd, entry)
-            os.fchmod(fd, stat.S_IMODE(entry.mode))
-            os.utime(fd, ns=_times(entry))
-        finally:
-            os.close(fd)
+        with _failing(entry):
+            try:
+                os.fchown(fd, entry.uid, entry.gid)
+                self._xattrs_fd(fd, entry)
+                os.fchmod(fd, stat.S_IMODE(entry.mode))
+                os.utime(fd, ns=_times(entry))
+            finally:
+                os.close(fd)
 
     # --- entries --------------------------------------------------------------------------
 
@@ -188,7 +195,7 @@ class Extractor:
                 dir_fd=pfd,
             )
             self.size += entry.size
-            self.unpacked.add(rel)
+            self._unpacked(rel)
             self._file, self._file_entry = fd, entry  # the reader calls end() after the content
             return
         if kind == tar.DIRECTORY:
@@ -205,7 +212,7 @@ class Extractor:
             finally:
                 os.close(fd)
             self._dirs.append(_DirTimes(rel, *_seconds(entry)))
-            self.unpacked.add(rel)
+            self._unpacked(rel)
             return
         if kind == tar.SYMLINK:
             os.symlink(os.fsencode(entry.linkname), base, dir_fd=pfd)
@@ -213,7 +220,7 @@ class Extractor:
             # the link's own header then sets the shared inode's owner, mode and times,
             # as containerd's applier does
             if self._hardlink(entry, pfd, base):
-                self.unpacked.add(rel)
+                self._unpacked(rel)
                 return
         elif kind in (tar.CHAR, tar.BLOCK_DEVICE, tar.FIFO):
             fmt = {tar.CHAR: stat.S_IFCHR, tar.BLOCK_DEVICE: stat.S_IFBLK}.get(kind, stat.S_IFIFO)
@@ -223,7 +230,7 @@ class Extractor:
             self._xattrs_path(pfd, base, entry)
             os.chmod(base, mode, dir_fd=pfd)  # just made here, and not a symlink
         os.utime(base, ns=_times(entry), dir_fd=pfd, follow_symlinks=False)
-        self.unpacked.add(rel)
+        self._unpacked(rel)
 
     def _hardlink(self, entry: Entry, pfd: int, base: bytes) -> bool:
         """Link to a file already unpacked, its path resolved inside the root as any;
@@ -257,18 +264,7 @@ class Extractor:
                 finally:
                     os.close(fd)
                 return
-            pfd = self._parent(parent)
-            fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
-            try:
-                names = [os.fsencode(n) for n in os.listdir(fd)]
-            finally:
-                os.close(fd)
-            for name in names:
-                child = posixpath.join(parent, name) if parent else name
-                if child not in self.unpacked:
-                    found = _lstat(pfd, name)
-                    if found is not None:
-                        self._remove(pfd, child, found)
+            self._clear_below(parent)
             return
         if base.startswith(b".wh..wh."):
             return  # other AUFS metadata: nothing to apply
@@ -283,12 +279,12 @@ class Extractor:
         if self.whiteouts == "overlay":
             os.mknod(name, stat.S_IFCHR | 0o600, 0, dir_fd=pfd)
             os.chown(name, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
-            self.unpacked.add(target)
 
     # --- paths ----------------------------------------------------------------------------
 
     def _parent(self, rel: bytes, *, create: bool = True) -> int:
-        """An O_PATH fd of directory `rel` under root, made (0755, recorded) where missing."""
+        """An O_PATH fd of directory `rel` under root (cached until the next entry), its
+        missing directories made (0755, recorded as implied) when `create`."""
         if not rel:
             return self._root_fd
         fd = self._parents.get(rel)
@@ -299,24 +295,61 @@ class Extractor:
         except FileNotFoundError:
             if not create:
                 raise
-            up, base = posixpath.split(rel)
-            upfd = self._parent(up)
-            try:
-                os.mkdir(base, 0o755, dir_fd=upfd)
-                self.implied.add(rel)
-            except FileExistsError:
-                found = _lstat(upfd, base)
-                if found is not None and stat.S_ISLNK(found.st_mode):
-                    raise DataLoss(
-                        f"layer entry below {os.fsdecode(rel)!r} goes through a symlink "
-                        "that leads nowhere in the layer"
-                    ) from None
-                raise
-            fd = open_in_root(self._root_fd, rel, _O_PATH_DIR)
-        if len(self._parents) >= _PARENT_CACHE:
-            self._drop_parents()
+            fd = self._make_dirs(rel)
         self._parents[rel] = fd
         return fd
+
+    def _make_dirs(self, rel: bytes) -> int:
+        """Make the missing directories of `rel`, top down; an O_PATH fd of the last."""
+        parts = rel.split(b"/")
+        up = self._root_fd
+        for depth in range(1, len(parts) + 1):
+            prefix = b"/".join(parts[:depth])
+            try:
+                fd = open_in_root(self._root_fd, prefix, _O_PATH_DIR)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(parts[depth - 1], 0o755, dir_fd=up)
+                except FileExistsError:
+                    found = _lstat(up, parts[depth - 1])
+                    if found is not None and stat.S_ISLNK(found.st_mode):
+                        raise DataLoss(
+                            f"layer entry below {os.fsdecode(prefix)!r} goes through a "
+                            "symlink that leads nowhere in the layer"
+                        ) from None
+                    raise
+                self.implied.add(prefix)
+                self._unpacked(prefix)
+                fd = open_in_root(self._root_fd, prefix, _O_PATH_DIR)
+            finally:
+                if up != self._root_fd:
+                    os.close(up)
+            up = fd
+        return up
+
+    def _unpacked(self, rel: bytes) -> None:
+        """What an opaque marker keeps (only the REMOVE form needs the list)."""
+        if self.whiteouts == "remove":
+            self.unpacked.add(rel)
+
+    def _clear_below(self, rel: bytes) -> None:
+        """An opaque directory in REMOVE form: everything below `rel` that this layer did
+        not unpack goes, at any depth."""
+        pfd = self._parent(rel)
+        fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            names = [os.fsencode(n) for n in os.listdir(fd)]
+        finally:
+            os.close(fd)
+        for name in names:
+            child = posixpath.join(rel, name) if rel else name
+            found = _lstat(self._parent(rel), name)
+            if found is None:
+                continue
+            if child not in self.unpacked:
+                self._remove(self._parent(rel), child, found)
+            elif stat.S_ISDIR(found.st_mode):
+                self._clear_below(child)
 
     def _drop_parents(self, under: bytes | None = None) -> None:
         """Forget cached directory fds (all, or those at and below `under`)."""
@@ -325,10 +358,13 @@ class Extractor:
                 os.close(self._parents.pop(rel))
 
     def _remove(self, pfd: int, rel: bytes, found: os.stat_result) -> None:
-        """Remove `rel` (whose parent is `pfd`), a whole tree if it is a directory."""
+        """Remove `rel` (whose parent is `pfd`), a whole tree if it is a directory, and
+        forget what was known at and below it (a cached fd may have gone through it)."""
         name = posixpath.basename(rel)
+        self._drop_parents(rel)
+        below = rel + b"/"
+        self.implied = {p for p in self.implied if p != rel and not p.startswith(below)}
         if stat.S_ISDIR(found.st_mode):
-            self._drop_parents(rel)
             shutil.rmtree(name, dir_fd=pfd)  # fd-based on Linux: never follows a symlink
         else:
             os.unlink(name, dir_fd=pfd)
@@ -359,7 +395,8 @@ class Extractor:
             raise DataLoss("layer tar ended inside a file")
         self._drop_parents()
         if root is not None and root != self.root:
-            os.close(self._root_fd)
+            old, self._root_fd = self._root_fd, -1
+            os.close(old)
             self.root = root
             self._root_fd = os.open(root, _O_PATH_DIR | os.O_NOFOLLOW)
         if self.root_opaque:
@@ -367,6 +404,8 @@ class Extractor:
         for rel in sorted(self.implied):
             self._copy_implied(rel, lowerdirs)
         for d in self._dirs:
+            if len(self._parents) >= _PARENT_CACHE:
+                self._drop_parents()
             up, base = posixpath.split(d.path)
             try:
                 pfd = self._parent(up, create=False)
@@ -396,11 +435,12 @@ class Extractor:
                 os.close(lfd)
             try:
                 st = os.fstat(src)
-                up, base = posixpath.split(rel)
-                pfd = self._parent(up, create=False)
-                dst = os.open(
-                    base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd
-                )
+                try:
+                    dst = open_in_root(
+                        self._root_fd, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                    )
+                except OSError:
+                    return  # not a directory of this layer any more
                 try:
                     # Owner, mode and xattrs; not times: containerd's applier sets them
                     # before the directory fills, so its implied directories carry the
@@ -415,6 +455,25 @@ class Extractor:
             finally:
                 os.close(src)
             return
+
+
+_NODE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE})
+
+
+@contextlib.contextmanager
+def _failing(entry: Entry | None) -> Iterator[None]:
+    """An entry that cannot be written is the layer's fault (DataLoss), unless the node
+    is out of space or descriptors: then the pull stops as Unavailable."""
+    name = entry.name if entry is not None else "?"
+    try:
+        yield
+    except OSError as err:
+        reason = os.strerror(err.errno or 0)
+        if err.errno in _NODE_ERRORS:
+            raise Unavailable(f"unpacking {name!r}: {reason}") from None
+        raise DataLoss(f"layer entry {name!r}: {reason}") from None
+    except RecursionError:
+        raise DataLoss(f"layer entry {name!r}: its tree is too deep") from None
 
 
 def move_entries(src: str, dst: str) -> None:

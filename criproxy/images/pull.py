@@ -438,7 +438,8 @@ class _PullJob:
             if self.puller.discard_unpacked_layers:
                 await self._fetch_into(desc, layer.urls, stream, None)
             else:
-                ref = _ingest_ref(desc)
+                # one ingest per chain: two chains may share a blob and unpack at once
+                ref = f"{_ingest_ref(desc)}-{layer.chain.removeprefix('sha256:')[:12]}"
                 async with self.cd.content.writer(ref, desc.size, desc.digest) as writer:
                     writer.offset = 0  # the unpack starts at the first byte, so does the blob
                     await self._fetch_into(desc, layer.urls, stream, writer)
@@ -465,24 +466,21 @@ class _PullJob:
         """Feed the blob to `stream` as it arrives (in the thread that reads it), resuming
         a broken download where it stopped."""
         progress = self.progress
-        received = 0
 
         def sink(chunk: bytes) -> None:
-            nonlocal received
-            stream.feed(chunk)
-            if writer is not None:
+            if writer is not None:  # first: a write that fails leaves the stream as it was
                 anyio.from_thread.run(writer.write, chunk)
-            received += len(chunk)
+            stream.feed(chunk)
             progress.add(desc.digest, len(chunk))
 
         for attempt in range(_CHUNK_RETRIES + 1):
             try:
-                await self.repo.stream_blob(desc, received, urls, sink)
-                if received == desc.size:
+                await self.repo.stream_blob(desc, stream.received, urls, sink)
+                if stream.received == desc.size:
                     return
                 raise Unavailable(
                     f"layer {desc.digest} of {self.repo.ref}: download ended at "
-                    f"{received} of {desc.size} bytes"
+                    f"{stream.received} of {desc.size} bytes"
                 )
             except Unavailable as err:
                 if attempt == _CHUNK_RETRIES:
@@ -490,7 +488,7 @@ class _PullJob:
                 self.log.warning(
                     "layer download broke off; resuming",
                     layer=desc.digest,
-                    offset=received,
+                    offset=stream.received,
                     error=err.message,
                 )
                 await anyio.sleep(0.5 * (attempt + 1))

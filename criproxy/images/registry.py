@@ -8,7 +8,6 @@ order, then the registry itself.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import socket
 import ssl
@@ -214,9 +213,7 @@ class Repository:
                 )
                 try:
                     if blocking_client is not None:
-                        response = await anyio.to_thread.run_sync(
-                            functools.partial(blocking_client.send, request, stream=True)
-                        )
+                        response = await _blocking_send(blocking_client, request)
                     else:
                         response = await client.send(request, stream=True)
                 except httpx.ConnectError as err:
@@ -435,18 +432,38 @@ async def _close(response: httpx.Response) -> None:
         await response.aclose()
 
 
+_BODY_THREADS = 64
+"""Bodies read in worker threads at once, on a limiter of their own: downloads hold
+their thread for minutes and must not starve anything else that uses worker threads."""
+_body_limiter: anyio.CapacityLimiter | None = None
+
+
+def _body_threads() -> anyio.CapacityLimiter:
+    global _body_limiter  # noqa: PLW0603  # made in the event loop that uses it, once
+    if _body_limiter is None:
+        _body_limiter = anyio.CapacityLimiter(_BODY_THREADS)
+    return _body_limiter
+
+
 async def _pump(resp: httpx.Response, skip: int, sink: Callable[[bytes], None]) -> None:
     """Read a blocking response's body in a worker thread into `sink`.
 
     Cancelled (the pull gave up), the connection is shut down so that a read blocked on
-    a silent registry returns, and the thread is waited for: `sink` writes through file
-    descriptors its caller closes only once no thread can use them any more.
+    a silent registry returns, and a thread that started is waited for: `sink` writes
+    through file descriptors its caller closes only once no thread can use them. A
+    thread that had not started yet never will (it finds `stop` set).
     """
     stop = threading.Event()
     finished = threading.Event()
+    lock = threading.Lock()
+    started = False
 
     def run() -> None:
-        nonlocal skip
+        nonlocal skip, started
+        with lock:
+            if stop.is_set():
+                return
+            started = True
         try:
             for raw in resp.iter_raw(_CHUNK):
                 if stop.is_set():
@@ -458,16 +475,45 @@ async def _pump(resp: httpx.Response, skip: int, sink: Callable[[bytes], None]) 
             finished.set()
 
     try:
-        await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=_body_threads())
     except anyio.get_cancelled_exc_class():
-        stop.set()
-        stream = resp.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(finished.wait)
+        with lock:
+            stop.set()
+            running = started
+        if running:
+            stream = resp.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(finished.wait)
+        raise
+
+
+async def _blocking_send(client: httpx.Client, request: httpx.Request) -> httpx.Response:
+    """`client.send` (headers only; the body streams) in a worker thread, given up at
+    once when cancelled: a response that arrives after that is closed, not leaked."""
+    lock = threading.Lock()
+    abandoned = False
+    arrived: list[httpx.Response] = []
+
+    def send() -> httpx.Response:
+        response = client.send(request, stream=True)
+        with lock:
+            if abandoned:
+                response.close()
+            else:
+                arrived.append(response)
+        return response
+
+    try:
+        return await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        with lock:
+            abandoned = True
+        for late in arrived:
+            late.close()
         raise
 
 

@@ -8,6 +8,7 @@ sink in the pieces they arrived in, so memory stays flat whatever a file's size.
 
 from __future__ import annotations
 
+import math
 import tarfile
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +31,7 @@ _GNU_LONGNAME = b"L"
 _GNU_LONGLINK = b"K"
 
 _PAX_XATTR = "SCHILY.xattr."
+_USTAR = b"ustar\x0000"
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class Limits:
 
     max_entries: int = 1_000_000
     max_header: int = 1 << 20
-    """Bytes of one PAX or GNU long-name header."""
+    """Bytes of PAX and GNU long-name headers before one entry, together."""
     max_path: int = 4096
+    max_depth: int = 256
     max_xattr_value: int = 64 * 1024
     max_expansion: int = 2000
     """Uncompressed bytes per compressed byte. gzip cannot exceed ~1,032; a zstd bomb of a
@@ -82,6 +85,7 @@ class TarReader:
         self._need = BLOCK
         self._ext: bytes | None = None  # the kind of extension header being gathered
         self._ext_size = 0
+        self._ext_total = 0  # extension header bytes before the current entry
         self._data_left = 0  # content bytes of the current entry still to come
         self._skip = 0  # padding (or ignored content) still to drop
         self._pax: dict[str, bytes] = {}
@@ -139,8 +143,12 @@ class TarReader:
         kind = info.type
         size = info.size
         if kind in (_PAX, _GNU_LONGNAME, _GNU_LONGLINK, _PAX_GLOBAL):
-            if size > self._limits.max_header:
-                raise DataLoss(f"layer tar has a {size}-byte extension header")
+            self._ext_total += max(size, 0)
+            if size < 0 or self._ext_total > self._limits.max_header:
+                raise DataLoss(
+                    f"layer tar has more than {self._limits.max_header} bytes of extension "
+                    "headers for one entry"
+                )
             if size == 0:
                 return
             self._ext = kind
@@ -153,7 +161,13 @@ class TarReader:
         if kind == tarfile.GNUTYPE_SPARSE or any(k.startswith("GNU.sparse") for k in self._pax):
             raise DataLoss(f"layer tar has a sparse file ({info.name}); sparse files are refused")
         pax, self._pax = self._pax, {}
-        name = self._longname if self._longname is not None else info.name
+        self._ext_total = 0
+        if self._longname is not None:
+            name = self._longname
+        elif block[257:265] == _USTAR:
+            name = info.name  # with the ustar prefix (only real ustar headers have one)
+        else:
+            name = _nts(block[0:100])  # Python's reader adds a prefix to any format
         linkname = self._longlink if self._longlink is not None else info.linkname
         self._longname = self._longlink = None
         entry = Entry(
@@ -170,8 +184,9 @@ class TarReader:
         )
         if pax:
             self._apply_pax(entry, pax)
-        if len(entry.name) > self._limits.max_path or len(entry.linkname) > self._limits.max_path:
-            raise DataLoss(f"layer tar has a path longer than {self._limits.max_path} bytes")
+        if block[156:157] == b"\0" and entry.name.endswith("/"):
+            entry.type = DIRECTORY  # as Go's reader: an old-style file named like a directory
+        self._check(entry)
         if entry.type not in (REGULAR, HARDLINK, SYMLINK, CHAR, BLOCK_DEVICE, DIRECTORY, FIFO):
             raise DataLoss(f"layer tar entry {entry.name!r} has unsupported type {kind!r}")
         # Only regular files carry content; other types are header-only whatever their
@@ -182,6 +197,22 @@ class TarReader:
             self._skip = _padded(entry.size) - entry.size
         else:
             self._sink.end()
+
+    def _check(self, entry: Entry) -> None:
+        """What Go's reader refuses, and what this project bounds."""
+        limits = self._limits
+        if len(entry.name) > limits.max_path or len(entry.linkname) > limits.max_path:
+            raise DataLoss(f"layer tar has a path longer than {limits.max_path} bytes")
+        if entry.name.count("/") > limits.max_depth:
+            raise DataLoss(f"layer tar has a path deeper than {limits.max_depth} directories")
+        if "\0" in entry.name or "\0" in entry.linkname:
+            raise DataLoss(f"layer tar entry {entry.name!r} has a NUL in its name or link")
+        if min(entry.size, entry.uid, entry.gid, entry.devmajor, entry.devminor) < 0:
+            raise DataLoss(f"layer tar entry {entry.name!r} has a negative number")
+        if not math.isfinite(entry.mtime) or (
+            entry.atime is not None and not math.isfinite(entry.atime)
+        ):
+            raise DataLoss(f"layer tar entry {entry.name!r} has a time that is not a number")
 
     def _extension(self, kind: bytes, block: bytes) -> None:
         self._ext = None
@@ -219,8 +250,10 @@ class TarReader:
                     entry.atime = float(value)
             except ValueError:
                 raise DataLoss(f"layer tar has a bad PAX {key} record: {value!r}") from None
-        if entry.size < 0 or entry.uid < 0 or entry.gid < 0:
-            raise DataLoss(f"layer tar entry {entry.name!r} has a negative size or owner")
+
+
+def _nts(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def _padded(size: int) -> int:

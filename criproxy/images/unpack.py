@@ -76,10 +76,11 @@ class Unpacker:
                     f"wrong diff id {applied.digest} calculated on extraction of layer "
                     f"{layer.digest}; the image config says {diff_id}"
                 )
-            # AlreadyExists: another pull committed the same chain meanwhile; that is fine.
-            with contextlib.suppress(AlreadyExists):
+            try:
                 await cd.snapshots.commit(self.snapshotter, chain, key, snapshot_labels)
-            committed = True
+                committed = True
+            except AlreadyExists:
+                pass  # another pull committed the same chain meanwhile; this key is removed
         finally:
             progress.unpacking -= 1
             progress.touch()
@@ -214,8 +215,10 @@ class StreamedUnpacker(Unpacker):
                 extract.move_entries, unpacked.directory, final.directory
             )
         await anyio.to_thread.run_sync(extractor.finish, final.directory, final.lowerdirs)
-        with contextlib.suppress(AlreadyExists):
+        try:
             await cd.snapshots.commit(snapshotter, chain, final.key, snapshot_labels)
+        except AlreadyExists:
+            return  # another pull committed the chain meanwhile; this key is removed
         made.remove(final.key)
 
 

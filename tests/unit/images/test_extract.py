@@ -460,3 +460,98 @@ def test_encrypted_layers_are_not_streamed() -> None:
     assert can_stream("application/vnd.oci.image.layer.v1.tar+gzip")
     assert can_stream("application/vnd.docker.image.rootfs.diff.tar.gzip")
     assert not can_stream("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")
+
+
+# --- what review found: odd headers, caches, deep trees --------------------------------------
+
+
+def test_nul_negative_numbers_and_non_finite_times_are_refused(root: Path) -> None:
+    with pytest.raises(DataLoss, match="NUL"):
+        apply(root, _tar(reg("a", b"x", pax={"path": "d\0/x/f"})))
+    with pytest.raises(DataLoss, match="not a number"):
+        apply(root, _tar(reg("a", b"x", pax={"mtime": "nan"})))
+
+    def negative_uid(tf: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("neg")
+        info.uid = -1
+        tf.addfile(info, io.BytesIO(b""))
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        negative_uid(tf)  # base-256, which GNU tar writes for numbers that do not fit
+    with pytest.raises(DataLoss, match="negative"):
+        apply(root, buf.getvalue())
+    assert not (root / "neg").exists()
+
+
+def test_extension_headers_count_together_for_one_entry(root: Path) -> None:
+    def pax_header(tf: tarfile.TarFile) -> None:
+        record = b"30 comment=" + b"c" * 18 + b"\n"
+        body = record * 100
+        info = tarfile.TarInfo("././@PaxHeader")
+        info.type, info.size = tarfile.XHDTYPE, len(body)
+        tf.addfile(info, io.BytesIO(body))
+
+    data = _tar(pax_header, pax_header, pax_header, reg("f", b"x"))
+    apply(root, data, limits=Limits(max_header=10_000))  # 3 x 3,000 bytes: fine
+    with pytest.raises(DataLoss, match="extension headers for one entry"):
+        apply(root, data, limits=Limits(max_header=8_000))
+
+
+def test_paths_deeper_than_the_limit_are_refused(root: Path) -> None:
+    deep = "/".join(["d"] * 20) + "/f"
+    with pytest.raises(DataLoss, match="deeper than"):
+        apply(root, _tar(reg(deep)), limits=Limits(max_depth=10))
+    apply(root, _tar(reg(deep)))
+
+
+def test_a_symlink_replaced_by_a_directory_is_not_reached_through_a_stale_cache(
+    root: Path,
+) -> None:
+    apply(
+        root,
+        _tar(
+            directory("b"),
+            symlink("a", "b"),
+            reg("a/x", b"through the link"),
+            directory("a"),  # replaces the symlink
+            reg("a/y", b"in the new directory"),
+        ),
+    )
+    assert (root / "b/x").read_bytes() == b"through the link"
+    assert (root / "a/y").read_bytes() == b"in the new directory"
+    assert not (root / "b/y").exists()
+
+
+def test_hard_links_stay_right_when_the_directory_cache_is_emptied(root: Path) -> None:
+    dirs = [reg(f"d{i}/f", b"x") for i in range(300)]  # more directories than the cache holds
+    apply(root, _tar(reg("target/file", b"t"), *dirs, hardlink("d0/link", "target/file")))
+    assert os.stat(root / "d0/link").st_ino == os.stat(root / "target/file").st_ino
+    assert not (root / "target/link").exists()
+
+
+def test_an_opaque_marker_in_remove_form_clears_the_lower_tree_at_any_depth(root: Path) -> None:
+    apply(root, _tar(reg("cache/sub/old", b"o"), reg("cache/top", b"t")), "remove")
+    apply(
+        root,
+        _tar(
+            directory("cache"),
+            directory("cache/sub"),
+            reg("cache/sub/new", b"n"),
+            reg("cache/.wh..wh..opq"),
+        ),
+        "remove",
+    )
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "cache").rglob("*")) == [
+        "cache/sub",
+        "cache/sub/new",
+    ]
+
+
+def test_an_implied_directory_removed_later_in_the_layer_is_no_error(
+    root: Path, tmp_path: Path
+) -> None:
+    lower = tmp_path / "lower"
+    (lower / "a/b").mkdir(parents=True)
+    apply(root, _tar(reg("a/b/f", b"x"), reg(".wh.a")), "overlay", lowerdirs=(str(lower),))
+    assert stat.S_ISCHR(os.lstat(root / "a").st_mode)  # the whiteout, nothing below it
