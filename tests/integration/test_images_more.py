@@ -22,6 +22,7 @@ from tests.support.images import (
     docker_save_archive,
     file_layer,
     oci_archive,
+    random_bytes,
     random_layer,
 )
 from tests.support.registry import Registry
@@ -72,6 +73,39 @@ def test_a_broken_download_resumes_where_it_stopped(
         start = int(ranged[0].range.removeprefix("bytes=").split("-")[0])
         assert 0 < start < size
         assert own_env.layer_downloads(layer) == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_broken_download_resumes_from_a_registry_that_ignores_ranges(
+    own_env: ImageEnv, registry_http: Registry, repo_name: str
+) -> None:
+    """The registry answers the resume's range request with the whole blob (200): the
+    bytes already unpacked are skipped, not unpacked twice."""
+    size = 3 * 1024 * 1024
+    image = busybox_image(extra_layers=[random_layer(size, seed="whole-again")])
+    registry_http.push(repo_name, image, "v1")
+    layer = image.layer_descriptors[-1].digest
+    proxy = FaultProxy(
+        registry_http.port, mode="cut_once", after_bytes=1536 * 1024, ignore_range=True
+    ).start()
+    try:
+        own_env.proxy.start()
+        own_env.write_hosts(registry_http.host, f'server = "http://{proxy.host}"\n')
+        assert own_env.pull(registry_http.reference(repo_name, "v1")) == image.id
+        assert proxy.cuts == 1
+        asked = [r for r in proxy.requests if layer in r.path and r.method == "GET"]
+        assert len(asked) == 2 and asked[1].range  # it asked for the rest, got it all
+        assert own_env.layer_downloads(layer) == 1
+        out = own_env.ctr(
+            "run",
+            "--rm",
+            registry_http.reference(repo_name, "v1"),
+            "whole",
+            "sha256sum",
+            "/data/random.bin",
+        )
+        assert hashlib.sha256(random_bytes(size, "whole-again")).hexdigest() in out.stdout
     finally:
         proxy.stop()
 

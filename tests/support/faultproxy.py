@@ -1,7 +1,8 @@
 """A TCP proxy in front of a real registry that misbehaves on blob downloads.
 
 For the pull paths a well-behaved registry never takes: a download that stalls (the
-progress timeout) or breaks off half-way (resuming from what was written). Everything
+progress timeout) or breaks off half-way (resuming from what was written), and, with
+`ignore_range`, a registry that answers a range request with the whole blob. Everything
 else passes through untouched.
 """
 
@@ -16,6 +17,7 @@ from typing import Literal
 Mode = Literal["pass", "stall", "cut_once"]
 _REQUEST = re.compile(rb"^(GET|HEAD) (\S+) HTTP/1\.[01]\r\n((?:.*?\r\n)*?)\r\n", re.S | re.M)
 _RANGE = re.compile(rb"^range:\s*(.+?)\r$", re.I | re.M)
+_RANGE_LINE = re.compile(rb"^range:[^\r\n]*\r\n", re.I | re.M)
 
 
 @dataclass
@@ -30,6 +32,8 @@ class FaultProxy:
     upstream_port: int
     mode: Mode = "pass"
     after_bytes: int = 64 * 1024
+    ignore_range: bool = False
+    """Strip Range headers on the way up: the registry then sends every blob whole."""
     requests: list[SeenRequest] = field(default_factory=list)
     port: int = 0
     cuts: int = 0
@@ -105,6 +109,8 @@ class FaultProxy:
                     state["blob"] = b"/blobs/" in path and method == b"GET"
                     state["sent"] = 0
                     buffer = buffer[match.end() :]
+                if self.ignore_range:
+                    data = _RANGE_LINE.sub(b"", data)
                 up_writer.write(data)
                 await up_writer.drain()
             up_writer.close()
