@@ -256,17 +256,25 @@ class TasksService:
             return None
         return TaskExitInfo(resp.pid, resp.exit_status, resp.exited_at.ToNanoseconds())
 
-    async def kill_and_delete(self, container_id: str, wait: float) -> TaskExitInfo | None:
+    async def kill_and_delete(
+        self, container_id: str, wait: float, *, running: bool = False
+    ) -> TaskExitInfo | None:
         """Kill the task (every process) if it is alive, wait up to `wait` seconds for its
-        exit, and delete it; its exit, or None when there is no task (any more)."""
-        state = await self.get(container_id)
-        if state is None:
-            return None
-        if state.status in _ALIVE:
+        exit, and delete it; its exit, or None when there is no task (any more).
+
+        `running`: the caller's state says the task runs, so its status is not asked for
+        first (one round trip fewer); one that exited meanwhile is deleted all the same.
+        """
+        if not running:
+            state = await self.get(container_id)
+            if state is None:
+                return None
+            running = state.status in _ALIVE
+        if running:
             try:
                 await self.kill(container_id, signal.SIGKILL, all_processes=True)
-            except NotFound:
-                return None
+            except NotFound:  # no task, or its process finished: delete what is left
+                return await self.delete(container_id)
             with contextlib.suppress(DeadlineExceeded):
                 await self.wait(container_id, timeout=wait)
         return await self.delete(container_id)

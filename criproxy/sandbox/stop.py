@@ -39,7 +39,9 @@ async def stop_in_loop(deps: PodDeps, sandbox_id: str) -> None:
         return  # already stopped and torn down
 
     async def kill() -> TaskExitInfo | None:
-        exited = await deps.containerd.tasks.kill_and_delete(sandbox.id, STOP_TIMEOUT)
+        exited = await deps.containerd.tasks.kill_and_delete(
+            sandbox.id, STOP_TIMEOUT, running=sandbox.state == "ready"
+        )
         deps.tasks_deleted.add(sandbox.id)
         return exited
 

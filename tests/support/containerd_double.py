@@ -118,7 +118,9 @@ class _Tasks(_Service):
         task = self._s.tasks.pop(container_id, None)
         return TaskExitInfo(task.pid, task.exit_status, 1) if task else None
 
-    async def kill_and_delete(self, container_id: str, wait: float) -> TaskExitInfo | None:
+    async def kill_and_delete(
+        self, container_id: str, wait: float, *, running: bool = False
+    ) -> TaskExitInfo | None:
         task = self._s.tasks.get(container_id)
         if task is None:
             return None
