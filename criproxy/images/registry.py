@@ -54,6 +54,7 @@ MAX_MANIFEST_SIZE = 8 * 1024 * 1024
 _CHUNK = 256 * 1024
 DOCKER_HUB_HOST = DOCKER_HUB_SERVER.removeprefix("https://")
 CONNECT_TIMEOUT = 10.0
+_BODY_THREADS = 64
 READ_TIMEOUT = 60.0
 
 
@@ -89,6 +90,7 @@ class Registry:
     _clients: dict[_TlsKey, httpx.AsyncClient] = field(default_factory=dict)
     _blocking_clients: dict[_TlsKey, httpx.Client] = field(default_factory=dict)
     _plain_http: set[str] = field(default_factory=set)
+    _body_limiter: anyio.CapacityLimiter | None = None
 
     def client(self, host: RegistryHost) -> httpx.AsyncClient:
         key = _TlsKey(host.skip_verify, host.ca_files, host.client_certs)
@@ -107,6 +109,13 @@ class Registry:
             client = httpx.Client(**self._client_options(host, key))
             self._blocking_clients[key] = client
         return client
+
+    def body_threads(self) -> anyio.CapacityLimiter:
+        """The worker threads bodies are read in, a limiter of their own: a download holds
+        its thread for minutes and must not starve anything else that uses worker threads."""
+        if self._body_limiter is None:  # made in the event loop, on first use
+            self._body_limiter = anyio.CapacityLimiter(_BODY_THREADS)
+        return self._body_limiter
 
     def _client_options(self, host: RegistryHost, key: _TlsKey) -> dict[str, Any]:
         try:
@@ -341,7 +350,7 @@ class Repository:
                 await anyio.to_thread.run_sync(sink, chunk)
             return
         async with self._open("blobs", desc, offset, {}, blocking=True) as (resp, skip):
-            await _pump(resp, skip, sink)
+            await _pump(resp, skip, sink, self._registry.body_threads())
 
     async def _fetch_url(self, url: str, offset: int) -> AsyncIterator[bytes]:
         client = self._registry.client(RegistryHost("https", "", ""))
@@ -432,20 +441,9 @@ async def _close(response: httpx.Response) -> None:
         await response.aclose()
 
 
-_BODY_THREADS = 64
-"""Bodies read in worker threads at once, on a limiter of their own: downloads hold
-their thread for minutes and must not starve anything else that uses worker threads."""
-_body_limiter: anyio.CapacityLimiter | None = None
-
-
-def _body_threads() -> anyio.CapacityLimiter:
-    global _body_limiter  # noqa: PLW0603  # made in the event loop that uses it, once
-    if _body_limiter is None:
-        _body_limiter = anyio.CapacityLimiter(_BODY_THREADS)
-    return _body_limiter
-
-
-async def _pump(resp: httpx.Response, skip: int, sink: Callable[[bytes], None]) -> None:
+async def _pump(
+    resp: httpx.Response, skip: int, sink: Callable[[bytes], None], limiter: anyio.CapacityLimiter
+) -> None:
     """Read a blocking response's body in a worker thread into `sink`.
 
     Cancelled (the pull gave up), the connection is shut down so that a read blocked on
@@ -475,7 +473,7 @@ async def _pump(resp: httpx.Response, skip: int, sink: Callable[[bytes], None]) 
             finished.set()
 
     try:
-        await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=_body_threads())
+        await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=limiter)
     except anyio.get_cancelled_exc_class():
         with lock:
             stop.set()
