@@ -123,7 +123,6 @@ class Extractor:
     """Directories created because an entry lay below them, not listed themselves."""
     unpacked: set[bytes] = field(default_factory=set)
     root_opaque: bool = False
-    size: int = 0
 
     def __post_init__(self) -> None:
         self._root_fd = os.open(self.root, _O_PATH_DIR | os.O_NOFOLLOW)
@@ -194,7 +193,6 @@ class Extractor:
                 0o600,
                 dir_fd=pfd,
             )
-            self.size += entry.size
             self._unpacked(rel)
             self._file, self._file_entry = fd, entry  # the reader calls end() after the content
             return
