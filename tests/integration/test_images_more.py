@@ -3,17 +3,19 @@ the sandbox image, foreign layers, and `criproxy images import`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
-from tests.integration.helpers import REPO, ContainerdProcess, Criproxy
+from tests.integration.helpers import REPO, ContainerdProcess, Criproxy, wait_until
 from tests.integration.images_env import ImageEnv, private_env
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import (
@@ -108,6 +110,49 @@ def test_a_broken_download_resumes_from_a_registry_that_ignores_ranges(
         assert hashlib.sha256(random_bytes(size, "whole-again")).hexdigest() in out.stdout
     finally:
         proxy.stop()
+
+
+def test_a_pull_killed_mid_layer_leaves_nothing_and_pulls_again_after_a_restart(
+    own_env: ImageEnv, registry_http: Registry, repo_name: str
+) -> None:
+    """criproxy is killed (-9) while a layer unpacks: the restarted criproxy sweeps the
+    dead pull's lease (and with it the half-unpacked snapshot), and the pull works."""
+    image = busybox_image(extra_layers=[random_layer(2 * 1024 * 1024, seed="killed")])
+    registry_http.push(repo_name, image, "v1")
+    ref = registry_http.reference(repo_name, "v1")
+    proxy = FaultProxy(registry_http.port, mode="stall", after_bytes=512 * 1024).start()
+    try:
+        own_env.proxy.start()
+        own_env.write_hosts(registry_http.host, f'server = "http://{proxy.host}"\n')
+        pulling = threading.Thread(
+            target=_quietly,
+            args=(own_env.pull, ref),
+            daemon=True,
+        )
+        pulling.start()
+
+        def unpacking() -> bool:
+            return "extract-" in own_env.ctr("snapshots", "ls").stdout
+
+        wait_until(unpacking, 30, what="a layer being unpacked")
+        own_env.proxy.kill()
+        own_env.write_hosts(registry_http.host, f'server = "http://{registry_http.host}"\n')
+        own_env.proxy.start()
+
+        def swept() -> bool:
+            leases = own_env.ctr("leases", "ls", "-q").stdout.split()
+            return not unpacking() and not [x for x in leases if "pull" in x]
+
+        wait_until(swept, 30, what="the dead pull's lease and snapshots gone")
+        assert own_env.pull(ref) == image.id
+        assert not unpacking()
+    finally:
+        proxy.stop()
+
+
+def _quietly(call: Callable[..., object], *args: object) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        call(*args)
 
 
 def test_credentials_from_config_and_the_pinned_sandbox_image(
