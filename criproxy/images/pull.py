@@ -388,11 +388,12 @@ class _PullJob:
 
     async def _layer(self, layer: _Layer, done: anyio.Event) -> None:
         """Download and unpack one layer (holding a download slot while it downloads)."""
-        slot = [True]
+        holding = True
 
         def release() -> None:
-            if slot:
-                slot.clear()
+            nonlocal holding
+            if holding:
+                holding = False
                 self.download_slots.release()
 
         try:
@@ -443,15 +444,11 @@ class _PullJob:
                 async with self.cd.content.writer(ref, desc.size, desc.digest) as writer:
                     writer.offset = 0  # the unpack starts at the first byte, so does the blob
                     await self._fetch_into(desc, layer.urls, stream, writer)
-                    try:
-                        await writer.commit(
-                            self._with_source({}, {labels.UNCOMPRESSED: layer.diff_id})
-                        )
-                    except FailedPrecondition as err:
-                        await self.cd.content.abort(ref)
-                        raise DataLoss(
-                            f"layer {desc.digest} of {self.repo.ref}: {err.message}"
-                        ) from None
+                    await self._commit_blob(
+                        writer,
+                        desc,
+                        self._with_source({}, {labels.UNCOMPRESSED: layer.diff_id}),
+                    )
             downloaded()
             self.puller.downloads += 1
             self.log.info("layer downloaded", layer=desc.digest, size=desc.size)
@@ -539,12 +536,18 @@ class _PullJob:
                     f"layer {desc.digest} of {self.repo.ref}: download ended at "
                     f"{writer.offset} of {desc.size} bytes"
                 )
-            # containerd verifies size and digest at commit (the whole blob, resumed or not).
-            try:
-                await writer.commit(blob_labels)
-            except FailedPrecondition as err:
-                await cd.content.abort(ref)
-                raise DataLoss(f"layer {desc.digest} of {self.repo.ref}: {err.message}") from None
+            await self._commit_blob(writer, desc, blob_labels)
+
+    async def _commit_blob(
+        self, writer: ContentWriter, desc: Descriptor, blob_labels: dict[str, str]
+    ) -> None:
+        """containerd verifies size and digest at commit (the whole blob, resumed or not);
+        a blob that fails is aborted, so no later pull resumes it."""
+        try:
+            await writer.commit(blob_labels)
+        except FailedPrecondition as err:
+            await self.cd.content.abort(writer.ref)
+            raise DataLoss(f"layer {desc.digest} of {self.repo.ref}: {err.message}") from None
 
 
 def _check_layers(manifest: Manifest, config: ImageConfig) -> None:

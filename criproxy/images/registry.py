@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import httpx
@@ -79,6 +79,30 @@ def _ssl_context(key: _TlsKey) -> ssl.SSLContext | bool:
     return context
 
 
+_Client = TypeVar("_Client", httpx.AsyncClient, httpx.Client)
+
+
+def _cached(
+    clients: dict[_TlsKey, _Client], host: RegistryHost, make: Callable[..., _Client]
+) -> _Client:
+    """The client for `host`'s TLS settings, made on first use (one per settings)."""
+    key = _TlsKey(host.skip_verify, host.ca_files, host.client_certs)
+    client = clients.get(key)
+    if client is None:
+        try:
+            verify = _ssl_context(key)
+        except (OSError, ssl.SSLError) as err:
+            raise Unavailable(f"TLS set-up for {host.host} failed: {err}") from None
+        client = clients[key] = make(
+            verify=verify,
+            follow_redirects=True,
+            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            headers={"User-Agent": "criproxy"},
+        )
+    return client
+
+
 @dataclass
 class Registry:
     """Process-wide registry access: HTTP clients, token cache, hosts and config credentials."""
@@ -93,22 +117,12 @@ class Registry:
     _body_limiter: anyio.CapacityLimiter | None = None
 
     def client(self, host: RegistryHost) -> httpx.AsyncClient:
-        key = _TlsKey(host.skip_verify, host.ca_files, host.client_certs)
-        client = self._clients.get(key)
-        if client is None:
-            client = httpx.AsyncClient(**self._client_options(host, key))
-            self._clients[key] = client
-        return client
+        return _cached(self._clients, host, httpx.AsyncClient)
 
     def blocking_client(self, host: RegistryHost) -> httpx.Client:
         """A client for bodies read in a worker thread: big downloads cost about half the
         CPU there that they cost through the event loop's TLS and HTTP layers."""
-        key = _TlsKey(host.skip_verify, host.ca_files, host.client_certs)
-        client = self._blocking_clients.get(key)
-        if client is None:
-            client = httpx.Client(**self._client_options(host, key))
-            self._blocking_clients[key] = client
-        return client
+        return _cached(self._blocking_clients, host, httpx.Client)
 
     def body_threads(self) -> anyio.CapacityLimiter:
         """The worker threads bodies are read in, a limiter of their own: a download holds
@@ -116,19 +130,6 @@ class Registry:
         if self._body_limiter is None:  # made in the event loop, on first use
             self._body_limiter = anyio.CapacityLimiter(_BODY_THREADS)
         return self._body_limiter
-
-    def _client_options(self, host: RegistryHost, key: _TlsKey) -> dict[str, Any]:
-        try:
-            verify = _ssl_context(key)
-        except (OSError, ssl.SSLError) as err:
-            raise Unavailable(f"TLS set-up for {host.host} failed: {err}") from None
-        return {
-            "verify": verify,
-            "follow_redirects": True,
-            "timeout": httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
-            "limits": httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            "headers": {"User-Agent": "criproxy"},
-        }
 
     def repository(self, ref: Reference, credentials: Credentials | None = None) -> Repository:
         creds = credentials if credentials and not credentials.anonymous else None
