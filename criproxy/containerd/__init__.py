@@ -136,7 +136,7 @@ class Containerd:
                 # after the work, not beside it: containerd writes its metadata one
                 # transaction at a time
                 release_in.start_soon(self._delete_lease, lease)
-                if prefix not in self._making:
+                if prefix not in self._making and prefix not in self._spares:
                     self._making.add(prefix)
                     release_in.start_soon(self._make_spare, prefix, expire_after)
             else:
@@ -164,10 +164,7 @@ class Containerd:
             return
         finally:
             self._making.discard(prefix)
-        old = self._spares.get(prefix)
         self._spares[prefix] = (lease, time.monotonic())
-        if old is not None:
-            await self._delete_lease(old[0])
 
     async def _delete_lease(self, lease: str) -> None:
         try:

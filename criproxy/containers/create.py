@@ -111,17 +111,19 @@ async def _create(
             prepare = functools.partial(
                 cd.snapshots.prepare, snapshotter, container_id, image.content.chain_id
             )
+            user_files = spec_builder.known_user_files(image)
             build = functools.partial(
                 spec_builder.build,
                 container_id,
                 config,
                 image,
                 current,
+                user_files=user_files,
                 cfg=deps.config,
                 volumes_dir=deps.paths.volumes_root / container_id,
                 target_pid=_target_pid(deps, current, config),
             )
-            if spec_builder.needs_rootfs(image):
+            if spec_builder.needs_rootfs(image, user_files):
                 mounts = await prepare()
                 built = await anyio.to_thread.run_sync(functools.partial(build, mounts=mounts))
             else:  # the spec needs nothing from the snapshot: make both side by side

@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from criproxy import host
 from criproxy.containers import rootfs, signals
 from criproxy.containers.model import EffectiveUser
-from criproxy.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
+from criproxy.errors import FailedPrecondition, Internal, InvalidArgument
 from criproxy.oci import ImageProcess, capabilities
 from criproxy.oci.container import (
     ContainerSpecInput,
@@ -51,36 +52,43 @@ class BuiltSpec:
     """Whether this host limits swap (the container's effective swap follows from it)."""
 
 
+UserFiles = tuple[str | None, str | None]
+"""An image's /etc/passwd and /etc/group (None: the image has none)."""
+
 _USER_FILES_KEPT = 256
-_user_files_by_chain: dict[str, tuple[str | None, str | None]] = {}
+_user_files_by_chain: dict[str, UserFiles] = {}
+_user_files_lock = threading.Lock()  # builds run in worker threads
 
 
-def _user_files(image: Image, mounts: Sequence[Mount]) -> tuple[str | None, str | None]:
-    """The image's /etc/passwd and /etc/group, read through its layers once per image (a
-    chain of layers never changes): the next containers of the image need no reads."""
+def known_user_files(image: Image) -> UserFiles | None:
+    """The image's user files when read before: a chain of layers never changes, so the
+    next containers of an image need no reads."""
     key = image.content.chain_id
-    cached = _user_files_by_chain.get(key) if key else None
-    if cached is not None:
-        return cached
-    if not mounts:  # needs_rootfs said no, and the files were dropped since: rare, retryable
-        raise Unavailable("the image's user files were not at hand; try again")
+    if not key:
+        return None
+    with _user_files_lock:
+        return _user_files_by_chain.get(key)
+
+
+def _read_user_files(image: Image, mounts: Sequence[Mount]) -> UserFiles:
     try:
         files = (rootfs.read_text(mounts, "/etc/passwd"), rootfs.read_text(mounts, "/etc/group"))
     except rootfs.UnreadableRootfs as err:
         raise FailedPrecondition(f"cannot resolve the container's user: {err}") from None
+    key = image.content.chain_id
     if key:
-        if len(_user_files_by_chain) >= _USER_FILES_KEPT:
-            del _user_files_by_chain[next(iter(_user_files_by_chain))]
-        _user_files_by_chain[key] = files
+        with _user_files_lock:
+            if len(_user_files_by_chain) >= _USER_FILES_KEPT:
+                del _user_files_by_chain[next(iter(_user_files_by_chain))]
+            _user_files_by_chain[key] = files
     return files
 
 
-def needs_rootfs(image: Image) -> bool:
+def needs_rootfs(image: Image, user_files: UserFiles | None) -> bool:
     """Whether `build` reads the container's rootfs (so its snapshot must be prepared
-    first): the image's user files not read yet, or VOLUMEs to fill from the image."""
+    first): the image's user files not at hand, or VOLUMEs to fill from the image."""
     image_config = image.content.config.raw.get("config") or {}
-    key = image.content.chain_id
-    return not key or key not in _user_files_by_chain or bool(image_config.get("Volumes"))
+    return user_files is None or bool(image_config.get("Volumes"))
 
 
 @cache
@@ -96,6 +104,7 @@ def build(
     sandbox: Sandbox,
     *,
     mounts: Sequence[Mount],
+    user_files: UserFiles | None,
     cfg: Config,
     volumes_dir: Path,
     target_pid: int,
@@ -104,7 +113,7 @@ def build(
     image_config = image.content.config.raw.get("config") or {}
     process = ImageProcess.from_image_config(image_config)
     security = config.security
-    passwd, group = _user_files(image, mounts)
+    passwd, group = user_files if user_files is not None else _read_user_files(image, mounts)
     for mount in config.mounts:
         _ensure_host_path(mount)
     bounding = _bounding_set()

@@ -144,15 +144,31 @@ def process_cgroup(pid: int, root: Path = ROOT, proc: Path = PROC) -> dict[str, 
     return dirs or None
 
 
-def read_cgroup(dirs: Mapping[str, Path], proc: Path = PROC) -> CgroupSample | None:
+class DeviceNames:
+    """Block device names by (major, minor), from /proc/partitions (as containerd), read
+    on first use: one read serves every sample of a batch."""
+
+    def __init__(self, proc: Path = PROC) -> None:
+        self._proc = proc
+        self._names: dict[tuple[int, int], str] | None = None
+
+    def __call__(self, major: int, minor: int) -> str:
+        if self._names is None:
+            self._names = _partitions(self._proc)
+        return self._names.get((major, minor), f"{major}:{minor}")
+
+
+def read_cgroup(
+    dirs: Mapping[str, Path], proc: Path = PROC, devices: DeviceNames | None = None
+) -> CgroupSample | None:
     """A cgroup's sample from its directories (`process_cgroup`'s shape); None when
     neither its CPU nor its memory accounting can be read (gone, or never there)."""
     if UNIFIED in dirs:
         return _v2(dirs[UNIFIED])
-    return _v1(dirs, proc)
+    return _v1(dirs, devices or DeviceNames(proc))
 
 
-def _v1(dirs: Mapping[str, Path], proc: Path) -> CgroupSample | None:
+def _v1(dirs: Mapping[str, Path], devices: DeviceNames) -> CgroupSample | None:
     memory, cpuacct = dirs.get("memory"), dirs.get("cpuacct")
     usage_text = _read(memory / "memory.usage_in_bytes") if memory else None
     cpu_text = _read(cpuacct / "cpuacct.usage") if cpuacct else None
@@ -173,13 +189,10 @@ def _v1(dirs: Mapping[str, Path], proc: Path) -> CgroupSample | None:
         )
     if usage_text is not None and memory is not None:
         fields.update(_v1_memory(memory, _int(usage_text)))
-    pids = dirs.get("pids")
-    current = _read(pids / "pids.current") if pids else None
-    if pids is not None and current is not None:
-        maximum = (_read(pids / "pids.max") or "").strip()
-        fields.update(pids=_int(current), pids_limit=0 if maximum == "max" else _int(maximum))
+    if "pids" in dirs:
+        fields.update(_pids(dirs["pids"]))
     if "blkio" in dirs:
-        fields["block_io"] = _v1_block_io(dirs["blkio"], proc)
+        fields["block_io"] = _v1_block_io(dirs["blkio"], devices)
     return CgroupSample(timestamp_ns=time.time_ns(), cgroup_version=1, **fields)  # type: ignore[arg-type]
 
 
@@ -221,6 +234,15 @@ def _v1_memory(memory: Path, usage: int) -> dict[str, object]:
     return fields
 
 
+def _pids(path: Path) -> dict[str, object]:
+    """The pids controller's count and limit ("max": none, 0), the same on v1 and v2."""
+    current = _read(path / "pids.current")
+    if current is None:
+        return {}
+    maximum = (_read(path / "pids.max") or "").strip()
+    return {"pids": _int(current), "pids_limit": 0 if maximum == "max" else _int(maximum)}
+
+
 def _partitions(proc: Path) -> dict[tuple[int, int], str]:
     """Block device names by (major, minor), from /proc/partitions (as containerd)."""
     names: dict[tuple[int, int], str] = {}
@@ -246,7 +268,7 @@ def _blkio_lines(path: Path) -> list[BlkioLine]:
     return lines
 
 
-def _v1_block_io(blkio: Path, proc: Path) -> tuple[BlockIo, ...]:
+def _v1_block_io(blkio: Path, devices: DeviceNames) -> tuple[BlockIo, ...]:
     """Reads and writes per device: CFQ's recursive counters where the kernel keeps
     them, else the throttle layer's (containerd falls back the same way)."""
     service_bytes = _blkio_lines(blkio / "blkio.io_service_bytes_recursive")
@@ -256,10 +278,7 @@ def _v1_block_io(blkio: Path, proc: Path) -> tuple[BlockIo, ...]:
         serviced = _blkio_lines(blkio / "blkio.throttle.io_serviced")
     if not service_bytes and not serviced:
         return ()
-    names = _partitions(proc)
-    return fold_v1_block_io(
-        service_bytes, serviced, lambda major, minor: names.get((major, minor), f"{major}:{minor}")
-    )
+    return fold_v1_block_io(service_bytes, serviced, devices)
 
 
 def _v2(path: Path) -> CgroupSample | None:
@@ -286,10 +305,7 @@ def _v2(path: Path) -> CgroupSample | None:
     if events is not None:
         counts = _stat(events)
         fields.update(oom_kills=counts.get("oom_kill", 0), failcnt=counts.get("max", 0))
-    pids = _read(path / "pids.current")
-    if pids is not None:
-        maximum = (_read(path / "pids.max") or "").strip()
-        fields.update(pids=_int(pids), pids_limit=0 if maximum == "max" else _int(maximum))
+    fields.update(_pids(path))
     io = _read(path / "io.stat")
     if io is not None:
         fields["block_io"] = _v2_block_io(io)

@@ -21,7 +21,14 @@ import anyio
 import structlog
 
 from criproxy.errors import CriproxyError
-from criproxy.stats.cgroupfs import PROC, ROOT, UNIFIED, process_cgroup, read_cgroup
+from criproxy.stats.cgroupfs import (
+    PROC,
+    ROOT,
+    UNIFIED,
+    DeviceNames,
+    process_cgroup,
+    read_cgroup,
+)
 from criproxy.stats.containerd import decode_metrics
 from criproxy.stats.sample import CgroupSample, nano_cores
 
@@ -70,7 +77,13 @@ class Sampler:
         the pid of its process, 0 when unknown); absent: none ever taken."""
         if not tasks:
             return {}
-        read = await anyio.to_thread.run_sync(self._read_cgroups, dict(tasks))
+        known = {
+            (i, pid): self._dirs[(i, pid)] for i, pid in tasks.items() if (i, pid) in self._dirs
+        }
+        read, dirs = await anyio.to_thread.run_sync(self._read_cgroups, dict(tasks), known)
+        for key in known.keys() - dirs.keys():
+            self._dirs.pop(key, None)
+        self._dirs.update(dirs)
         for task_id, sample in read.items():
             self._remember(task_id, sample)
         rest = [i for i in tasks if i not in read]
@@ -78,26 +91,32 @@ class Sampler:
             await self._sample_through_containerd(rest)
         return {i: self._last[i] for i in tasks if i in self._last}
 
-    def _read_cgroups(self, tasks: dict[str, int]) -> dict[str, CgroupSample]:
-        """Blocking: cgroupfs reads, one worker-thread hop for all of `tasks`."""
+    def _read_cgroups(
+        self, tasks: dict[str, int], known: dict[tuple[str, int], Mapping[str, Path]]
+    ) -> tuple[dict[str, CgroupSample], dict[tuple[str, int], Mapping[str, Path]]]:
+        """Blocking: cgroupfs reads, one worker-thread hop for all of `tasks`. Works on
+        its own copy of the known cgroup directories and returns the ones still good
+        (the event loop keeps the shared map)."""
         out = {}
+        good: dict[tuple[str, int], Mapping[str, Path]] = {}
+        devices = DeviceNames(self._proc)
         for task_id, pid in tasks.items():
             if pid <= 0:
                 continue
-            dirs = self._dirs.get((task_id, pid))
+            dirs = known.get((task_id, pid))
             if dirs is None:
                 found = process_cgroup(pid, self._cgroup_root, self._proc)
                 # The cgroup must be the task's own (its path names it): a pid read after
                 # the task exited may be another process's by now.
                 if not found or not all(task_id in str(d) for d in _accounting(found)):
                     continue
-                dirs = self._dirs[(task_id, pid)] = found
-            sample = read_cgroup(dirs, self._proc)
+                dirs = found
+            sample = read_cgroup(dirs, devices=devices)
             if sample is None:  # gone: the task is ending
-                self._dirs.pop((task_id, pid), None)
                 continue
+            good[(task_id, pid)] = dirs
             out[task_id] = sample
-        return out
+        return out, good
 
     async def _sample_through_containerd(self, ids: list[str]) -> None:
         try:
