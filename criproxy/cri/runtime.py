@@ -235,11 +235,10 @@ class RuntimeServicer:
         self, request: api_pb2.ListContainersRequest, context: Context
     ) -> bytes:
         """An encoded ListContainersResponse (see `convert/encoded.py`)."""
-        flt = request.filter
-        listed = self._containers_matching(flt)
-        if not flt.ByteSize():  # every container: the statuses of removed ones can go
-            self._container_statuses.retain({c.id for c in listed})
-        return self._listed_containers.encode(listed, complete=not flt.ByteSize())
+        listed = self._containers_matching(request.filter)
+        return _encode_listed(
+            self._listed_containers, self._container_statuses, listed, request.filter
+        )
 
     async def StreamContainers(  # noqa: N802
         self, request: api_pb2.StreamContainersRequest, context: Context
@@ -364,11 +363,8 @@ class RuntimeServicer:
         self, request: api_pb2.ListPodSandboxRequest, context: Context
     ) -> bytes:
         """An encoded ListPodSandboxResponse (see `convert/encoded.py`)."""
-        flt = request.filter
-        listed = self._pods_matching(flt)
-        if not flt.ByteSize():  # every pod: the statuses of removed ones can go
-            self._pod_statuses.retain({p.id for p in listed})
-        return self._listed_pods.encode(listed, complete=not flt.ByteSize())
+        listed = self._pods_matching(request.filter)
+        return _encode_listed(self._listed_pods, self._pod_statuses, listed, request.filter)
 
     async def StreamPodSandboxes(  # noqa: N802
         self, request: api_pb2.StreamPodSandboxesRequest, context: Context
@@ -460,3 +456,20 @@ class RuntimeServicer:
     ) -> api_pb2.UpdateRuntimeConfigResponse:
         await self._node.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
         return api_pb2.UpdateRuntimeConfigResponse()
+
+
+_Record = TypeVar("_Record", "Container", "Sandbox")
+
+
+def _encode_listed(
+    listing: EncodedList[_Record],
+    statuses: EncodedList[_Record],
+    records: list[_Record],
+    flt: api_pb2.ContainerFilter | api_pb2.PodSandboxFilter,
+) -> bytes:
+    """A list answer from its cached encodings; an unfiltered list names every record,
+    so both caches (the list's and the status calls') forget the removed ones."""
+    complete = not flt.ByteSize()
+    if complete:
+        statuses.retain({r.id for r in records})
+    return listing.encode(records, complete=complete)

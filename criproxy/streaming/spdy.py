@@ -561,9 +561,6 @@ class _Signal:
             self._waiters -= 1
 
 
-_TRANSPORT_ERRORS = CLIENT_GONE
-
-
 class SpdyStream:
     """One SPDY stream: a bidirectional byte stream with its own headers.
 
@@ -833,7 +830,7 @@ class SpdyConnection:
             self.error = exc
             log.info("spdy protocol error", error=str(exc), server=self._server)
             await self._goaway_after_error(exc.status)
-        except _TRANSPORT_ERRORS:
+        except CLIENT_GONE:
             pass  # the peer went away, or aclose() closed the transport under us
         finally:
             self._running = False
@@ -1199,7 +1196,7 @@ class SpdyConnection:
             # interrupted inside a write: the frame may be half written, the connection is
             # unusable from here on
             await self._abort()
-            if isinstance(exc, _TRANSPORT_ERRORS):
+            if isinstance(exc, CLIENT_GONE):
                 raise anyio.BrokenResourceError("connection lost while writing") from exc
             raise
 

@@ -1009,13 +1009,14 @@ def test_a_task_started_by_a_killed_criproxy_is_adopted(ctr_env: ContainerEnv) -
     # as if criproxy died between the task's start and recording it
     before = time.time_ns()
     started = ctr_env.pods.ctr("task", "start", "-d", container)
+    after = time.time_ns()
     assert started.returncode == 0, started.stderr
     time.sleep(1.0)
     proxy.start()
     status = ctr_env.status(container).status
     assert status.state == api_pb2.CONTAINER_RUNNING
     # the process's own start, not the adoption's (to the kernel's clock tick)
-    assert before - 20_000_000 <= status.started_at <= before + 800_000_000
+    assert before - 20_000_000 <= status.started_at <= after
     ctr_env.stop(container)
     assert ctr_env.status(container).status.state == api_pb2.CONTAINER_EXITED
     ctr_env.remove(container)
@@ -1036,10 +1037,7 @@ def test_a_started_containers_record_says_running_and_survives_a_kill(
         record = json.loads(base64.b64decode(info["Extensions"]["container"]["value"]))
         return str(record["state"])
 
-    deadline = time.monotonic() + 5
-    while recorded_state() != "running":
-        assert time.monotonic() < deadline, "the running state was never written"
-        time.sleep(0.05)
+    wait_until(lambda: recorded_state() == "running", 5, what="the running state written")
     proxy.kill()
     proxy.start()
     status = ctr_env.status(container).status
