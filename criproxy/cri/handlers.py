@@ -43,6 +43,7 @@ class _Call:
         self.started = time.monotonic()
         self.code = grpc.StatusCode.OK
         self.error = ""
+        self.finished = False
 
     async def fail(self, context: Context, exc: Exception) -> None:
         leaf = errors.unwrap(exc)
@@ -52,6 +53,9 @@ class _Call:
             self.code = grpc.StatusCode.INTERNAL
             self.error = f"internal error in {self.method}: {type(exc).__name__}: {exc}"
             log.error("unexpected error", method=self.method, exc_info=exc)
+        # Counted before the status leaves: a client that saw the error and then reads
+        # /metrics finds it counted.
+        self.finish()
         await context.abort(self.code, self.error)
 
     def aborted(self, context: Context) -> None:
@@ -59,6 +63,9 @@ class _Call:
         self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
     def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
         seconds = time.monotonic() - self.started
         metrics.observe_call(self.method, self.code.name, seconds)
         fields: dict[str, Any] = {

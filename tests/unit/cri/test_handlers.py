@@ -193,6 +193,28 @@ async def test_an_unexpected_error_answers_internal_naming_the_rpc() -> None:
     assert context.details == "internal error in StartContainer: RuntimeError: boom"
 
 
+class CountingContext(FakeContext):
+    """Remembers how often StopContainer's NOT_FOUND was counted when the status left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counted_at_abort = -1.0
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        self.counted_at_abort = _requests("StopContainer", "NOT_FOUND")
+        await super().abort(code, details)
+
+
+async def test_a_failed_call_is_counted_once_and_before_its_status_leaves() -> None:
+    before = _requests("StopContainer", "NOT_FOUND")
+    context = CountingContext()
+    raw = api_pb2.StopContainerRequest(container_id="abc").SerializeToString()
+    with pytest.raises(grpc.aio.AbortError):
+        await _call(_handler(RecordingServicer(), "StopContainer"), raw, context)
+    assert context.counted_at_abort == before + 1
+    assert _requests("StopContainer", "NOT_FOUND") == before + 1
+
+
 @pytest.mark.parametrize("method", ["ExecSync", "GetContainerEvents"])
 @pytest.mark.parametrize(
     ("outcome", "raised", "code"),
