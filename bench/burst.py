@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import threading
@@ -36,6 +37,7 @@ from bench.containers import STOP_TIMEOUT, _image, container_config
 from bench.pods import (
     CALL_TIMEOUT,
     RUN_TIMEOUT,
+    _busy_cpu_s,
     _leak_checks,
     _own_cpu_s,
     _preflight,
@@ -145,13 +147,14 @@ def burst(rt: Runtime, image: str, pods: int, run: int) -> dict[str, float]:
     """Start `pods` pods at once and tear them down at once; seconds and CPU of each phase."""
     with Relister(rt) as relister, ThreadPoolExecutor(pods) as pool:
         each0 = [cpu_seconds((pid,)) for pid in rt.pids]
-        cpu0, t0 = _own_cpu_s(rt.pids), time.perf_counter()
+        busy0, cpu0, t0 = _busy_cpu_s(), _own_cpu_s(rt.pids), time.perf_counter()
         started = list(pool.map(lambda i: start_pod(rt, image, run, i), range(pods)))
-        up, cpu1 = time.perf_counter() - t0, _own_cpu_s(rt.pids)
+        up, cpu1, busy1 = time.perf_counter() - t0, _own_cpu_s(rt.pids), _busy_cpu_s()
         each = [cpu_seconds((pid,)) - c for pid, c in zip(rt.pids, each0, strict=True)]
         t1 = time.perf_counter()
         list(pool.map(lambda p: stop_pod(rt, *p), started))
-        down, cpu2 = time.perf_counter() - t1, _own_cpu_s(rt.pids)
+        down, cpu2, busy2 = time.perf_counter() - t1, _own_cpu_s(rt.pids), _busy_cpu_s()
+        each2 = [cpu_seconds((pid,)) - c for pid, c in zip(rt.pids, each0, strict=True)]
     left = rt.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=CALL_TIMEOUT)
     if left.items:
         raise BenchError(f"{rt.name}: {len(left.items)} pods left after the teardown")
@@ -162,6 +165,9 @@ def burst(rt: Runtime, image: str, pods: int, run: int) -> dict[str, float]:
         "teardown_cpu_s": cpu2 - cpu1,
         "relist_calls": float(relister.calls),
         "start_cpu_own_process_s": each[0],
+        "teardown_cpu_own_process_s": each2[0] - each[0],
+        "start_machine_cpu_s": busy1 - busy0,
+        "teardown_machine_cpu_s": busy2 - busy1,
     }
 
 
@@ -222,8 +228,10 @@ def _report(
     for key, label in (
         ("start_s", "start, s"),
         ("start_cpu_s", "start, runtime CPU-s"),
+        ("start_machine_cpu_s", "start, machine CPU-s"),
         ("teardown_s", "teardown, s"),
         ("teardown_cpu_s", "teardown, runtime CPU-s"),
+        ("teardown_machine_cpu_s", "teardown, machine CPU-s"),
     ):
         cells = []
         medians = []
@@ -233,8 +241,28 @@ def _report(
             medians.append(med)
             cells.append(f"{med:.2f} ({min(values):.2f}-{max(values):.2f})")
         lines.append(f"{label:<22}{cells[0]:>22}{cells[1]:>22}{medians[0] / medians[1]:>8.2f}")
+    lines += _floor(samples)
     for name, version in versions.items():
         lines.append(f"{name}: {version}")
+    return lines
+
+
+def _floor(samples: dict[str, list[dict[str, float]]]) -> list[str]:
+    """What each phase could take at best if the runtime's own process (criproxy, or
+    containerd with its CRI plugin) cost no CPU: the CPU of everything else (criproxy's
+    containerd, shims, runc, CNI plugins, pause and workload processes, the kernel, this
+    client) spread over every core, as a ratio of containerd's median time."""
+    cores = os.cpu_count() or 1
+    lines = [f"if the runtime's own process cost no CPU ({cores} cores; ratio to containerd):"]
+    for phase in ("start", "teardown"):
+        wall = statistics.median(s[f"{phase}_s"] for s in samples["containerd"])
+        cells = []
+        for name in ("criproxy", "containerd"):
+            rest = statistics.median(
+                s[f"{phase}_machine_cpu_s"] - s[f"{phase}_cpu_own_process_s"] for s in samples[name]
+            )
+            cells.append(f"{name} {rest:.2f} CPU-s, >= {rest / cores / wall:.2f}x")
+        lines.append(f"  {phase}: the rest of the machine: " + "; ".join(cells))
     return lines
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 import anyio
@@ -84,14 +85,22 @@ class _Helper(Generic[_S]):
         return helper
 
 
+@dataclass(eq=False)
+class _SharedLease:
+    lease: str
+    view: Containerd
+    made: float
+    holders: int = 0
+
+
 class Containerd:
     """One channel to one containerd, in one namespace, with a helper per service."""
 
     def __init__(self, address: str, namespace: str, *, _channel: Channel | None = None) -> None:
         self._channel = _channel or Channel(address, namespace)
-        self._spares: dict[str, tuple[str, float]] = {}
-        """A lease made ahead per prefix, and when (see `leased`)."""
-        self._making: set[str] = set()
+        self._shared: dict[str, _SharedLease] = {}
+        """The lease each prefix's callers share (see `leased`)."""
+        self._sharing: dict[str, anyio.Lock] = {}
 
     _version = _Helper(VersionService)
     introspection = _Helper(IntrospectionService)
@@ -116,55 +125,51 @@ class Containerd:
         *,
         release_in: TaskGroup | None = None,
     ) -> AsyncIterator[Containerd]:
-        """A view under a fresh lease, deleted on the way out (in `release_in`'s background,
-        off the caller's path, when given).
+        """A view under a lease: what is created under it (a snapshot not yet referenced
+        by a record) is safe from containerd's GC until the caller is done with it; a lease
+        that cannot be deleted expires by itself.
 
-        What is created under it (a snapshot not yet referenced by a record) is safe from
-        containerd's GC until then; a lease that cannot be deleted expires by itself.
-
-        With `release_in`, the next lease of the prefix is made there once this one is done
-        with, so the next caller's path has no lease round trip (one spare per prefix, used
-        while it is young; a spare left by a killed criproxy is swept with its other leases).
+        Without `release_in`, the lease is the caller's own, deleted on the way out. With
+        it, one lease per prefix is shared by every caller while it is young (a quarter of
+        its expiry), so a pod set-up makes no lease round trip at all; a lease past that is
+        retired and deleted in `release_in`'s background once its last caller leaves. What
+        a retired lease held is referenced by its records by then, and what a caller undid
+        it removed itself. A shared lease left by a killed criproxy is swept with its other
+        leases.
         """
-        lease = self._take_spare(prefix, expire_after, release_in)
-        if lease is None:
+        if release_in is None:
             lease = await self.leases.create(prefix, expire_after)
-        try:
-            yield self.with_lease(lease)
-        finally:
-            if release_in is not None:
-                # after the work, not beside it: containerd writes its metadata one
-                # transaction at a time
-                release_in.start_soon(self._delete_lease, lease)
-                if prefix not in self._making and prefix not in self._spares:
-                    self._making.add(prefix)
-                    release_in.start_soon(self._make_spare, prefix, expire_after)
-            else:
+            try:
+                yield self.with_lease(lease)
+            finally:
                 with anyio.CancelScope(shield=True):
                     await self._delete_lease(lease)
-
-    def _take_spare(
-        self, prefix: str, expire_after: datetime.timedelta, release_in: TaskGroup | None
-    ) -> str | None:
-        spare = self._spares.pop(prefix, None) if release_in is not None else None
-        if spare is None:
-            return None
-        lease, made = spare
-        if time.monotonic() - made < expire_after.total_seconds() / 4:
-            return lease
-        assert release_in is not None
-        release_in.start_soon(self._delete_lease, lease)  # too old to trust its expiry
-        return None
-
-    async def _make_spare(self, prefix: str, expire_after: datetime.timedelta) -> None:
-        try:
-            lease = await self.leases.create(prefix, expire_after)
-        except CriproxyError as err:
-            log.debug("spare lease not made", prefix=prefix, error=err.message)
             return
+        shared = await self._join_shared(prefix, expire_after, release_in)
+        try:
+            yield shared.view
         finally:
-            self._making.discard(prefix)
-        self._spares[prefix] = (lease, time.monotonic())
+            shared.holders -= 1
+            if shared.holders == 0 and self._shared.get(prefix) is not shared:
+                release_in.start_soon(self._delete_lease, shared.lease)
+
+    async def _join_shared(
+        self, prefix: str, expire_after: datetime.timedelta, release_in: TaskGroup
+    ) -> _SharedLease:
+        young = expire_after.total_seconds() / 4
+        current = self._shared.get(prefix)
+        if current is None or time.monotonic() - current.made >= young:
+            lock = self._sharing.setdefault(prefix, anyio.Lock())
+            async with lock:  # one lease made for a burst of set-ups, not one each
+                current = self._shared.get(prefix)
+                if current is None or time.monotonic() - current.made >= young:
+                    lease = await self.leases.create(prefix, expire_after)
+                    if current is not None and current.holders == 0:
+                        release_in.start_soon(self._delete_lease, current.lease)
+                    current = _SharedLease(lease, self.with_lease(lease), time.monotonic())
+                    self._shared[prefix] = current
+        current.holders += 1
+        return current
 
     async def _delete_lease(self, lease: str) -> None:
         try:

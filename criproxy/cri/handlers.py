@@ -35,6 +35,16 @@ UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 
 
+def _reads_only(method: str) -> bool:
+    """The polling calls (the kubelet's relists, status and stats): their successes are
+    logged at debug, as containerd logs them, so a node's log is its changes."""
+    return (
+        method.startswith(("List", "Stream"))
+        or method.endswith(("Status", "Stats"))
+        or (method in ("Version", "RuntimeConfig", "ImageFsInfo"))
+    )
+
+
 class _Call:
     """Bookkeeping for one call: its outcome decides the status code logged and counted."""
 
@@ -44,6 +54,7 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.error = ""
         self.finished = False
+        self.quiet = _reads_only(method)
 
     async def fail(self, context: Context, exc: Exception) -> None:
         leaf = errors.unwrap(exc)
@@ -75,7 +86,10 @@ class _Call:
         }
         if self.error:
             fields["error"] = self.error
-        log.info("cri call", **fields)
+        if self.quiet and self.code is grpc.StatusCode.OK:
+            log.debug("cri call", **fields)
+        else:
+            log.info("cri call", **fields)
 
 
 def _decode(request_cls: type[Message], raw: bytes) -> Message:

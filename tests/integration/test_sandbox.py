@@ -326,7 +326,7 @@ def test_many_lifecycles_leak_nothing(pod_env: PodEnv) -> None:
             sorted(pod_env.allocations()),
             pod_env.ctr("containers", "ls", "-q").stdout,
             len(pod_env.ctr("snapshots", "ls").stdout.splitlines()),
-            # by prefix: criproxy keeps one spare lease per kind, renewed with every use
+            # by prefix: criproxy keeps one shared set-up lease per kind, renewed as it ages
             sorted(
                 lease.rsplit("-", 1)[0]
                 for lease in pod_env.ctr("leases", "ls", "-q").stdout.split()

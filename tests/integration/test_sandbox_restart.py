@@ -159,28 +159,37 @@ def _active_snapshots(pod_env: PodEnv) -> int:
     return sum(" Active" in line for line in pod_env.ctr("snapshots", "ls").stdout.splitlines())
 
 
-def _criproxy_leases(pod_env: PodEnv) -> list[str]:
-    listed = pod_env.ctr("leases", "ls", "-q").stdout.split()
-    return [lease for lease in listed if lease.startswith("criproxy-")]
+def _leases_of(pod_env: PodEnv, pid: int) -> list[str]:
+    """The leases whose owner label names process `pid` (`<boot>/<pid>/<start>`)."""
+    lines = pod_env.ctr("leases", "ls").stdout.splitlines()[1:]
+    return [
+        line.split()[0]
+        for line in lines
+        if "io.criproxy.owner=" in line
+        and f"/{pid}/" in line.split("io.criproxy.owner=", 1)[1].split(",", 1)[0]
+    ]
 
 
 def test_kill_9_during_ten_run_pod_sandboxes_frees_their_leases_and_snapshots(
     slow_proxy: Criproxy, pod_env: PodEnv
 ) -> None:
     active_before = _active_snapshots(pod_env)
-    leases_before = _criproxy_leases(pod_env)
     results: list[object] = []
     threads = [_run_in_thread(slow_proxy, f"leased-{i}", results) for i in range(10)]
     time.sleep(1.5)  # every set-up is inside its slow CNI ADD, under its lease
-    held = [lease for lease in _criproxy_leases(pod_env) if lease not in leases_before]
-    assert len(held) == 10, held
+    assert slow_proxy.proc is not None
+    held = _leases_of(pod_env, slow_proxy.proc.pid)
+    assert len(held) == 1, held  # one set-up lease, shared by the ten
+    assert _active_snapshots(pod_env) >= active_before + 10  # what it holds
     slow_proxy.kill()
     for thread in threads:
         thread.join(30)
     slow_proxy.start()  # recovery has run when it answers
     pods = slow_proxy.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
     try:
-        assert [lease for lease in _criproxy_leases(pod_env) if lease in held] == []
+        assert [
+            lease for lease in pod_env.ctr("leases", "ls", "-q").stdout.split() if lease in held
+        ] == []
         assert {pod.state for pod in pods} <= {api_pb2.SANDBOX_NOTREADY}
     finally:
         for pod in pods:

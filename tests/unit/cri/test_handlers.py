@@ -7,6 +7,7 @@ serves the real servicers over a unix socket and sends them raw bytes, as a fuzz
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import tempfile
 from collections import Counter
@@ -191,6 +192,23 @@ async def test_an_unexpected_error_answers_internal_naming_the_rpc() -> None:
         await _call(_handler(RecordingServicer(), "StartContainer"), b"", context)
     assert context.status == grpc.StatusCode.INTERNAL
     assert context.details == "internal error in StartContainer: RuntimeError: boom"
+
+
+@pytest.mark.parametrize(
+    ("method", "raw", "level"),
+    [
+        ("Version", b"", "debug"),  # a polling call that succeeded
+        ("Version", NOT_A_MESSAGE, "info"),  # a polling call that failed
+        ("StopContainer", b"", "info"),  # a change
+    ],
+)
+async def test_polling_calls_that_succeed_are_logged_at_debug(
+    method: str, raw: bytes, level: str
+) -> None:
+    with structlog.testing.capture_logs() as logs, contextlib.suppress(grpc.aio.AbortError):
+        await _call(_handler(RecordingServicer(), method), raw, FakeContext())
+    (line,) = [e for e in logs if e["event"] == "cri call"]
+    assert line["log_level"] == level
 
 
 class CountingContext(FakeContext):
