@@ -17,7 +17,28 @@ T = TypeVar("T")
 
 
 def to_json(record: Any) -> bytes:
-    return json.dumps(dataclasses.asdict(record), sort_keys=True).encode()
+    """The same JSON as `dataclasses.asdict` would give, without its deep copy: nested
+    records are expanded as the encoder reaches them (a record is written on every state
+    change of every pod and container)."""
+    return _ENCODER.encode(record).encode()
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _expand(value: Any) -> Any:
+    cls = type(value)
+    names = _FIELDS.get(cls)
+    if names is None:
+        if not dataclasses.is_dataclass(value):
+            if isinstance(value, Mapping):
+                return dict(value)
+            raise TypeError(f"{cls.__name__} is not JSON serializable")
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(value))
+    return {name: getattr(value, name) for name in names}
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, default=_expand)
 
 
 def from_json(cls: type[T], raw: bytes) -> T:

@@ -31,6 +31,11 @@ def test_sandbox_record_round_trips_through_json() -> None:
         cni_result={"cniVersion": "1.0.0"},
     )
     assert Sandbox.from_json(sandbox.to_json()) == sandbox
+    # byte for byte what records written before the encoder without deep copies held
+    import dataclasses
+    import json
+
+    assert sandbox.to_json() == json.dumps(dataclasses.asdict(sandbox), sort_keys=True).encode()
 
 
 def test_resources_in_a_record_of_an_older_version_read_as_dataclasses() -> None:
