@@ -440,7 +440,7 @@ class RuntimeServicer:
             ),
             info=self._node.verbose_info(status) if request.verbose else {},
             runtime_handlers=handlers,
-            features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
+            features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True, mount_options=True),
         )
 
     async def RuntimeConfig(  # noqa: N802

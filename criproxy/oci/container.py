@@ -90,6 +90,14 @@ class MountConfig:
     image: str = ""
     """An image volume (CRI `Mount.image`); host_path is then the image's mounted rootfs."""
     image_sub_path: str = ""
+    options: tuple[str, ...] = ()
+    """Per-mount flags asked for beside the bind (CRI `Mount.mount_options`): a subset of
+    BIND_OPTIONS, validated on the way in."""
+
+
+BIND_OPTIONS = ("noexec", "nodev", "nosuid")
+"""The mount flags CRI's `Mount.mount_options` may ask for (KEP-5855): each only takes a
+power away from the container, so none needs a privilege."""
 
 
 @dataclass(frozen=True)
@@ -594,6 +602,7 @@ def _bind(m: MountConfig, propagation: str) -> tuple[dict[str, Any], str]:
         options.append("rro")  # runc >= 1.1: mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)
     else:
         options.append("ro" if m.readonly else "rw")
+    options.extend(o for o in BIND_OPTIONS if o in m.options)  # runc remounts with them
     entry: dict[str, Any] = {
         "destination": m.container_path,
         "type": "bind",

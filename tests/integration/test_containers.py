@@ -567,6 +567,55 @@ def test_recursive_read_only_mounts_cover_submounts(ctr_env: ContainerEnv) -> No
         shutil.rmtree(host, ignore_errors=True)
 
 
+def test_mount_options_make_a_bind_noexec_nosuid_nodev(ctr_env: ContainerEnv) -> None:
+    status = ctr_env.runtime.Status(api_pb2.StatusRequest())
+    assert status.features.mount_options  # advertised: the kubelet sends them only then
+    host = Path(tempfile.mkdtemp(prefix="cpx-mntopt-", dir="/tmp"))
+    shutil.copy("/bin/busybox", host / "true")  # busybox runs the applet it is named
+    try:
+        pod_id, pod = ctr_env.pod("mntopt")
+
+        def with_options(name: str, *options: str, readonly: bool = False) -> str:
+            mount = api_pb2.Mount(
+                container_path="/data",
+                host_path=str(host),
+                readonly=readonly,
+                mount_options=list(options),
+            )
+            return ctr_env.run(pod_id, pod, name, args=["sleep 1000"], mounts=[mount])
+
+        hardened = with_options("hardened", "noexec", "nosuid", "nodev")
+        read_only = with_options("readonly", "noexec", readonly=True)
+        plain = with_options("plain")
+        for container in (hardened, read_only):  # the shell's 126: found, not executable
+            assert ctr_env.exec(container, "sh", "-c", "/data/true").exit_code == 126
+        assert ctr_env.exec(plain, "sh", "-c", "/data/true").exit_code == 0
+
+        def flags(container: str) -> set[str]:
+            mountinfo = ctr_env.exec(container, "cat", "/proc/self/mountinfo").stdout.decode()
+            (line,) = [ln for ln in mountinfo.splitlines() if ln.split()[4] == "/data"]
+            return set(line.split()[5].split(","))
+
+        assert {"noexec", "nosuid", "nodev", "rw"} <= flags(hardened)
+        assert {"noexec", "ro"} <= flags(read_only)
+        assert not {"noexec", "nosuid", "nodev"} & flags(plain)
+        assert ctr_env.status(hardened).status.mounts[0].mount_options == [
+            "noexec",
+            "nosuid",
+            "nodev",
+        ]
+
+        bad = api_pb2.Mount(container_path="/data", host_path=str(host), mount_options=["exec"])
+        with pytest.raises(grpc.RpcError) as err:
+            ctr_env.create(pod_id, pod, "bad", args=["true"], mounts=[bad])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "mount_options ['exec'] not supported" in str(err.value.details())
+        for c in (hardened, read_only, plain):
+            ctr_env.remove(c)
+    finally:
+        shutil.rmtree(host, ignore_errors=True)
+
+
 def _userns_pod(ctr_env: ContainerEnv, name: str, userns: api_pb2.UserNamespace):  # type: ignore[no-untyped-def]
     return ctr_env.pod(
         name,
@@ -760,11 +809,11 @@ def test_devices_and_the_configured_stop_signal(ctr_env: ContainerEnv) -> None:
         "dev",
         args=["trap 'exit 42' INT; sleep 1000 & wait"],
         devices=[device],
-        stop_signal=api_pb2.SIGINT,
+        stop_signal=api_pb2.SIGNAL_SIGINT,
     )
     assert ctr_env.exec(container, "sh", "-c", "echo x > /dev/mynull").exit_code == 0
     assert ctr_env.exec(container, "stat", "-c", "%t:%T", "/dev/mynull").stdout == b"1:3\n"
-    assert ctr_env.status(container).status.stop_signal == api_pb2.SIGINT
+    assert ctr_env.status(container).status.stop_signal == api_pb2.SIGNAL_SIGINT
     time.sleep(0.3)
     ctr_env.stop(container, timeout=30)
     assert ctr_env.status(container).status.exit_code == 42
@@ -774,9 +823,9 @@ def test_devices_and_the_configured_stop_signal(ctr_env: ContainerEnv) -> None:
         pod,
         "rt",
         args=["trap 'exit 43' 35; sleep 1000 & wait"],
-        stop_signal=api_pb2.SIGRTMINPLUS1,
+        stop_signal=api_pb2.SIGNAL_SIGRTMINPLUS1,
     )
-    assert ctr_env.status(realtime).status.stop_signal == api_pb2.SIGRTMINPLUS1
+    assert ctr_env.status(realtime).status.stop_signal == api_pb2.SIGNAL_SIGRTMINPLUS1
     time.sleep(0.3)
     ctr_env.stop(realtime, timeout=30)
     assert ctr_env.status(realtime).status.exit_code == 43

@@ -24,6 +24,7 @@ from criproxy.cri.convert.sandbox import (
 )
 from criproxy.errors import InvalidArgument
 from criproxy.oci.container import (
+    BIND_OPTIONS,
     ContainerConfig,
     ContainerResources,
     ContainerSecurity,
@@ -72,6 +73,12 @@ def _mount(i: int, m: api_pb2.Mount) -> MountConfig:
                 f"{field}: recursive_read_only needs private propagation "
                 f"(mount {m.container_path!r} has {propagation})"
             )
+    unknown = [o for o in m.mount_options if o not in BIND_OPTIONS]
+    if unknown:
+        raise InvalidArgument(
+            f"{field}.mount_options {unknown} not supported on mount {m.container_path!r} "
+            f"(supported: {', '.join(BIND_OPTIONS)})"
+        )
     return MountConfig(
         container_path=m.container_path,
         host_path=m.host_path,
@@ -83,6 +90,7 @@ def _mount(i: int, m: api_pb2.Mount) -> MountConfig:
         gid_mappings=id_mappings(m.gidMappings),
         image=m.image.image if m.HasField("image") else "",
         image_sub_path=m.image_sub_path,
+        options=tuple(dict.fromkeys(m.mount_options)),
     )
 
 
@@ -182,13 +190,25 @@ def _security(ctx: api_pb2.LinuxContainerSecurityContext) -> ContainerSecurity:
     )
 
 
+_SIGNAL_PREFIX = "SIGNAL_"
+"""CRI's Signal values are `SIGNAL_` and the signal's name (`SIGNAL_SIGRTMINPLUS3`); a
+container keeps the signal's name alone (`SIGRTMINPLUS3`), as records always have."""
+
+
 def _stop_signal(value: int) -> str:
-    if value == api_pb2.RUNTIME_DEFAULT:
+    if value == api_pb2.SIGNAL_RUNTIME_DEFAULT:
         return ""
     try:
-        return api_pb2.Signal.Name(value)  # type: ignore[arg-type]
+        return api_pb2.Signal.Name(value).removeprefix(_SIGNAL_PREFIX)  # type: ignore[arg-type]
     except ValueError:
         raise InvalidArgument(f"config.stop_signal {value} is not a signal") from None
+
+
+def _stop_signal_value(name: str) -> api_pb2.Signal.ValueType:
+    try:
+        return api_pb2.Signal.Value(_SIGNAL_PREFIX + name)
+    except ValueError:
+        return api_pb2.SIGNAL_RUNTIME_DEFAULT
 
 
 def container_config(config: api_pb2.ContainerConfig) -> ContainerConfig:
@@ -301,6 +321,7 @@ def _mount_view(m: MountConfig) -> api_pb2.Mount:
         ],
         image=api_pb2.ImageSpec(image=m.image) if m.image else None,
         image_sub_path=m.image_sub_path,
+        mount_options=m.options,
     )
 
 
@@ -333,9 +354,7 @@ def to_status(c: Container) -> api_pb2.ContainerStatus:
         log_path=c.log_path,
         resources=_resources_view(c.config.resources),
         user=user,
-        stop_signal=api_pb2.Signal.Value(c.stop_signal)
-        if c.stop_signal in api_pb2.Signal.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
-        else api_pb2.RUNTIME_DEFAULT,
+        stop_signal=_stop_signal_value(c.stop_signal),
     )
 
 

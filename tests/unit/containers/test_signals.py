@@ -7,7 +7,11 @@ import pytest
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containers import signals
 
-_CRI_NAMES = [k for k in api_pb2.Signal.keys() if k != "RUNTIME_DEFAULT"]  # noqa: SIM118
+_CRI_NAMES = [
+    k.removeprefix("SIGNAL_")
+    for k in api_pb2.Signal.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
+    if k != "SIGNAL_RUNTIME_DEFAULT"
+]
 
 
 @pytest.mark.parametrize("name", _CRI_NAMES)

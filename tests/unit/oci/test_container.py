@@ -359,6 +359,14 @@ def test_host_ipc_pods_get_the_hosts_dev_shm() -> None:
             ["rbind", "rprivate", "rro"],
         ),
         (MountConfig("/data", "/srv/data", selinux_relabel=True), ["rbind", "rprivate", "rw"]),
+        (
+            MountConfig("/data", "/srv/data", options=("nosuid", "noexec")),
+            ["rbind", "rprivate", "rw", "noexec", "nosuid"],
+        ),
+        (
+            MountConfig("/data", "/srv/data", readonly=True, options=("nodev",)),
+            ["rbind", "rprivate", "ro", "nodev"],
+        ),
     ],
 )
 def test_cri_bind_mounts(mount_config: MountConfig, options: list[str]) -> None:

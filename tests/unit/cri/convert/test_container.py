@@ -175,6 +175,11 @@ def test_container_fields_are_checked(mutation: Mutation, message: str) -> None:
             "config.mounts[1]: recursive_read_only needs private propagation "
             "(mount '/data' has rslave)",
         ),
+        (
+            {"mount_options": ["noexec", "ro", "bind"]},
+            "config.mounts[1].mount_options ['ro', 'bind'] not supported on mount '/data' "
+            "(supported: noexec, nodev, nosuid)",
+        ),
     ],
 )
 def test_mounts_are_checked(fields: dict[str, Any], message: str) -> None:
@@ -282,6 +287,7 @@ def test_a_full_config_is_carried_over() -> None:
         readonly=True,
         selinux_relabel=True,
         recursive_read_only=True,
+        mount_options=["nosuid", "noexec", "nodev"],
         uidMappings=[api_pb2.IDMapping(container_id=0, host_id=1000, length=1)],
         gidMappings=[api_pb2.IDMapping(container_id=0, host_id=2000, length=1)],
     )
@@ -294,7 +300,7 @@ def test_a_full_config_is_carried_over() -> None:
     config.annotations["note"] = "x"
     config.log_path = "app/0.log"
     config.stdin = config.stdin_once = config.tty = True
-    config.stop_signal = api_pb2.SIGQUIT
+    config.stop_signal = api_pb2.SIGNAL_SIGQUIT
     config.linux.resources.CopyFrom(
         api_pb2.LinuxContainerResources(
             cpu_period=100000,
@@ -355,6 +361,7 @@ def test_a_full_config_is_carried_over() -> None:
                 recursive_read_only=True,
                 uid_mappings=(IdMapping(0, 1000, 1),),
                 gid_mappings=(IdMapping(0, 2000, 1),),
+                options=("nosuid", "noexec", "nodev"),
             ),
             MountConfig(container_path="/img", host_path="", image="data:1", image_sub_path="sub"),
         ),
@@ -513,21 +520,25 @@ def test_a_localhost_profile_names_its_ref(kind: str) -> None:
     assert getattr(converted.security, kind) == "localhost/k8s-app"
 
 
-SIGNALS = [name for name in api_pb2.Signal.keys() if name != "RUNTIME_DEFAULT"]  # noqa: SIM118
+SIGNALS = [name for name in api_pb2.Signal.keys() if name != "SIGNAL_RUNTIME_DEFAULT"]  # noqa: SIM118
 
 
 @pytest.mark.parametrize("name", SIGNALS)
 def test_each_stop_signal_converts_both_ways(name: str) -> None:
+    """A container keeps the signal's own name (as records of every version do); CRI's
+    value is that name with the `SIGNAL_` prefix."""
     value = api_pb2.Signal.Value(name)
-    assert _converted(set_field("stop_signal", value)).stop_signal == name
-    assert container_cri.to_status(_container(stop_signal=name)).stop_signal == value
+    kept = name.removeprefix("SIGNAL_")
+    assert kept.startswith("SIG")
+    assert _converted(set_field("stop_signal", value)).stop_signal == kept
+    assert container_cri.to_status(_container(stop_signal=kept)).stop_signal == value
 
 
 def test_the_runtime_default_stop_signal_is_none_given() -> None:
-    assert _converted(set_field("stop_signal", api_pb2.RUNTIME_DEFAULT)).stop_signal == ""
+    assert _converted(set_field("stop_signal", api_pb2.SIGNAL_RUNTIME_DEFAULT)).stop_signal == ""
     for unnamed in ("", "SIGRTMIN+3"):
         status = container_cri.to_status(_container(stop_signal=unnamed))
-        assert status.stop_signal == api_pb2.RUNTIME_DEFAULT
+        assert status.stop_signal == api_pb2.SIGNAL_RUNTIME_DEFAULT
 
 
 # --- views out --------------------------------------------------------------------------
@@ -601,6 +612,7 @@ def test_to_status() -> None:
         propagation="rshared",
         uid_mappings=(IdMapping(0, 1000, 1),),
         gid_mappings=(IdMapping(0, 2000, 2),),
+        options=("noexec",),
     )
     image_mount = MountConfig(
         container_path="/img", host_path="", image="data:1", image_sub_path="sub"
@@ -656,6 +668,7 @@ def test_to_status() -> None:
                 propagation=api_pb2.PROPAGATION_BIDIRECTIONAL,
                 uidMappings=[api_pb2.IDMapping(container_id=0, host_id=1000, length=1)],
                 gidMappings=[api_pb2.IDMapping(container_id=0, host_id=2000, length=2)],
+                mount_options=["noexec"],
             ),
             api_pb2.Mount(
                 container_path="/img", image=api_pb2.ImageSpec(image="data:1"), image_sub_path="sub"
@@ -679,7 +692,7 @@ def test_to_status() -> None:
         user=api_pb2.ContainerUser(
             linux=api_pb2.LinuxContainerUser(uid=1000, gid=1000, supplemental_groups=[1000, 5])
         ),
-        stop_signal=api_pb2.SIGINT,
+        stop_signal=api_pb2.SIGNAL_SIGINT,
     )
 
 
