@@ -80,6 +80,13 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class CheckpointSection:
+    criu_path: str = ""
+    """The CRIU binary runc runs for checkpoints and restores; empty: the first `criu`
+    on criproxy's PATH."""
+
+
+@dataclass(frozen=True)
 class RuntimeHandler:
     name: str
     runtime_type: str = "io.containerd.runc.v2"
@@ -128,6 +135,7 @@ class Config:
     stream_idle_timeout: float = 4 * 3600.0
     """A streaming connection with no data either way for this long is closed."""
     metrics: MetricsSection = MetricsSection()
+    checkpoint: CheckpointSection = CheckpointSection()
     runtimes: Mapping[str, RuntimeHandler] = field(default_factory=_default_runtimes)
 
     @property
@@ -403,6 +411,7 @@ _TOP: Mapping[str, Parser] = {
     ),
     "stream_idle_timeout": _positive_duration,
     "metrics": _sub(MetricsSection, {"address": _host_port}),
+    "checkpoint": _sub(CheckpointSection, {"criu_path": _abs_or_empty}),
     "runtimes": _runtimes,
 }
 

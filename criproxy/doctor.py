@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from criproxy import host
+from criproxy import criu, host
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedPaths
 from criproxy.errors import CriproxyError
@@ -121,6 +121,20 @@ def _host_checks(config: Config) -> list[Check]:
     return checks
 
 
+def _criu_check(config: Config) -> Check:
+    """CRIU is optional (only checkpoints need it) unless the config names one."""
+    configured = config.checkpoint.criu_path
+    found = criu.probe(configured)
+    if found.usable:
+        return Check("CRIU", True, f"{found.path}: {found.version}, `criu check` passes")
+    return Check(
+        "CRIU",
+        not configured,
+        f"{found.problem}; CheckpointContainer answers FAILED_PRECONDITION",
+        "install CRIU >= 4.0 and set [checkpoint] criu_path to it",
+    )
+
+
 async def _containerd_check(config: Config) -> Check:
     if config.managed:
         paths = ManagedPaths.under(config.root, config.state)
@@ -172,6 +186,7 @@ async def run_doctor(config: Config) -> int:
     checks = [await _containerd_check(config)]
     checks += await anyio.to_thread.run_sync(_runtime_checks, config)
     checks += await anyio.to_thread.run_sync(_host_checks, config)
+    checks.append(await anyio.to_thread.run_sync(_criu_check, config))
     print(render(checks))
     failed = [c for c in checks if not c.ok]
     print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed", file=sys.stdout)

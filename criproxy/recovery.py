@@ -94,6 +94,8 @@ class Recovery:
         await self._rebuild_containers(tasks)
         await self._sweep_pod_orphans(pod_records)
         await self._sweep_container_orphans()
+        # No checkpoint outlives the process that made it: its CRIU images are waste.
+        await anyio.to_thread.run_sync(remove_tree, self._containers.paths.checkpoint_root)
         self._gate.open()
         log.info(
             "recovered",

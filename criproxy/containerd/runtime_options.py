@@ -23,6 +23,7 @@ class RuncOptions:
     no_pivot_root: bool = False
     no_new_keyring: bool = False
     shim_cgroup: str = ""
+    criu_path: str = ""
 
     def to_any(self) -> any_pb2.Any:
         msg = oci_pb2.Options(
@@ -32,6 +33,7 @@ class RuncOptions:
             no_pivot_root=self.no_pivot_root,
             no_new_keyring=self.no_new_keyring,
             shim_cgroup=self.shim_cgroup,
+            criu_path=self.criu_path,
         )
         return any_pb2.Any(type_url=TYPE_URL, value=msg.SerializeToString())
 
@@ -47,4 +49,5 @@ class RuncOptions:
             msg.no_pivot_root,
             msg.no_new_keyring,
             msg.shim_cgroup,
+            msg.criu_path,
         )

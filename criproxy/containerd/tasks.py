@@ -182,6 +182,33 @@ class TasksService:
             return None
         return TaskExitInfo(resp.pid, resp.exit_status, resp.exited_at.ToNanoseconds())
 
+    async def checkpoint(
+        self, container_id: str, options: any_pb2.Any, timeout: float | None
+    ) -> None:
+        """Dump the task's processes with CRIU where `options` says (runc's
+        CheckpointOptions with an `image_path`: containerd then writes nothing to its
+        content store); DeadlineExceeded after `timeout` seconds."""
+        await self._channel.unary(
+            self._stub.Checkpoint,
+            tasks_pb2.CheckpointTaskRequest(container_id=container_id, options=options),
+            operation=f"checkpoint task {container_id}",
+            timeout=timeout,
+        )
+
+    async def pause(self, container_id: str) -> None:
+        await self._channel.unary(
+            self._stub.Pause,
+            tasks_pb2.PauseTaskRequest(container_id=container_id),
+            operation=f"pause task {container_id}",
+        )
+
+    async def resume(self, container_id: str) -> None:
+        await self._channel.unary(
+            self._stub.Resume,
+            tasks_pb2.ResumeTaskRequest(container_id=container_id),
+            operation=f"resume task {container_id}",
+        )
+
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """Apply new `linux.resources` (an OCI LinuxResources object) to the running task."""
         await self._channel.unary(

@@ -160,7 +160,7 @@ async def _create(
                     },
                     image=container.image.name,
                     runtime=handler.runtime_type,
-                    runtime_options=runc_options(handler, deps.config.cgroup_driver),
+                    runtime_options=runc_options(handler, deps.config),
                     spec=built.spec,
                     snapshotter=snapshotter,
                     snapshot_key=container_id,

@@ -44,6 +44,8 @@ class ContainerPaths:
     """Per container: the image's volumes, copied out of the image."""
     idmap_root: Path
     """Per container of a pod with a user namespace: its idmapped layers."""
+    checkpoint_root: Path
+    """Per checkpoint under way: CRIU's images and work files (swept at start)."""
 
     @classmethod
     def of(cls, config: Config) -> ContainerPaths:
@@ -51,6 +53,7 @@ class ContainerPaths:
             io_root=config.state / "containers",
             volumes_root=config.root / "containers",
             idmap_root=config.state / "idmap",
+            checkpoint_root=config.state / "checkpoints",
         )
 
 

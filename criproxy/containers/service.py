@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from criproxy.containers import (
     attach,
+    checkpoint,
     create,
     exec,
     exits,
@@ -93,6 +94,11 @@ class ContainerService:
     async def attach_session(self, request: AttachRequest, streams: SessionStreams) -> int:
         return await attach.attach_session(self.deps, request, streams)
 
+    async def checkpoint(
+        self, container_id: str, location: str, timeout: float, status_json: bytes
+    ) -> None:
+        await checkpoint.checkpoint(self.deps, container_id, location, timeout, status_json)
+
     async def reopen_log(self, container_id: str) -> None:
         await logs.reopen_log(self.deps, container_id)
 
@@ -132,7 +138,7 @@ class ContainerService:
             return "", None
         config = self.deps.config
         handler = resolve_handler(config, sandbox.runtime_handler)
-        options = runc_options(handler, config.cgroup_driver)
+        options = runc_options(handler, config)
         return handler.runtime_type, dataclasses.asdict(options) if options else None
 
     @property

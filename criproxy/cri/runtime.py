@@ -6,6 +6,8 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, TypeVar
 
+from google.protobuf import json_format
+
 from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.cri.convert import container as container_cri
@@ -270,6 +272,22 @@ class RuntimeServicer:
         resources = container_cri.resources(request.linux, "linux")
         await self._containers.update_resources(request.container_id, resources)
         return api_pb2.UpdateContainerResourcesResponse()
+
+    async def CheckpointContainer(  # noqa: N802
+        self, request: api_pb2.CheckpointContainerRequest, context: Context
+    ) -> api_pb2.CheckpointContainerResponse:
+        if request.timeout < 0:
+            raise InvalidArgument(f"timeout {request.timeout} is negative")
+        container = self._containers.get(request.container_id)
+        status = json_format.MessageToJson(
+            container_cri.to_status(container),
+            preserving_proto_field_name=True,
+            use_integers_for_enums=True,
+        )
+        await self._containers.checkpoint(
+            container.id, request.location, float(request.timeout), status.encode()
+        )
+        return api_pb2.CheckpointContainerResponse()
 
     async def ReopenContainerLog(  # noqa: N802
         self, request: api_pb2.ReopenContainerLogRequest, context: Context

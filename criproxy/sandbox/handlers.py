@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from criproxy import criu
 from criproxy.containerd import RuncOptions
 from criproxy.errors import InvalidArgument
 
@@ -23,18 +24,21 @@ def resolve_handler(config: Config, name: str) -> RuntimeHandler:
     return handler
 
 
-def runc_options(handler: RuntimeHandler, cgroup_driver: str) -> RuncOptions | None:
-    """The runc shim's options of a handler; None for any other shim."""
+def runc_options(handler: RuntimeHandler, config: Config) -> RuncOptions | None:
+    """The runc shim's options of a handler; None for any other shim. runc is told the
+    CRIU the handler names (`CriuPath`, as containerd's key), else the one criproxy found
+    usable, so that no other CRIU on the shim's PATH is run."""
     if handler.runtime_type != "io.containerd.runc.v2":
         return None
     opts = handler.options
     return RuncOptions(
         binary_name=str(opts.get("BinaryName", "")),
         root=str(opts.get("Root", "")),
-        systemd_cgroup=bool(opts.get("SystemdCgroup", cgroup_driver == "systemd")),
+        systemd_cgroup=bool(opts.get("SystemdCgroup", config.cgroup_driver == "systemd")),
         no_pivot_root=bool(opts.get("NoPivotRoot", False)),
         no_new_keyring=bool(opts.get("NoNewKeyring", False)),
         shim_cgroup=str(opts.get("ShimCgroup", "")),
+        criu_path=str(opts.get("CriuPath", "")) or criu.known_path(config.checkpoint.criu_path),
     )
 
 

@@ -175,7 +175,7 @@ async def _setup(
             labels={KIND_LABEL: "sandbox", **cri_labels(pod)},
             image=deps.images.sandbox_image,
             runtime=handler.runtime_type,
-            runtime_options=runc_options(handler, deps.config.cgroup_driver),
+            runtime_options=runc_options(handler, deps.config),
             spec=spec,
             snapshotter=deps.config.containerd.snapshotter,
             snapshot_key=sandbox_id,

@@ -47,6 +47,8 @@ address = "0.0.0.0"
 port = 10010
 [metrics]
 address = "127.0.0.1:9190"
+[checkpoint]
+criu_path = "/usr/local/sbin/criu"
 [runtimes.kata]
 runtime_type = "io.containerd.kata.v2"
 runtime_path = "/opt/kata/bin/containerd-shim-kata-v2"
@@ -62,6 +64,7 @@ ConfigPath = "/etc/kata/configuration.toml"
     assert config.restrict_oom_score_adj is True
     assert config.stream_server.port == 10010
     assert config.cni.bin_dirs == ("/opt/cni/bin",)
+    assert config.checkpoint.criu_path == "/usr/local/sbin/criu"
     kata = config.runtimes["kata"]
     assert kata.runtime_type == "io.containerd.kata.v2"
     assert kata.options["ConfigPath"] == "/etc/kata/configuration.toml"
@@ -91,6 +94,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ({"cni": {"bin_dirs": []}}, "'cni.bin_dirs'"),
         ({"cni": {"bin_dirs": ["rel"]}}, "'cni.bin_dirs[0]'"),
         ({"metrics": {"address": "9090"}}, "'metrics.address': invalid value '9090'"),
+        ({"checkpoint": {"criu_path": "criu"}}, "'checkpoint.criu_path': invalid value 'criu'"),
         ({"runtimes": {"x": {"runtime_type": ""}}}, "'runtimes.x.runtime_type'"),
         ({"runtimes": {"x": {"binary": "y"}}}, "unknown config key 'runtimes.x.binary'"),
         ({"default_runtime_name": "kata"}, "'default_runtime_name': invalid value 'kata'"),

@@ -15,7 +15,17 @@ ROOT = Path(__file__).resolve().parents[2] / "criproxy"
 
 API = {"cri"}
 DOMAIN = {"images", "sandbox", "containers", "stats", "recovery"}
-BELOW_DOMAIN = {"store", "network", "oci", "containerd", "records", "errors", "host", "steps"}
+BELOW_DOMAIN = {
+    "store",
+    "network",
+    "oci",
+    "containerd",
+    "records",
+    "errors",
+    "host",
+    "steps",
+    "criu",
+}
 TOP = {"server", "cli", "__main__"}
 
 

@@ -34,6 +34,7 @@ class Options(_message.Message):
     IO_GID_FIELD_NUMBER: _builtins.int
     BINARY_NAME_FIELD_NUMBER: _builtins.int
     ROOT_FIELD_NUMBER: _builtins.int
+    CRIU_PATH_FIELD_NUMBER: _builtins.int
     SYSTEMD_CGROUP_FIELD_NUMBER: _builtins.int
     CRIU_IMAGE_PATH_FIELD_NUMBER: _builtins.int
     CRIU_WORK_PATH_FIELD_NUMBER: _builtins.int
@@ -46,6 +47,10 @@ class Options(_message.Message):
     io_gid: _builtins.int
     binary_name: _builtins.str
     root: _builtins.str
+    criu_path: _builtins.str
+    """containerd 1.6's field (reserved later, as runc >= 1.2 ignores `--criu`): the CRIU
+    binary runc 1.1 runs.
+    """
     systemd_cgroup: _builtins.bool
     criu_image_path: _builtins.str
     criu_work_path: _builtins.str
@@ -71,6 +76,7 @@ class Options(_message.Message):
         io_gid: _builtins.int = ...,
         binary_name: _builtins.str = ...,
         root: _builtins.str = ...,
+        criu_path: _builtins.str = ...,
         systemd_cgroup: _builtins.bool = ...,
         criu_image_path: _builtins.str = ...,
         criu_work_path: _builtins.str = ...,
@@ -79,7 +85,7 @@ class Options(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["binary_name", b"binary_name", "criu_image_path", b"criu_image_path", "criu_work_path", b"criu_work_path", "io_gid", b"io_gid", "io_uid", b"io_uid", "no_new_keyring", b"no_new_keyring", "no_pivot_root", b"no_pivot_root", "root", b"root", "shim_cgroup", b"shim_cgroup", "systemd_cgroup", b"systemd_cgroup", "task_api_address", b"task_api_address", "task_api_version", b"task_api_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binary_name", b"binary_name", "criu_image_path", b"criu_image_path", "criu_path", b"criu_path", "criu_work_path", b"criu_work_path", "io_gid", b"io_gid", "io_uid", b"io_uid", "no_new_keyring", b"no_new_keyring", "no_pivot_root", b"no_pivot_root", "root", b"root", "shim_cgroup", b"shim_cgroup", "systemd_cgroup", b"systemd_cgroup", "task_api_address", b"task_api_address", "task_api_version", b"task_api_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

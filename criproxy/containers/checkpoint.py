@@ -1,0 +1,337 @@
+"""CheckpointContainer: a running container's processes dumped by CRIU (through
+containerd's task API, the container left running), with its writable layer's changes,
+its spec, config and status and its log, in one tar archive where the caller asked, laid
+out as checkpointctl and CRI-O read it.
+
+The archive appears whole or not at all: it is written into an unnamed file in the
+destination's directory (O_TMPFILE) and linked into place at the end, so a failed or
+killed checkpoint leaves nothing there. CRIU writes its images into a work directory
+under criproxy's state directory, removed afterwards and swept at start should criproxy
+have died meanwhile. A checkpoint that fails or times out leaves the container running:
+a task CRIU left frozen is resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import io
+import json
+import os
+import secrets
+import stat
+import tarfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import anyio
+import structlog
+from google.protobuf import any_pb2
+
+from criproxy import criu
+from criproxy._generated.containerd.runc.options import oci_pb2
+from criproxy.containers.deps import remove_tree
+from criproxy.errors import CriproxyError, FailedPrecondition, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from criproxy.containers.deps import ContainerDeps
+    from criproxy.containers.model import Container
+
+log = structlog.get_logger("criproxy.containers")
+
+DEFAULT_TIMEOUT = 300.0
+"""CRI's timeout 0 means the runtime's default."""
+_OPTIONS_TYPE_URL = "containerd.runc.v1.CheckpointOptions"
+
+# The archive's members, as checkpointctl names them.
+CONFIG_DUMP = "config.dump"
+SPEC_DUMP = "spec.dump"
+STATUS_DUMP = "status.dump"
+CHECKPOINT_DIR = "checkpoint"
+ROOTFS_DIFF = "rootfs-diff.tar"
+DELETED_FILES = "deleted.files"
+DUMP_LOG = "dump.log"
+STATS_DUMP = "stats-dump"
+CONTAINER_LOG = "container.log"
+
+_KEPT_XATTRS = ("user.", "security.capability", "system.posix_acl_")
+"""The extended attributes a layer may carry (as the layer extractor keeps them)."""
+_OPAQUE = "trusted.overlay.opaque"
+
+
+async def checkpoint(
+    deps: ContainerDeps, container_id: str, location: str, timeout: float, status_json: bytes
+) -> None:
+    """`status_json`: the container's CRI status as JSON (status.dump), made by the caller."""
+    container = deps.store.resolve(container_id)
+    if container is None:
+        raise NotFound(f"container {container_id!r} not found")
+    if container.state != "running":
+        raise FailedPrecondition(
+            f"container {container.id} is {container.state.upper()}: only a RUNNING "
+            "container can be checkpointed"
+        )
+    destination = _destination(location)
+    found = await anyio.to_thread.run_sync(criu.cached, deps.config.checkpoint.criu_path)
+    if not found.usable:
+        raise FailedPrecondition(f"cannot checkpoint container {container.id}: {found.problem}")
+    bound = log.bind(container=container.id, sandbox=container.sandbox_id)
+    started = time.monotonic()
+    work = deps.paths.checkpoint_root / f"{container.id}.{secrets.token_hex(4)}"
+    try:
+        await anyio.to_thread.run_sync(_make_work_dirs, work)
+        checkpointed_at = datetime.datetime.now(datetime.UTC)
+        await _dump(deps, container, work, timeout or DEFAULT_TIMEOUT)
+        upper = await _upperdir(deps, container.id)
+        spec = deps.store.specs.get(container.id) or {}
+        config = _config_dump(container, checkpointed_at)
+        write = functools.partial(
+            _write_archive,
+            destination,
+            work=work,
+            upper=upper,
+            container=container,
+            spec=spec,
+            config=config,
+            status_json=status_json,
+        )
+        await anyio.to_thread.run_sync(write)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(remove_tree, work)
+    bound.info(
+        "container checkpointed",
+        location=str(destination),
+        criu=found.version,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _destination(location: str) -> Path:
+    if not location:
+        raise InvalidArgument("location is required: the path of the checkpoint archive to write")
+    path = Path(location)
+    if not path.is_absolute():
+        raise InvalidArgument(f"location {location!r} must be an absolute path")
+    if not path.parent.is_dir():
+        raise InvalidArgument(f"location {location!r}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise InvalidArgument(f"location {location!r} is a directory, not an archive path")
+    return path
+
+
+def _make_work_dirs(work: Path) -> None:
+    (work / "images").mkdir(parents=True, mode=0o700)
+    (work / "work").mkdir(mode=0o700)
+
+
+async def _dump(deps: ContainerDeps, container: Container, work: Path, timeout: float) -> None:
+    """CRIU's dump through the shim, the container left running; on failure the task is
+    thawed should CRIU have left it frozen, and the error names CRIU's last words."""
+    options = oci_pb2.CheckpointOptions(
+        exit=False,
+        open_tcp=True,  # established connections are dumped, not refused
+        file_locks=True,
+        image_path=str(work / "images"),
+        work_path=str(work / "work"),
+    )
+    tasks = deps.containerd.tasks
+    try:
+        await tasks.checkpoint(
+            container.id,
+            any_pb2.Any(type_url=_OPTIONS_TYPE_URL, value=options.SerializeToString()),
+            timeout,
+        )
+    except CriproxyError as err:
+        with anyio.CancelScope(shield=True):
+            await _thaw(deps, container.id)
+        said = await anyio.to_thread.run_sync(_log_tail, work / "work" / DUMP_LOG)
+        detail = f"; CRIU's log ends: {said}" if said else ""
+        message = f"checkpoint of container {container.id} failed: {err.message}{detail}"
+        raise type(err)(message) from None
+
+
+async def _thaw(deps: ContainerDeps, container_id: str) -> None:
+    tasks = deps.containerd.tasks
+    try:
+        state = await tasks.get(container_id)
+        if state is not None and state.status in ("paused", "pausing"):
+            await tasks.resume(container_id)
+            log.warning("container resumed after a failed checkpoint", container=container_id)
+    except CriproxyError as err:
+        log.warning("container not resumed", container=container_id, error=err.message)
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+async def _upperdir(deps: ContainerDeps, container_id: str) -> Path:
+    """The container's writable layer: the overlay mount's upperdir."""
+    snapshotter = deps.config.containerd.snapshotter
+    mounts = await deps.containerd.snapshots.mounts(snapshotter, container_id)
+    for mount in mounts:
+        if mount.type == "overlay":
+            for option in mount.options:
+                if option.startswith("upperdir="):
+                    return Path(option.removeprefix("upperdir="))
+    raise FailedPrecondition(
+        f"cannot checkpoint container {container_id}: its writable layer is not an overlay "
+        f"upper directory (snapshotter {snapshotter}); checkpoints need the overlayfs "
+        "snapshotter"
+    )
+
+
+def _go_time(when: datetime.datetime) -> str:
+    """RFC 3339 with nanoseconds' precision, as Go's time.Time encodes in JSON."""
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _config_dump(container: Container, checkpointed_at: datetime.datetime) -> dict[str, Any]:
+    """checkpointctl's ContainerConfig."""
+    created = datetime.datetime.fromtimestamp(container.created_at_ns / 1e9, datetime.UTC)
+    return {
+        "id": container.id,
+        "name": container.config.name,
+        "rootfsImage": container.config.image,
+        "rootfsImageRef": container.image.ref,
+        "rootfsImageName": container.image.name,
+        "runtime": "io.containerd.runc.v2",
+        "createdTime": _go_time(created),
+        "checkpointedTime": _go_time(checkpointed_at),
+        "restoredTime": "0001-01-01T00:00:00Z",
+        "restored": False,
+    }
+
+
+def _write_archive(
+    destination: Path,
+    *,
+    work: Path,
+    upper: Path,
+    container: Container,
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    status_json: bytes,
+) -> None:
+    """The archive into an unnamed file beside its destination, then linked into place.
+    Blocking."""
+    with _unnamed_file(destination) as out:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, CONFIG_DUMP, json.dumps(config, indent=2).encode())
+            _add_bytes(tar, SPEC_DUMP, json.dumps(spec, indent=2).encode())
+            _add_bytes(tar, STATUS_DUMP, status_json)
+            tar.add(work / "images", arcname=CHECKPOINT_DIR)
+            for name in (DUMP_LOG, STATS_DUMP):
+                for where in (work / "work" / name, work / "images" / name):
+                    if where.is_file():
+                        tar.add(where, arcname=name)
+                        break
+            diff = work / ROOTFS_DIFF
+            deleted = _rootfs_diff(upper, diff)
+            tar.add(diff, arcname=ROOTFS_DIFF)
+            if deleted:
+                _add_bytes(tar, DELETED_FILES, json.dumps(deleted).encode())
+            if container.log_path and Path(container.log_path).is_file():
+                tar.add(container.log_path, arcname=CONTAINER_LOG)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+@contextlib.contextmanager
+def _unnamed_file(destination: Path) -> Iterator[BinaryIO]:
+    """A file in `destination`'s directory that has no name until the block succeeds;
+    then it replaces `destination` at once. A file system without O_TMPFILE gets a
+    hidden temp name, removed on failure."""
+    directory = destination.parent
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        named = None
+    except OSError:
+        named = directory / f".{destination.name}.criproxy-{secrets.token_hex(4)}"
+        fd = os.open(named, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    out: BinaryIO = os.fdopen(fd, "wb")
+    try:
+        with out:
+            yield out
+            if named is None:
+                named = directory / f".{destination.name}.criproxy-{secrets.token_hex(4)}"
+                # a directory fd makes os.link use linkat(AT_SYMLINK_FOLLOW): the file
+                # behind the fd is linked, not /proc's magic link (EXDEV)
+                at = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+                try:
+                    os.link(f"/proc/self/fd/{out.fileno()}", named.name, dst_dir_fd=at)
+                finally:
+                    os.close(at)
+        os.replace(named, destination)
+    except BaseException:
+        if named is not None:
+            with contextlib.suppress(OSError):
+                named.unlink()
+        raise
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o600
+    info.mtime = int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _rootfs_diff(upper: Path, out: Path) -> list[str]:
+    """The writable layer's changes into `out` as an OCI layer tar (overlay whiteouts as
+    `.wh.` entries, opaque directories with `.wh..wh..opq`); the paths it deleted."""
+    deleted: list[str] = []
+    with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for root, dirs, files in os.walk(upper):
+            dirs.sort()
+            rel_root = os.path.relpath(root, upper)
+            for name in sorted(dirs) + sorted(files):
+                path = os.path.join(root, name)
+                arcname = name if rel_root == "." else os.path.join(rel_root, name)
+                st = os.lstat(path)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # overlay's whiteout
+                    parent = os.path.dirname(arcname)
+                    _add_bytes(tar, os.path.join(parent, f".wh.{name}"), b"")
+                    deleted.append("/" + arcname)
+                    continue
+                info = tar.gettarinfo(path, arcname)
+                info.pax_headers = {**info.pax_headers, **_xattrs(path)}
+                if info.isreg():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+                if stat.S_ISDIR(st.st_mode) and _is_opaque(path):
+                    _add_bytes(tar, os.path.join(arcname, ".wh..wh..opq"), b"")
+    return deleted
+
+
+def _xattrs(path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(_KEPT_XATTRS):
+            with contextlib.suppress(OSError):
+                value = os.getxattr(path, name, follow_symlinks=False)
+                out[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")
+    return out
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False

@@ -1,0 +1,227 @@
+"""CheckpointContainer over a real containerd, runc and CRIU.
+
+The refusals run everywhere. The checkpoints themselves need CRIU >= 4 (3.x cannot dump on
+this kernel generation): they run where one is found (`CRIPROXY_TEST_CRIU`, else `criu`
+on PATH, else /usr/local/sbin/criu) and are skipped, saying so, where none is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from criproxy import criu
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from tests.conftest import CRIU_MISSING
+from tests.integration.containers_env import ContainerEnv
+from tests.integration.helpers import wait_until
+
+COUNTER = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done"
+
+
+def _find_criu() -> criu.Criu:
+    candidates = [os.environ.get("CRIPROXY_TEST_CRIU", ""), shutil.which("criu") or ""]
+    candidates.append("/usr/local/sbin/criu")
+    found = criu.Criu(
+        "", "", "none found ($CRIPROXY_TEST_CRIU, criu on PATH, /usr/local/sbin/criu)"
+    )
+    for path in candidates:
+        if path and Path(path).is_file():
+            found = criu.probe(path)
+            if found.usable:
+                return found
+    return found
+
+
+@pytest.fixture(scope="module")
+def out_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cpx-ckpt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cp_env(ctr_env: ContainerEnv) -> ContainerEnv:
+    """The module's criproxy, restarted with `[checkpoint] criu_path` naming a CRIU >= 4."""
+    found = _find_criu()
+    if not found.usable:
+        pytest.skip(f"{CRIU_MISSING}: {found.problem}")
+    proxy = ctr_env.pods.proxy
+    proxy.config["checkpoint"] = {"criu_path": found.path}
+    proxy.stop()
+    proxy.start()
+    return ctr_env
+
+
+def _checkpoint(env: ContainerEnv, container_id: str, location: str, timeout: int = 0) -> None:
+    env.runtime.CheckpointContainer(
+        api_pb2.CheckpointContainerRequest(
+            container_id=container_id, location=location, timeout=timeout
+        ),
+        timeout=120,
+    )
+
+
+def _refusal(env: ContainerEnv, container_id: str, location: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        _checkpoint(env, container_id, location)
+    return err.value
+
+
+def _counted(env: ContainerEnv, container_id: str) -> list[int]:
+    """The numbers the counter logged so far."""
+    log = env.status(container_id).status.log_path
+    return [int(line.split()[-1]) for line in Path(log).read_text().splitlines() if line]
+
+
+# --- refusals: no CRIU needed -------------------------------------------------------------
+
+
+def test_refusals_name_the_problem(ctr_env: ContainerEnv, out_dir: Path) -> None:
+    missing = _refusal(ctr_env, "no-such-container", str(out_dir / "a.tar"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+    pod_id, pod = ctr_env.pod("ckpt-refusals")
+    created = ctr_env.create(pod_id, pod, "created", args=["sleep 1000"])
+    err = _refusal(ctr_env, created, str(out_dir / "a.tar"))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "is CREATED: only a RUNNING container can be checkpointed" in str(err.details())
+
+    running = ctr_env.run(pod_id, pod, "running", args=["sleep 1000"])
+    for location, says in (
+        ("", "location is required"),
+        ("relative.tar", "must be an absolute path"),
+        (str(out_dir / "no-dir" / "a.tar"), "does not exist"),
+        (str(out_dir), "is a directory"),
+    ):
+        err = _refusal(ctr_env, running, location)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, location
+        assert says in str(err.details())
+    assert not list(out_dir.iterdir())
+    for c in (created, running):
+        ctr_env.remove(c)
+
+
+def test_without_a_working_criu_the_answer_says_so(
+    ctr_env: ContainerEnv, out_dir: Path, tmp_path: Path
+) -> None:
+    """A CRIU that is not one (here a script printing an old version) is refused before
+    anything is dumped, and the container runs on."""
+    fake = tmp_path / "criu"
+    fake.write_text("#!/bin/sh\necho 'Version: 3.17.1'\n")
+    fake.chmod(0o755)
+    proxy = ctr_env.pods.proxy
+    saved = dict(proxy.config)
+    proxy.config["checkpoint"] = {"criu_path": str(fake)}
+    proxy.stop()
+    proxy.start()
+    try:
+        pod_id, pod = ctr_env.pod("ckpt-nocriu")
+        running = ctr_env.run(pod_id, pod, "running", args=["sleep 1000"])
+        err = _refusal(ctr_env, running, str(out_dir / "nocriu.tar"))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"CRIU {fake} is 3.17.1; checkpoints need CRIU >= 4.0" in str(err.details())
+        assert ctr_env.status(running).status.state == api_pb2.CONTAINER_RUNNING
+        assert not (out_dir / "nocriu.tar").exists()
+        ctr_env.remove(running)
+    finally:
+        proxy.config.clear()
+        proxy.config.update(saved)
+        proxy.stop()
+        proxy.start()
+
+
+# --- checkpoints: CRIU >= 4 -------------------------------------------------------------------
+
+
+def test_a_checkpoint_leaves_the_container_running_and_holds_it_whole(
+    cp_env: ContainerEnv, out_dir: Path
+) -> None:
+    pod_id, pod = cp_env.pod("ckpt-counter")
+    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+    wait_until(lambda: len(_counted(cp_env, counter)) > 5, 10)
+    # the writable layer: a file written, one of the image's removed
+    assert cp_env.exec(counter, "sh", "-c", "echo kept > /root-note; rm /etc/group").exit_code == 0
+    archives = [out_dir / "one.tar", out_dir / "two.tar"]
+    for archive in archives:  # twice: the second must hold CRIU's images too
+        _checkpoint(cp_env, counter, str(archive))
+    before = len(_counted(cp_env, counter))
+    wait_until(lambda: len(_counted(cp_env, counter)) > before + 5, 10)  # it counts on
+    assert cp_env.status(counter).status.state == api_pb2.CONTAINER_RUNNING
+
+    for archive in archives:
+        with tarfile.open(archive) as tar:
+            names = set(tar.getnames())
+            assert {"config.dump", "spec.dump", "status.dump", "rootfs-diff.tar"} <= names
+            assert {"dump.log", "container.log", "deleted.files"} <= names
+            images = {n.removeprefix("checkpoint/") for n in names if n.startswith("checkpoint/")}
+            assert "inventory.img" in images
+            assert any(n.startswith("pages-") for n in images)
+            config = json.load(tar.extractfile("config.dump"))  # type: ignore[arg-type]
+            assert config["id"] == counter
+            assert config["name"] == "counter"
+            assert config["rootfsImageName"].endswith("test/busybox:1")
+            assert config["checkpointedTime"].endswith("Z")
+            status = json.load(tar.extractfile("status.dump"))  # type: ignore[arg-type]
+            assert status["id"] == counter
+            assert status["state"] == api_pb2.CONTAINER_RUNNING
+            spec = json.load(tar.extractfile("spec.dump"))  # type: ignore[arg-type]
+            assert spec["process"]["args"][-1] == COUNTER
+            assert json.load(tar.extractfile("deleted.files")) == ["/etc/group"]  # type: ignore[arg-type]
+            with tarfile.open(fileobj=tar.extractfile("rootfs-diff.tar")) as diff:
+                diff_names = diff.getnames()
+                assert "root-note" in diff_names
+                assert "etc/.wh.group" in diff_names
+                assert diff.extractfile("root-note").read() == b"kept\n"  # type: ignore[union-attr]
+    leftovers = [p.name for p in out_dir.iterdir() if p not in archives]
+    assert leftovers == []
+    assert not list((cp_env.pods.proxy.state / "checkpoints").iterdir())
+    cp_env.remove(counter)
+
+
+def test_kill_9_during_a_checkpoint_leaves_no_archive_and_the_container_running(
+    cp_env: ContainerEnv, out_dir: Path
+) -> None:
+    pod_id, pod = cp_env.pod("ckpt-kill")
+    # ~200 MiB in the shell's memory: CRIU takes a while to write it out
+    big = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); " + COUNTER
+    busy = cp_env.run(pod_id, pod, "busy", args=[big])
+    wait_until(lambda: len(_counted(cp_env, busy)) > 3, 60)
+    archive = out_dir / "killed.tar"
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            _checkpoint(cp_env, busy, str(archive))
+        except grpc.RpcError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    checkpoints = cp_env.pods.proxy.state / "checkpoints"
+    wait_until(lambda: checkpoints.exists() and any(checkpoints.iterdir()), 10)
+    time.sleep(0.3)  # CRIU is dumping
+    cp_env.pods.proxy.kill()
+    thread.join(60)
+    assert errors and errors[0].code() == grpc.StatusCode.UNAVAILABLE  # it never answered
+    cp_env.pods.proxy.start()
+    assert not archive.exists()
+    assert [p.name for p in out_dir.iterdir() if p.name.startswith((".killed", "killed"))] == []
+    assert not checkpoints.exists() or not list(checkpoints.iterdir())  # swept at start
+    wait_until(lambda: cp_env.status(busy).status.state == api_pb2.CONTAINER_RUNNING, 30)
+    counted = len(_counted(cp_env, busy))
+    wait_until(lambda: len(_counted(cp_env, busy)) > counted + 5, 30)  # not left frozen
+    _checkpoint(cp_env, busy, str(archive))  # and it can be checkpointed again
+    assert tarfile.is_tarfile(archive)
+    cp_env.remove(busy)
+    archive.unlink()

@@ -1,0 +1,141 @@
+"""The checkpoint archive's pieces: the writable layer's diff, the all-or-nothing file,
+the config dump, and CRIU's discovery."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from criproxy import criu
+from criproxy.containers import checkpoint
+
+
+def _upper(tmp_path: Path) -> Path:
+    """An overlay upper directory as a container leaves it: a new file, a replaced
+    directory (opaque), a deleted file (a 0/0 character device), a symlink, a hard link."""
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / "new.conf").write_text("new\n")
+    os.link(upper / "etc" / "new.conf", upper / "etc" / "also.conf")
+    os.mknod(upper / "etc" / "group", 0o600 | 0o020000, os.makedev(0, 0))
+    (upper / "data").mkdir()
+    os.setxattr(upper / "data", "trusted.overlay.opaque", b"y")
+    (upper / "data" / "fresh").write_bytes(b"\x00\x01")
+    os.setxattr(upper / "data" / "fresh", "user.note", b"kept")
+    os.setxattr(upper / "data" / "fresh", "trusted.other", b"dropped")
+    os.symlink("/etc/new.conf", upper / "link")
+    return upper
+
+
+def test_the_rootfs_diff_is_an_oci_layer_with_the_deletions_listed(tmp_path: Path) -> None:
+    out = tmp_path / "rootfs-diff.tar"
+    deleted = checkpoint._rootfs_diff(_upper(tmp_path), out)
+    assert deleted == ["/etc/group"]
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert set(members) == {
+            "data",
+            "data/.wh..wh..opq",
+            "data/fresh",
+            "etc",
+            "etc/also.conf",
+            "etc/new.conf",
+            "etc/.wh.group",
+            "link",
+        }
+        assert members["link"].issym() and members["link"].linkname == "/etc/new.conf"
+        linked = {members["etc/also.conf"].islnk(), members["etc/new.conf"].islnk()}
+        assert linked == {True, False}  # one file, two names
+        fresh = members["data/fresh"]
+        assert fresh.pax_headers.get("SCHILY.xattr.user.note") == "kept"
+        assert "SCHILY.xattr.trusted.other" not in fresh.pax_headers
+        assert tar.extractfile("data/fresh").read() == b"\x00\x01"  # type: ignore[union-attr]
+
+
+def test_the_archive_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    destination = tmp_path / "out.tar"
+    destination.write_bytes(b"an older archive")
+    with pytest.raises(RuntimeError), checkpoint._unnamed_file(destination) as out:
+        out.write(b"half")
+        assert os.listdir(tmp_path) == ["out.tar"]  # nothing named while it is written
+        raise RuntimeError("the dump failed")
+    assert os.listdir(tmp_path) == ["out.tar"]
+    assert destination.read_bytes() == b"an older archive"
+
+    with checkpoint._unnamed_file(destination) as out:
+        out.write(b"whole")
+    assert os.listdir(tmp_path) == ["out.tar"]
+    assert destination.read_bytes() == b"whole"
+    assert destination.stat().st_mode & 0o777 == 0o600
+
+
+def test_times_are_written_as_go_writes_them() -> None:
+    when = datetime.datetime(2026, 12, 2, 14, 8, 29, 123456, tzinfo=datetime.UTC)
+    assert checkpoint._go_time(when) == "2026-12-02T14:08:29.123456Z"
+
+
+@pytest.mark.parametrize(
+    ("script", "problem"),
+    [
+        ("echo 'Version: 3.17.1'", "is 3.17.1; checkpoints need CRIU >= 4.0"),
+        ("echo nothing", "printed no version: 'nothing'"),
+        (
+            'case "$1" in --version) echo "Version: 4.2";; check) echo "no soft-dirty" >&2; '
+            "exit 1;; esac",
+            "check` fails on this host: no soft-dirty",
+        ),
+    ],
+)
+def test_a_criu_that_cannot_checkpoint_says_why(tmp_path: Path, script: str, problem: str) -> None:
+    fake = tmp_path / "criu"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    found = criu.probe(str(fake))
+    assert not found.usable
+    assert problem in found.problem
+    assert criu.known_path(str(fake)) == ""
+
+
+def test_a_working_criu_is_kept_and_handed_to_runc(tmp_path: Path) -> None:
+    fake = tmp_path / "criu"
+    fake.write_text('#!/bin/sh\ncase "$1" in --version) echo "Version: 4.2";; esac\n')
+    fake.chmod(0o755)
+    found = criu.cached(str(fake))
+    assert (found.usable, found.version, found.path) == (True, "4.2", str(fake))
+    assert criu.known_path(str(fake)) == str(fake)
+    fake.unlink()
+    assert criu.cached(str(fake)) is found  # kept: no probe per call
+
+
+def test_a_missing_criu_path_is_named(tmp_path: Path) -> None:
+    found = criu.probe(str(tmp_path / "nope"))
+    assert found.problem == f"[checkpoint] criu_path {tmp_path / 'nope'} is not a file"
+
+
+def test_config_dump_has_checkpointctls_fields() -> None:
+    from tests.unit.containers.test_model import _full
+
+    container = _full()
+    at = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
+    dump = checkpoint._config_dump(container, at)
+    assert set(dump) == {
+        "id",
+        "name",
+        "rootfsImage",
+        "rootfsImageRef",
+        "rootfsImageName",
+        "runtime",
+        "createdTime",
+        "checkpointedTime",
+        "restoredTime",
+        "restored",
+    }
+    assert dump["id"] == container.id
+    assert dump["rootfsImageRef"] == container.image.ref
+    assert dump["checkpointedTime"] == "2026-12-02T00:00:00.000000Z"
+    json.dumps(dump)
