@@ -48,6 +48,7 @@ IMPLEMENTED = {
         "StreamContainers",
         "UpdateContainerResources",
         "ReopenContainerLog",
+        "CheckpointContainer",
         "ExecSync",
         "Exec",
         "Attach",
@@ -238,9 +239,9 @@ def _all_methods() -> list[tuple[str, str, bool]]:
     return out
 
 
-def test_service_declares_41_rpcs() -> None:
+def test_service_declares_43_rpcs() -> None:
     methods = _all_methods()
-    assert len([m for m in methods if m[0] == "RuntimeService"]) == 35
+    assert len([m for m in methods if m[0] == "RuntimeService"]) == 37
     assert len([m for m in methods if m[0] == "ImageService"]) == 6
 
 
@@ -265,7 +266,7 @@ def test_every_other_rpc_is_unimplemented_naming_the_rpc(criproxy: Criproxy) -> 
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
         assert f"runtime.v1.{service}/{name}" in info.value.details()
         checked += 1
-    assert checked == 41 - sum(len(v) for v in IMPLEMENTED.values())
+    assert checked == 43 - sum(len(v) for v in IMPLEMENTED.values())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -290,16 +291,16 @@ def test_one_log_line_per_call_with_method_duration_and_code(criproxy: Criproxy)
     criproxy.runtime.Version(api_pb2.VersionRequest())  # a polling call: debug only
     criproxy.runtime.UpdateRuntimeConfig(api_pb2.UpdateRuntimeConfigRequest())
     with pytest.raises(grpc.RpcError):
-        criproxy.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest())
+        criproxy.runtime.CheckpointPod(api_pb2.CheckpointPodRequest())
 
     def calls() -> list[dict[str, object]]:
         return [r for r in criproxy.log_records() if r.get("event") == "cri call"]
 
-    wait_until(lambda: any(r["method"] == "CheckpointContainer" for r in calls()), 10)
+    wait_until(lambda: any(r["method"] == "CheckpointPod" for r in calls()), 10)
     by_method = {r["method"]: r for r in calls()}
     assert by_method["UpdateRuntimeConfig"]["code"] == "OK"
     assert isinstance(by_method["UpdateRuntimeConfig"]["duration_ms"], float)
-    assert by_method["CheckpointContainer"]["code"] == "UNIMPLEMENTED"
+    assert by_method["CheckpointPod"]["code"] == "UNIMPLEMENTED"
     assert "Version" not in by_method  # the node's log at info is its changes
 
 
@@ -318,11 +319,11 @@ def test_metrics_endpoint_counts_calls_by_code(
     try:
         proxy.runtime.Version(api_pb2.VersionRequest())
         with pytest.raises(grpc.RpcError):
-            proxy.runtime.CheckpointContainer(api_pb2.CheckpointContainerRequest())
+            proxy.runtime.CheckpointPod(api_pb2.CheckpointPodRequest())
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
         text = body.decode()
         assert 'criproxy_cri_requests_total{code="OK",method="Version"}' in text
-        unimplemented = 'code="UNIMPLEMENTED",method="CheckpointContainer"'
+        unimplemented = 'code="UNIMPLEMENTED",method="CheckpointPod"'
         assert f"criproxy_cri_requests_total{{{unimplemented}}}" in text
         assert 'criproxy_cri_request_duration_seconds_count{method="Version"}' in text
     finally:
