@@ -36,6 +36,7 @@ from criproxy import host
 from criproxy import records as records_json
 from criproxy.containerd.leases import owner_alive
 from criproxy.containers import exits as container_exits
+from criproxy.containers.checkpoint_pod import sweep_partial
 from criproxy.containers.create import name_key
 from criproxy.containers.deps import KILL_WAIT, UNKNOWN_EXIT_CODE, remove_tree
 from criproxy.containers.io import ContainerIO
@@ -94,8 +95,13 @@ class Recovery:
         await self._rebuild_containers(tasks)
         await self._sweep_pod_orphans(pod_records)
         await self._sweep_container_orphans()
-        # No checkpoint outlives the process that made it: its CRIU images are waste.
-        await anyio.to_thread.run_sync(remove_tree, self._containers.paths.checkpoint_root)
+        await self._thaw(tasks)
+        # No checkpoint outlives the process that made it: its CRIU images are waste, and
+        # a pod checkpoint's hidden directory in the caller's output path goes too.
+        checkpoints = self._containers.paths.checkpoint_root
+        for partial in await anyio.to_thread.run_sync(sweep_partial, checkpoints):
+            log.info("removed a pod checkpoint cut short", path=partial)
+        await anyio.to_thread.run_sync(remove_tree, checkpoints)
         self._gate.open()
         log.info(
             "recovered",
@@ -322,6 +328,24 @@ class Recovery:
                 if name.startswith(exec_id):
                     with contextlib.suppress(OSError):
                         (io_dir / name).unlink()
+
+    async def _thaw(self, tasks: dict[str, TaskState]) -> None:
+        """Containers left frozen by a pod checkpoint cut short (criproxy pauses a task
+        only for that): resumed, as a checkpoint never leaves a pod frozen."""
+        known = self._containers.store.index.ids()
+        for task in tasks.values():
+            if task.status in ("paused", "pausing") and task.container_id in known:
+                try:
+                    await self._containerd.tasks.resume(task.container_id)
+                except CriproxyError as err:
+                    log.warning(
+                        "container not resumed", container=task.container_id, error=err.message
+                    )
+                else:
+                    log.info(
+                        "resumed a container a cut-short checkpoint left frozen",
+                        container=task.container_id,
+                    )
 
     async def _sweep_container_orphans(self) -> None:
         """What containers that no longer exist left (a kill -9 before their record was made

@@ -67,6 +67,22 @@ async def checkpoint(
     deps: ContainerDeps, container_id: str, location: str, timeout: float, status_json: bytes
 ) -> None:
     """`status_json`: the container's CRI status as JSON (status.dump), made by the caller."""
+    container = _running(deps, container_id)
+    destination = _destination(location)
+    found = await _criu(deps, f"container {container.id}")
+    started = time.monotonic()
+    await _capture(deps, container, destination, timeout or DEFAULT_TIMEOUT, status_json)
+    log.info(
+        "container checkpointed",
+        container=container.id,
+        sandbox=container.sandbox_id,
+        location=str(destination),
+        criu=found.version,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _running(deps: ContainerDeps, container_id: str) -> Container:
     container = deps.store.resolve(container_id)
     if container is None:
         raise NotFound(f"container {container_id!r} not found")
@@ -75,40 +91,41 @@ async def checkpoint(
             f"container {container.id} is {container.state.upper()}: only a RUNNING "
             "container can be checkpointed"
         )
-    destination = _destination(location)
+    return container
+
+
+async def _criu(deps: ContainerDeps, what: str) -> criu.Criu:
     found = await anyio.to_thread.run_sync(criu.cached, deps.config.checkpoint.criu_path)
     if not found.usable:
-        raise FailedPrecondition(f"cannot checkpoint container {container.id}: {found.problem}")
-    bound = log.bind(container=container.id, sandbox=container.sandbox_id)
-    started = time.monotonic()
+        raise FailedPrecondition(f"cannot checkpoint {what}: {found.problem}")
+    return found
+
+
+async def _capture(
+    deps: ContainerDeps, container: Container, destination: Path, timeout: float, status: bytes
+) -> None:
+    """One container's archive at `destination`: CRIU's dump (the container left running,
+    or paused if it was), its writable layer, its dumps and log."""
     work = deps.paths.checkpoint_root / f"{container.id}.{secrets.token_hex(4)}"
     try:
         await anyio.to_thread.run_sync(_make_work_dirs, work)
         checkpointed_at = datetime.datetime.now(datetime.UTC)
-        await _dump(deps, container, work, timeout or DEFAULT_TIMEOUT)
+        await _dump(deps, container, work, timeout)
         upper = await _upperdir(deps, container.id)
-        spec = deps.store.specs.get(container.id) or {}
-        config = _config_dump(container, checkpointed_at)
         write = functools.partial(
             _write_archive,
             destination,
             work=work,
             upper=upper,
             container=container,
-            spec=spec,
-            config=config,
-            status_json=status_json,
+            spec=deps.store.specs.get(container.id) or {},
+            config=_config_dump(container, checkpointed_at),
+            status_json=status,
         )
         await anyio.to_thread.run_sync(write)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(remove_tree, work)
-    bound.info(
-        "container checkpointed",
-        location=str(destination),
-        criu=found.version,
-        seconds=round(time.monotonic() - started, 3),
-    )
 
 
 def _destination(location: str) -> Path:

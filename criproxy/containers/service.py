@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from criproxy.containers import (
     attach,
     checkpoint,
+    checkpoint_pod,
     create,
     exec,
     exits,
@@ -29,6 +30,8 @@ from criproxy.containers.deps import ContainerDeps, ContainerPaths
 from criproxy.sandbox.handlers import resolve_handler, runc_options
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from criproxy.config import Config
     from criproxy.containerd import Containerd, Event
     from criproxy.containers.events import EventHub
@@ -98,6 +101,26 @@ class ContainerService:
         self, container_id: str, location: str, timeout: float, status_json: bytes
     ) -> None:
         await checkpoint.checkpoint(self.deps, container_id, location, timeout, status_json)
+
+    async def checkpoint_pod(
+        self,
+        sandbox_id: str,
+        *,
+        output_path: str,
+        container_ids: list[str],
+        options: Mapping[str, str],
+        timeout: float,
+        statuses: Mapping[str, bytes],
+    ) -> None:
+        await checkpoint_pod.checkpoint_pod(
+            self.deps,
+            sandbox_id,
+            output_path=output_path,
+            container_ids=container_ids,
+            options=options,
+            timeout=timeout,
+            statuses=statuses,
+        )
 
     async def reopen_log(self, container_id: str) -> None:
         await logs.reopen_log(self.deps, container_id)

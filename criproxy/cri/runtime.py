@@ -279,15 +279,28 @@ class RuntimeServicer:
         if request.timeout < 0:
             raise InvalidArgument(f"timeout {request.timeout} is negative")
         container = self._containers.get(request.container_id)
-        status = json_format.MessageToJson(
-            container_cri.to_status(container),
-            preserving_proto_field_name=True,
-            use_integers_for_enums=True,
-        )
         await self._containers.checkpoint(
-            container.id, request.location, float(request.timeout), status.encode()
+            container.id, request.location, float(request.timeout), _status_json(container)
         )
         return api_pb2.CheckpointContainerResponse()
+
+    async def CheckpointPod(  # noqa: N802
+        self, request: api_pb2.CheckpointPodRequest, context: Context
+    ) -> api_pb2.CheckpointPodResponse:
+        """The call's deadline bounds the checkpoint (the caller must set one)."""
+        containers = [self._containers.get(c) for c in request.container_ids]
+        statuses = {c.id: _status_json(c) for c in containers}
+        ids = [c.id for c in containers]
+        remaining = context.time_remaining()
+        await self._containers.checkpoint_pod(
+            request.pod_sandbox_id,
+            output_path=request.output_path,
+            container_ids=ids,
+            options=dict(request.options),
+            timeout=max(remaining - 1.0, 0.001) if remaining is not None else 0.0,
+            statuses=statuses,
+        )
+        return api_pb2.CheckpointPodResponse()
 
     async def ReopenContainerLog(  # noqa: N802
         self, request: api_pb2.ReopenContainerLogRequest, context: Context
@@ -491,3 +504,12 @@ def _encode_listed(
     if complete:
         statuses.retain({r.id for r in records})
     return listing.encode(records, complete=complete)
+
+
+def _status_json(container: Container) -> bytes:
+    """A container's CRI status as a checkpoint archive's status.dump holds it."""
+    return json_format.MessageToJson(
+        container_cri.to_status(container),
+        preserving_proto_field_name=True,
+        use_integers_for_enums=True,
+    ).encode()

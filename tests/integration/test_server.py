@@ -49,6 +49,7 @@ IMPLEMENTED = {
         "UpdateContainerResources",
         "ReopenContainerLog",
         "CheckpointContainer",
+        "CheckpointPod",
         "ExecSync",
         "Exec",
         "Attach",
@@ -291,16 +292,16 @@ def test_one_log_line_per_call_with_method_duration_and_code(criproxy: Criproxy)
     criproxy.runtime.Version(api_pb2.VersionRequest())  # a polling call: debug only
     criproxy.runtime.UpdateRuntimeConfig(api_pb2.UpdateRuntimeConfigRequest())
     with pytest.raises(grpc.RpcError):
-        criproxy.runtime.CheckpointPod(api_pb2.CheckpointPodRequest())
+        criproxy.runtime.RestorePod(api_pb2.RestorePodRequest())
 
     def calls() -> list[dict[str, object]]:
         return [r for r in criproxy.log_records() if r.get("event") == "cri call"]
 
-    wait_until(lambda: any(r["method"] == "CheckpointPod" for r in calls()), 10)
+    wait_until(lambda: any(r["method"] == "RestorePod" for r in calls()), 10)
     by_method = {r["method"]: r for r in calls()}
     assert by_method["UpdateRuntimeConfig"]["code"] == "OK"
     assert isinstance(by_method["UpdateRuntimeConfig"]["duration_ms"], float)
-    assert by_method["CheckpointPod"]["code"] == "UNIMPLEMENTED"
+    assert by_method["RestorePod"]["code"] == "UNIMPLEMENTED"
     assert "Version" not in by_method  # the node's log at info is its changes
 
 
@@ -319,11 +320,11 @@ def test_metrics_endpoint_counts_calls_by_code(
     try:
         proxy.runtime.Version(api_pb2.VersionRequest())
         with pytest.raises(grpc.RpcError):
-            proxy.runtime.CheckpointPod(api_pb2.CheckpointPodRequest())
+            proxy.runtime.RestorePod(api_pb2.RestorePodRequest())
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
         text = body.decode()
         assert 'criproxy_cri_requests_total{code="OK",method="Version"}' in text
-        unimplemented = 'code="UNIMPLEMENTED",method="CheckpointPod"'
+        unimplemented = 'code="UNIMPLEMENTED",method="RestorePod"'
         assert f"criproxy_cri_requests_total{{{unimplemented}}}" in text
         assert 'criproxy_cri_request_duration_seconds_count{method="Version"}' in text
     finally:

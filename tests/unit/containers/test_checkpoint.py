@@ -139,3 +139,23 @@ def test_config_dump_has_checkpointctls_fields() -> None:
     assert dump["rootfsImageRef"] == container.image.ref
     assert dump["checkpointedTime"] == "2026-12-02T00:00:00.000000Z"
     json.dumps(dump)
+
+
+def test_the_sweep_removes_only_the_hidden_directories_its_notes_name(tmp_path: Path) -> None:
+    from criproxy.containers import checkpoint_pod
+
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    output = tmp_path / "out"
+    output.mkdir()
+    partial = output / f"{checkpoint_pod.PARTIAL_PREFIX}1234"
+    partial.mkdir()
+    (partial / "a.tar").write_text("half")
+    (root / f"{partial.name}.partial").write_text(str(partial))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (root / "evil.partial").write_text(str(precious))  # not a name criproxy makes
+    assert checkpoint_pod.sweep_partial(root) == [str(partial)]
+    assert not partial.exists()
+    assert precious.exists()
+    assert checkpoint_pod.sweep_partial(tmp_path / "none") == []
