@@ -84,6 +84,9 @@ class CheckpointSection:
     criu_path: str = ""
     """The CRIU binary runc runs for checkpoints and restores; empty: the first `criu`
     on criproxy's PATH."""
+    key_path: str = ""
+    """The key archives are signed with and restores check; empty: `<root>/checkpoint.key`,
+    made on first use. Nodes that restore each other's checkpoints share it."""
 
 
 @dataclass(frozen=True)
@@ -411,7 +414,7 @@ _TOP: Mapping[str, Parser] = {
     ),
     "stream_idle_timeout": _positive_duration,
     "metrics": _sub(MetricsSection, {"address": _host_port}),
-    "checkpoint": _sub(CheckpointSection, {"criu_path": _abs_or_empty}),
+    "checkpoint": _sub(CheckpointSection, {"criu_path": _abs_or_empty, "key_path": _abs_or_empty}),
     "runtimes": _runtimes,
 }
 

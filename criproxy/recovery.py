@@ -354,7 +354,7 @@ class Recovery:
         known = deps.store.index.ids() | self._pods.store.index.ids()
         for name in await anyio.to_thread.run_sync(_leftovers, deps.paths.idmap_root, known):
             await anyio.to_thread.run_sync(idmap.release, deps.paths.idmap_root / name)
-        for directory in (deps.paths.io_root, deps.paths.volumes_root):
+        for directory in (deps.paths.io_root, deps.paths.volumes_root, deps.paths.restore_root):
             for name in await anyio.to_thread.run_sync(_leftovers, directory, known):
                 log.info(
                     "removing what a container without a record left", path=str(directory / name)

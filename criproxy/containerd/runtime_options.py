@@ -24,6 +24,9 @@ class RuncOptions:
     no_new_keyring: bool = False
     shim_cgroup: str = ""
     criu_path: str = ""
+    criu_image_path: str = ""
+    """A task created with this set is restored from these CRIU images at its start."""
+    criu_work_path: str = ""
 
     def to_any(self) -> any_pb2.Any:
         msg = oci_pb2.Options(
@@ -34,6 +37,8 @@ class RuncOptions:
             no_new_keyring=self.no_new_keyring,
             shim_cgroup=self.shim_cgroup,
             criu_path=self.criu_path,
+            criu_image_path=self.criu_image_path,
+            criu_work_path=self.criu_work_path,
         )
         return any_pb2.Any(type_url=TYPE_URL, value=msg.SerializeToString())
 
@@ -50,4 +55,6 @@ class RuncOptions:
             msg.no_new_keyring,
             msg.shim_cgroup,
             msg.criu_path,
+            msg.criu_image_path,
+            msg.criu_work_path,
         )

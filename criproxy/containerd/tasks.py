@@ -90,8 +90,10 @@ class TasksService:
         stderr: str = "",
         terminal: bool = False,
         runtime_path: str = "",
+        options: any_pb2.Any | None = None,
     ) -> int:
-        """Create the task (the shim starts; the process is not running yet); its pid."""
+        """Create the task (the shim starts; the process is not running yet); its pid.
+        `options` replace the container's runtime options for this task (a restore's)."""
         resp = await self._channel.unary(
             self._stub.Create,
             tasks_pb2.CreateTaskRequest(
@@ -102,6 +104,7 @@ class TasksService:
                 stderr=stderr,
                 terminal=terminal,
                 runtime_path=runtime_path,
+                options=options,
             ),
             operation=f"create task {container_id}",
             timeout=None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import hashlib
 import io
 import json
 import os
@@ -32,6 +33,7 @@ from google.protobuf import any_pb2
 
 from criproxy import criu
 from criproxy._generated.containerd.runc.options import oci_pb2
+from criproxy.containers import signing
 from criproxy.containers.deps import remove_tree
 from criproxy.errors import CriproxyError, FailedPrecondition, InvalidArgument, NotFound
 
@@ -82,6 +84,11 @@ async def checkpoint(
     )
 
 
+def key_path(deps: ContainerDeps) -> Path:
+    configured = deps.config.checkpoint.key_path
+    return Path(configured) if configured else deps.config.root / "checkpoint.key"
+
+
 def _running(deps: ContainerDeps, container_id: str) -> Container:
     container = deps.store.resolve(container_id)
     if container is None:
@@ -121,6 +128,7 @@ async def _capture(
             spec=deps.store.specs.get(container.id) or {},
             config=_config_dump(container, checkpointed_at),
             status_json=status,
+            secret=await anyio.to_thread.run_sync(signing.key, key_path(deps)),
         )
         await anyio.to_thread.run_sync(write)
     finally:
@@ -238,27 +246,43 @@ def _write_archive(
     spec: dict[str, Any],
     config: dict[str, Any],
     status_json: bytes,
+    secret: bytes,
 ) -> None:
-    """The archive into an unnamed file beside its destination, then linked into place.
-    Blocking."""
+    """The archive into an unnamed file beside its destination, then linked into place;
+    its last member signs the digests of all others. Blocking."""
+    files: dict[str, str] = {}
+
+    def add_bytes(name: str, data: bytes) -> None:
+        _add_bytes(tar, name, data)
+        files[name] = hashlib.sha256(data).hexdigest()
+
+    def add_file(path: Path, name: str) -> None:
+        tar.add(path, arcname=name, recursive=False)
+        files[name] = signing.file_digest(path)
+
     with _unnamed_file(destination) as out:
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, CONFIG_DUMP, json.dumps(config, indent=2).encode())
-            _add_bytes(tar, SPEC_DUMP, json.dumps(spec, indent=2).encode())
-            _add_bytes(tar, STATUS_DUMP, status_json)
-            tar.add(work / "images", arcname=CHECKPOINT_DIR)
+            add_bytes(CONFIG_DUMP, json.dumps(config, indent=2).encode())
+            add_bytes(SPEC_DUMP, json.dumps(spec, indent=2).encode())
+            add_bytes(STATUS_DUMP, status_json)
+            images = work / "images"
+            tar.add(images, arcname=CHECKPOINT_DIR, recursive=False)
+            for path in sorted(images.iterdir()):
+                if path.is_file() and not path.is_symlink():
+                    add_file(path, f"{CHECKPOINT_DIR}/{path.name}")
             for name in (DUMP_LOG, STATS_DUMP):
-                for where in (work / "work" / name, work / "images" / name):
+                for where in (work / "work" / name, images / name):
                     if where.is_file():
-                        tar.add(where, arcname=name)
+                        add_file(where, name)
                         break
             diff = work / ROOTFS_DIFF
             deleted = _rootfs_diff(upper, diff)
-            tar.add(diff, arcname=ROOTFS_DIFF)
+            add_file(diff, ROOTFS_DIFF)
             if deleted:
-                _add_bytes(tar, DELETED_FILES, json.dumps(deleted).encode())
+                add_bytes(DELETED_FILES, json.dumps(deleted).encode())
             if container.log_path and Path(container.log_path).is_file():
-                tar.add(container.log_path, arcname=CONTAINER_LOG)
+                add_file(Path(container.log_path), CONTAINER_LOG)
+            _add_bytes(tar, signing.SIGNATURE, signing.sign(files, secret))
         out.flush()
         os.fsync(out.fileno())
 

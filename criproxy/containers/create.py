@@ -19,7 +19,9 @@ import anyio
 import structlog
 
 from criproxy.containerd import ContainerRecord
+from criproxy.containers import restore, signing
 from criproxy.containers import spec as spec_builder
+from criproxy.containers.checkpoint import key_path
 from criproxy.containers.deps import remove_tree
 from criproxy.containers.model import EXTENSION, KIND, Container, ImageInfo
 from criproxy.containers.resources import effective
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("criproxy.containers")
 
 SETUP_LEASE = datetime.timedelta(hours=1)
+RESTORED_FROM = "io.criproxy.checkpoint.archive"
+"""The annotation naming the checkpoint archive a container was restored from."""
 
 
 def name_key(config: ContainerConfig, pod: PodMetadata) -> str:
@@ -48,8 +52,9 @@ async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) 
     store = deps.store
     store.gate.require()
     sandbox = deps.pods.store.ready(sandbox_id)
-    image = deps.images.status(config.image)
-    if image is None:
+    archive = restore.archive_path(config.image)
+    image = None if archive else deps.images.status(config.image)
+    if image is None and not archive:
         raise NotFound(f"image {config.image!r} not found: pull it first")
     key = name_key(config, sandbox.config.metadata)
     existing = store.names.get(key)
@@ -68,6 +73,7 @@ async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) 
         config=config,
         image=image,
         log_path=log_path,
+        archive=archive,
     )
     try:
         container: Container = await deps.pods.loops.call(sandbox.id, job)
@@ -88,8 +94,9 @@ async def _create(
     container_id: str,
     sandbox: Sandbox,
     config: ContainerConfig,
-    image: Image,
+    image: Image | None,
     log_path: str,
+    archive: str = "",
 ) -> Container:
     current = deps.pods.store.index.get(sandbox.id)
     if current is None or current.state != "ready":
@@ -100,7 +107,26 @@ async def _create(
     undo = UndoStack(bound)
     undo.push_sync(functools.partial(remove_tree, deps.paths.io_root / container_id))
     undo.push_sync(functools.partial(remove_tree, deps.paths.volumes_root / container_id))
+    checkpoint: restore.Checkpoint | None = None
     try:
+        if archive:  # a restore: the image is the checkpoint's, the archive is untrusted
+            if runc_options(handler, deps.config) is None:
+                raise FailedPrecondition(
+                    f"restoring a checkpoint needs the runc shim, not {handler.runtime_type}"
+                )
+            restore_dir = deps.paths.restore_root / container_id
+            undo.push_sync(functools.partial(remove_tree, restore_dir))
+            secret = await anyio.to_thread.run_sync(signing.key, key_path(deps))
+            checkpoint = await anyio.to_thread.run_sync(
+                restore.unpack, archive, restore_dir, secret
+            )
+            image = _checkpoint_image(deps, checkpoint, archive)
+            config = dataclasses.replace(
+                config,
+                image=checkpoint.image_refs[0],
+                annotations={**config.annotations, RESTORED_FROM: archive},
+            )
+        assert image is not None
         async with deps.containerd.leased(
             "criproxy-container", SETUP_LEASE, release_in=deps.background
         ) as cd:
@@ -123,7 +149,21 @@ async def _create(
                 volumes_dir=deps.paths.volumes_root / container_id,
                 target_pid=_target_pid(deps, current, config),
             )
-            if spec_builder.needs_rootfs(image, user_files):
+            if checkpoint is not None:
+                mounts = await prepare()
+                await anyio.to_thread.run_sync(
+                    restore.apply_rootfs_diff, checkpoint, mounts, archive
+                )
+                built = await anyio.to_thread.run_sync(functools.partial(build, mounts=mounts))
+                differ = restore.security_differences(checkpoint.spec, built.spec)
+                if differ:
+                    raise FailedPrecondition(
+                        f"cannot restore checkpoint {archive}: the request's security "
+                        f"settings differ from the checkpointed container's in "
+                        f"{', '.join(differ)}; a restored process keeps its own, so the "
+                        "request must grant exactly the same"
+                    )
+            elif spec_builder.needs_rootfs(image, user_files):
                 mounts = await prepare()
                 built = await anyio.to_thread.run_sync(functools.partial(build, mounts=mounts))
             else:  # the spec needs nothing from the snapshot: make both side by side
@@ -148,6 +188,7 @@ async def _create(
                 stop_signal=config.stop_signal or built.stop_signal,
                 user=built.user,
                 io_dir=str(deps.paths.io_root / container_id),
+                restore_dir=str(checkpoint.dir) if checkpoint is not None else "",
             )
             await cd.containers.create(
                 ContainerRecord(
@@ -175,6 +216,18 @@ async def _create(
     deps.store.put(container, built.spec)
     deps.prepared_mounts[container_id] = mounts  # the start's, saving it a round trip
     return container
+
+
+def _checkpoint_image(deps: ContainerDeps, checkpoint: restore.Checkpoint, archive: str) -> Image:
+    """The image the checkpointed container ran, which must be on this node."""
+    for ref in checkpoint.image_refs:
+        image = deps.images.status(ref)
+        if image is not None:
+            return image
+    named = checkpoint.image_refs[0] if checkpoint.image_refs else "(none named)"
+    raise FailedPrecondition(
+        f"cannot restore checkpoint {archive}: its image {named} is not on this node; pull it first"
+    )
 
 
 def _target_pid(deps: ContainerDeps, sandbox: Sandbox, config: ContainerConfig) -> int:

@@ -46,6 +46,8 @@ class ContainerPaths:
     """Per container of a pod with a user namespace: its idmapped layers."""
     checkpoint_root: Path
     """Per checkpoint under way: CRIU's images and work files (swept at start)."""
+    restore_root: Path
+    """Per container made from a checkpoint, until it starts: the checkpoint, unpacked."""
 
     @classmethod
     def of(cls, config: Config) -> ContainerPaths:
@@ -54,6 +56,7 @@ class ContainerPaths:
             volumes_root=config.root / "containers",
             idmap_root=config.state / "idmap",
             checkpoint_root=config.state / "checkpoints",
+            restore_root=config.root / "restores",
         )
 
 

@@ -67,6 +67,9 @@ class Container:
     user: EffectiveUser | None = None
     io_dir: str = ""
     """Where the container's FIFOs live."""
+    restore_dir: str = ""
+    """The unpacked checkpoint StartContainer restores from ("" once started, or for a
+    container made from an image)."""
 
     def with_changes(self, **changes: Any) -> Container:
         return dataclasses.replace(self, **changes)

@@ -68,6 +68,7 @@ async def _remove_leftovers(deps: ContainerDeps, container: Container) -> None:
         idmap.release(paths.idmap_root / container.id)  # before any rmtree: nothing may
         remove_tree(Path(container.io_dir))  # reach into a layer
         remove_tree(paths.volumes_root / container.id)
+        remove_tree(paths.restore_root / container.id)
 
     async def remove_snapshot() -> None:
         await deps.containerd.snapshots.remove(deps.config.containerd.snapshotter, container.id)

@@ -4,6 +4,8 @@ leaves the container EXITED with StartError and the runtime's message, as contai
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,12 +13,17 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from criproxy.containers.checkpoint import CHECKPOINT_DIR, CONTAINER_LOG
+from criproxy.containers.deps import remove_tree
 from criproxy.containers.io import ContainerIO
 from criproxy.errors import CriproxyError, FailedPrecondition, Internal, NotFound
 from criproxy.sandbox import idmap
-from criproxy.sandbox.handlers import resolve_handler
+from criproxy.sandbox.handlers import resolve_handler, runc_options
 
 if TYPE_CHECKING:
+    from google.protobuf import any_pb2
+
+    from criproxy.config import RuntimeHandler
     from criproxy.containers.deps import ContainerDeps
     from criproxy.containers.model import Container
 
@@ -45,6 +52,9 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
     handler = resolve_handler(deps.config, sandbox.runtime_handler)
     tasks = deps.containerd.tasks
     cfg = container.config
+    options = None
+    if container.restore_dir:  # made from a checkpoint: CRIU restores its processes
+        options = await anyio.to_thread.run_sync(_restore_options, deps, handler, container)
     io = await ContainerIO.create(
         Path(container.io_dir),
         container.id,
@@ -80,6 +90,7 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
             stderr=io.fifos.stderr,
             terminal=cfg.tty,
             runtime_path=handler.runtime_path,
+            options=options,
         )
         started_at = time.time_ns()  # before: a quick exit must not precede it
         pid = await tasks.start(container.id)
@@ -92,10 +103,37 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
         if isinstance(err, Exception) and failure is not err:
             raise failure from None
         raise
-    running = container.with_changes(state="running", pid=pid, started_at_ns=started_at)
+    running = container.with_changes(
+        state="running", pid=pid, started_at_ns=started_at, restore_dir=""
+    )
     deps.store.put(running)
     deps.persist_later(container.id)
+    if container.restore_dir:  # CRIU is done with it
+        deps.background.start_soon(
+            anyio.to_thread.run_sync, remove_tree, Path(container.restore_dir)
+        )
     log.info("container started", container=container.id, pid=pid)
+
+
+def _restore_options(
+    deps: ContainerDeps, handler: RuntimeHandler, container: Container
+) -> any_pb2.Any:
+    """The runc shim's options for a restoring task (they replace the container's own for
+    it), and the checkpointed log carried over where the new one is still empty. Blocking."""
+    base = runc_options(handler, deps.config)
+    if base is None:
+        raise FailedPrecondition(f"restoring container {container.id} needs the runc shim")
+    restore_dir = Path(container.restore_dir)
+    work = restore_dir / "work"
+    work.mkdir(mode=0o700, exist_ok=True)
+    saved_log = restore_dir / CONTAINER_LOG
+    if container.log_path and saved_log.is_file() and not Path(container.log_path).exists():
+        Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(saved_log, container.log_path)
+    options = dataclasses.replace(
+        base, criu_image_path=str(restore_dir / CHECKPOINT_DIR), criu_work_path=str(work)
+    )
+    return options.to_any()
 
 
 async def _start_failed(deps: ContainerDeps, container: Container, err: CriproxyError) -> None:

@@ -7,6 +7,7 @@ on PATH, else /usr/local/sbin/criu) and are skipped, saying so, where none is.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -211,7 +212,7 @@ def test_kill_9_during_a_checkpoint_leaves_no_archive_and_the_container_running(
     thread.start()
     checkpoints = cp_env.pods.proxy.state / "checkpoints"
     wait_until(lambda: checkpoints.exists() and any(checkpoints.iterdir()), 10)
-    time.sleep(0.3)  # CRIU is dumping
+    time.sleep(0.1)  # CRIU starts dumping 200 MB (it cannot be done this soon)
     cp_env.pods.proxy.kill()
     thread.join(60)
     # it never answered: the connection went (or the helper closed its channel on kill)
@@ -293,8 +294,10 @@ def test_a_pod_checkpoint_is_one_cut_and_leaves_the_pod_running(
     cp_env: ContainerEnv, out_dir: Path
 ) -> None:
     pod_id, pod = cp_env.pod("podckpt")
-    a = cp_env.run(pod_id, pod, "a", args=[COUNTER])
-    b = cp_env.run(pod_id, pod, "b", args=[COUNTER])
+    # 50 MB each: every dump takes a while, so a pod frozen for all of them shows
+    weighty = "x=$(head -c 50000000 /dev/zero | tr '\\0' a); " + COUNTER
+    a = cp_env.run(pod_id, pod, "a", args=[weighty])
+    b = cp_env.run(pod_id, pod, "b", args=[weighty])
     wait_until(lambda: min(len(_counted(cp_env, c)) for c in (a, b)) > 5, 10)
     output = out_dir / "pod"
     output.mkdir()
@@ -315,11 +318,11 @@ def test_a_pod_checkpoint_is_one_cut_and_leaves_the_pod_running(
             assert config["id"] == container
             assert "checkpoint/inventory.img" in tar.getnames()
     # one cut: both were frozen over the same stretch, not one after the other
-    gaps_a, gaps_b = (_log_gaps(cp_env, c, 0.25) for c in (a, b))
+    gaps_a, gaps_b = (_log_gaps(cp_env, c, 0.3) for c in (a, b))
     overlap = max(
         (min(ea, eb) - max(sa, sb) for sa, ea in gaps_a for sb, eb in gaps_b), default=0.0
     )
-    assert overlap > 0.2, (gaps_a, gaps_b)
+    assert overlap > 0.3, (gaps_a, gaps_b)
     for c in (a, b):
         cp_env.remove(c)
 
@@ -328,7 +331,7 @@ def test_kill_9_during_a_pod_checkpoint_leaves_nothing_and_the_pod_not_frozen(
     cp_env: ContainerEnv, out_dir: Path
 ) -> None:
     pod_id, pod = cp_env.pod("podckpt-kill")
-    big = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); " + COUNTER
+    big = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); " + COUNTER
     busy = cp_env.run(pod_id, pod, "busy", args=[big])
     small = cp_env.run(pod_id, pod, "small", args=[COUNTER])
     wait_until(lambda: min(len(_counted(cp_env, c)) for c in (busy, small)) > 3, 60)
@@ -355,3 +358,108 @@ def test_kill_9_during_a_pod_checkpoint_leaves_nothing_and_the_pod_not_frozen(
         counted = len(_counted(cp_env, c))
         wait_until(lambda c=c, counted=counted: len(_counted(cp_env, c)) > counted + 5, 30)  # type: ignore[misc]
         cp_env.remove(c)
+
+
+# --- restore through CreateContainer --------------------------------------------------------
+
+
+def test_a_restored_container_counts_on_from_where_it_was(
+    cp_env: ContainerEnv, out_dir: Path
+) -> None:
+    pod_id, pod = cp_env.pod("restore-src")
+    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+    assert cp_env.exec(counter, "sh", "-c", "echo kept > /root-note; rm /etc/group").exit_code == 0
+    wait_until(lambda: len(_counted(cp_env, counter)) > 20, 10)
+    archive = out_dir / "restore.tar"
+    _checkpoint(cp_env, counter, str(archive))
+    cp_env.stop(counter)
+    cp_env.remove(counter)
+
+    new_pod, new_config = cp_env.pod("restore-dst")
+    restored = cp_env.create(new_pod, new_config, "counter", image=str(archive), args=[COUNTER])
+    status = cp_env.status(restored).status
+    assert status.state == api_pb2.CONTAINER_CREATED
+    assert status.image.image.endswith("test/busybox:1")  # the checkpointed one's image
+    assert "@sha256:" in status.image.user_specified_image  # asked for by its digest
+    cp_env.start(restored)
+    history = len(_counted(cp_env, restored))  # the checkpointed log, carried over
+    assert history > 20
+    wait_until(lambda: len(_counted(cp_env, restored)) > history + 10, 15)
+    resumed = _counted(cp_env, restored)[history:]
+    assert resumed[0] > 20  # it went on counting: a fresh start would print 0 first
+    assert resumed == list(range(resumed[0], resumed[0] + len(resumed)))
+    note = cp_env.exec(restored, "cat", "/root-note")
+    assert note.stdout == b"kept\n"  # the writable layer came along,
+    assert cp_env.exec(restored, "test", "-e", "/etc/group").exit_code == 1  # deletions too
+    assert not list((cp_env.pods.proxy.root / "restores").glob("*"))  # CRIU is done with it
+    cp_env.stop(restored)
+    cp_env.remove(restored)
+
+
+def test_a_restore_that_would_grant_other_privileges_is_refused(
+    cp_env: ContainerEnv, out_dir: Path
+) -> None:
+    pod_id, pod = cp_env.pod("restore-priv-src")
+    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+    archive = out_dir / "priv.tar"
+    _checkpoint(cp_env, counter, str(archive))
+    cp_env.remove(counter)
+    new_pod, new_config = cp_env.pod("restore-priv-dst")
+    for name, fields, differs in (
+        (
+            "more-caps",
+            {
+                "linux": api_pb2.LinuxContainerConfig(
+                    security_context=api_pb2.LinuxContainerSecurityContext(
+                        capabilities=api_pb2.Capability(add_capabilities=["SYS_ADMIN"])
+                    )
+                )
+            },
+            "process.capabilities",
+        ),
+        (
+            "other-user",
+            {
+                "linux": api_pb2.LinuxContainerConfig(
+                    security_context=api_pb2.LinuxContainerSecurityContext(
+                        run_as_user=api_pb2.Int64Value(value=1000)
+                    )
+                )
+            },
+            "process.user",
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            cp_env.create(new_pod, new_config, name, image=str(archive), args=[COUNTER], **fields)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
+        assert differs in str(err.value.details())
+    listed = cp_env.runtime.ListContainers(
+        api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(pod_sandbox_id=new_pod))
+    ).containers
+    assert list(listed) == []  # nothing half made
+    assert not list((cp_env.pods.proxy.root / "restores").glob("*"))
+
+
+def test_an_archive_changed_after_the_checkpoint_is_refused(
+    cp_env: ContainerEnv, out_dir: Path
+) -> None:
+    pod_id, pod = cp_env.pod("restore-tamper")
+    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+    archive = out_dir / "tamper.tar"
+    _checkpoint(cp_env, counter, str(archive))
+    cp_env.remove(counter)
+    tampered = out_dir / "tampered.tar"
+    with tarfile.open(archive) as src, tarfile.open(tampered, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member) if member.isfile() else None
+            if member.name == "spec.dump":
+                spec = json.load(data)  # type: ignore[arg-type]
+                spec["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
+                raw = json.dumps(spec).encode()
+                member.size = len(raw)
+                data = io.BytesIO(raw)  # type: ignore[assignment]
+            dst.addfile(member, data)
+    with pytest.raises(grpc.RpcError) as err:
+        cp_env.create(pod_id, pod, "tampered", image=str(tampered), args=[COUNTER])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "spec.dump differ from what was signed" in str(err.value.details())
