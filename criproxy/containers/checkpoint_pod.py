@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,3 +215,33 @@ def sweep_partial(checkpoint_root: Path) -> list[str]:
             shutil.rmtree(partial, ignore_errors=True)
             removed.append(str(partial))
     return removed
+
+
+def pod_archives(checkpoint_path: str) -> dict[str, str]:
+    """`{container name: its archive}` of a pod checkpoint directory, as its pod.options
+    lists them; each archive is checked (signature and all) when restored. Blocking."""
+    path = Path(checkpoint_path)
+    if not checkpoint_path or not path.is_absolute():
+        raise InvalidArgument(f"checkpoint_path {checkpoint_path!r} must be an absolute path")
+    if not path.is_dir():
+        raise InvalidArgument(f"checkpoint_path {checkpoint_path!r} is not a directory")
+    try:
+        options = json.loads((path / POD_OPTIONS).read_bytes())
+        names = options["containers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InvalidArgument(
+            f"checkpoint_path {checkpoint_path!r} holds no readable {POD_OPTIONS}"
+        ) from None
+    if not isinstance(names, list) or not all(isinstance(n, str) and _NAME.match(n) for n in names):
+        raise InvalidArgument(f"{path / POD_OPTIONS} does not list container names")
+    archives = {}
+    for name in names:
+        archive = path / f"{name}.tar"
+        try:
+            regular = stat.S_ISREG(os.lstat(archive).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            raise InvalidArgument(f"checkpoint_path {checkpoint_path!r} lacks {archive.name}")
+        archives[name] = str(archive)
+    return archives

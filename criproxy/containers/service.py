@@ -13,6 +13,8 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from criproxy.containers import (
     attach,
     checkpoint,
@@ -121,6 +123,9 @@ class ContainerService:
             timeout=timeout,
             statuses=statuses,
         )
+
+    async def pod_archives(self, checkpoint_path: str) -> dict[str, str]:
+        return await anyio.to_thread.run_sync(checkpoint_pod.pod_archives, checkpoint_path)
 
     async def reopen_log(self, container_id: str) -> None:
         await logs.reopen_log(self.deps, container_id)

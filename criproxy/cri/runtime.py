@@ -6,6 +6,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, TypeVar
 
+import anyio
 from google.protobuf import json_format
 
 from criproxy import __version__
@@ -301,6 +302,46 @@ class RuntimeServicer:
             statuses=statuses,
         )
         return api_pb2.CheckpointPodResponse()
+
+    async def RestorePod(  # noqa: N802
+        self, request: api_pb2.RestorePodRequest, context: Context
+    ) -> api_pb2.RestorePodResponse:
+        """A new pod from `config` with each checkpointed container restored into it,
+        CREATED (the caller starts them); on any failure the new pod and its containers go."""
+        if not request.HasField("config"):
+            raise InvalidArgument("config is required")
+        if request.options:
+            raise InvalidArgument(
+                f"options {sorted(request.options)} are not supported: RestorePod takes none here"
+            )
+        names = [c.metadata.name for c in request.container_configs]
+        if not names or not all(names) or len(set(names)) != len(names):
+            raise InvalidArgument(
+                f"container_configs must name each checkpointed container once, got {names}"
+            )
+        archives = await self._containers.pod_archives(request.checkpoint_path)
+        if set(names) != set(archives):
+            raise InvalidArgument(
+                f"container_configs name {sorted(names)}; the checkpoint holds {sorted(archives)}"
+            )
+        configs = [
+            dataclasses.replace(container_cri.container_config(c), image=archives[name])
+            for c, name in zip(request.container_configs, names, strict=True)
+        ]
+        pod = sandbox_cri.pod_config(request.config)
+        sandbox_id = await self._sandboxes.run_pod(pod, request.runtime_handler)
+        restored = []
+        try:
+            for config in configs:
+                container_id = await self._containers.create(sandbox_id, config)
+                restored.append(
+                    api_pb2.RestoredContainer(name=config.name, container_id=container_id)
+                )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._sandboxes.remove_pod(sandbox_id)
+            raise
+        return api_pb2.RestorePodResponse(pod_sandbox_id=sandbox_id, restored_containers=restored)
 
     async def ReopenContainerLog(  # noqa: N802
         self, request: api_pb2.ReopenContainerLogRequest, context: Context

@@ -463,3 +463,94 @@ def test_an_archive_changed_after_the_checkpoint_is_refused(
         cp_env.create(pod_id, pod, "tampered", image=str(tampered), args=[COUNTER])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "spec.dump differ from what was signed" in str(err.value.details())
+
+
+def _restore_pod(
+    env: ContainerEnv,
+    checkpoint: Path,
+    pod: api_pb2.PodSandboxConfig,
+    names: list[str],
+    **fields: object,
+) -> api_pb2.RestorePodResponse:
+    from tests.integration.pods_env import set_fields
+
+    configs = []
+    for name in names:
+        config = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name=name),
+            image=api_pb2.ImageSpec(image=env.image),
+            args=[COUNTER],
+            log_path=f"{name}.log",
+        )
+        set_fields(config, fields)
+        configs.append(config)
+    return env.runtime.RestorePod(  # type: ignore[no-any-return]
+        api_pb2.RestorePodRequest(
+            checkpoint_path=str(checkpoint), config=pod, container_configs=configs
+        ),
+        timeout=120,
+    )
+
+
+def _new_pod(env: ContainerEnv, name: str) -> api_pb2.PodSandboxConfig:
+    from tests.integration.pods_env import pod_config
+
+    config = pod_config(name)
+    config.log_directory = str(env.log_root / name)
+    Path(config.log_directory).mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def test_a_restored_pod_continues_both_containers(cp_env: ContainerEnv, out_dir: Path) -> None:
+    pod_id, pod = cp_env.pod("podrestore-src")
+    a = cp_env.run(pod_id, pod, "a", args=[COUNTER])
+    b = cp_env.run(pod_id, pod, "b", args=[COUNTER])
+    wait_until(lambda: min(len(_counted(cp_env, c)) for c in (a, b)) > 20, 10)
+    checkpoint = out_dir / "podrestore"
+    checkpoint.mkdir()
+    _checkpoint_pod(cp_env, pod_id, checkpoint, [a, b])
+    cp_env.pods.stop(pod_id)
+    cp_env.pods.remove(pod_id)
+
+    restored = _restore_pod(cp_env, checkpoint, _new_pod(cp_env, "podrestore-dst"), ["a", "b"])
+    assert restored.pod_sandbox_id != pod_id
+    assert sorted(r.name for r in restored.restored_containers) == ["a", "b"]
+    for r in restored.restored_containers:  # CREATED: nothing ran yet
+        assert cp_env.status(r.container_id).status.state == api_pb2.CONTAINER_CREATED
+    for r in restored.restored_containers:
+        cp_env.start(r.container_id)
+    for r in restored.restored_containers:
+        history = len(_counted(cp_env, r.container_id))
+        wait_until(lambda r=r, h=history: len(_counted(cp_env, r.container_id)) > h + 5, 15)  # type: ignore[misc]
+        assert _counted(cp_env, r.container_id)[history] > 20, r.name  # counting on, not anew
+    cp_env.pods.stop(restored.pod_sandbox_id)
+    cp_env.pods.remove(restored.pod_sandbox_id)
+
+
+def test_a_pod_restore_that_cannot_be_whole_leaves_nothing(
+    cp_env: ContainerEnv, out_dir: Path
+) -> None:
+    pod_id, pod = cp_env.pod("podrestore-bad-src")
+    a = cp_env.run(pod_id, pod, "a", args=[COUNTER])
+    checkpoint = out_dir / "podrestore-bad"
+    checkpoint.mkdir()
+    _checkpoint_pod(cp_env, pod_id, checkpoint, [a])
+    cp_env.remove(a)
+    before = {p.id for p in cp_env.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items}
+
+    with pytest.raises(grpc.RpcError) as err:  # names that are not the checkpoint's
+        _restore_pod(cp_env, checkpoint, _new_pod(cp_env, "podrestore-bad1"), ["a", "z"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    more_caps = api_pb2.LinuxContainerConfig(
+        security_context=api_pb2.LinuxContainerSecurityContext(
+            capabilities=api_pb2.Capability(add_capabilities=["SYS_ADMIN"])
+        )
+    )
+    with pytest.raises(grpc.RpcError) as err:  # privileges the checkpoint did not have
+        _restore_pod(
+            cp_env, checkpoint, _new_pod(cp_env, "podrestore-bad2"), ["a"], linux=more_caps
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "process.capabilities" in str(err.value.details())
+    after = {p.id for p in cp_env.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items}
+    assert after == before  # the new pod went with its failure
