@@ -38,8 +38,9 @@ from criproxy.containers.deps import remove_tree
 from criproxy.errors import CriproxyError, FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
+    from criproxy.containerd import Mount
     from criproxy.containers.deps import ContainerDeps
     from criproxy.containers.model import Container
 
@@ -202,17 +203,27 @@ def _log_tail(path: Path, lines: int = 3) -> str:
 async def _upperdir(deps: ContainerDeps, container_id: str) -> Path:
     """The container's writable layer: the overlay mount's upperdir."""
     snapshotter = deps.config.containerd.snapshotter
-    mounts = await deps.containerd.snapshots.mounts(snapshotter, container_id)
-    for mount in mounts:
-        if mount.type == "overlay":
-            for option in mount.options:
-                if option.startswith("upperdir="):
-                    return Path(option.removeprefix("upperdir="))
+    upper, _ = overlay_dirs(await deps.containerd.snapshots.mounts(snapshotter, container_id))
+    if upper:
+        return Path(upper)
     raise FailedPrecondition(
         f"cannot checkpoint container {container_id}: its writable layer is not an overlay "
         f"upper directory (snapshotter {snapshotter}); checkpoints need the overlayfs "
         "snapshotter"
     )
+
+
+def overlay_dirs(mounts: Sequence[Mount]) -> tuple[str, tuple[str, ...]]:
+    """An overlay rootfs's upper directory and lower directories ("" and () for others)."""
+    upper, lowers = "", tuple[str, ...]()
+    for mount in mounts:
+        if mount.type == "overlay":
+            for option in mount.options:
+                if option.startswith("upperdir="):
+                    upper = option.removeprefix("upperdir=")
+                elif option.startswith("lowerdir="):
+                    lowers = tuple(option.removeprefix("lowerdir=").split(":"))
+    return upper, lowers
 
 
 def _go_time(when: datetime.datetime) -> str:

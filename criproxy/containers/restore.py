@@ -38,6 +38,7 @@ from criproxy.containers.checkpoint import (
     SPEC_DUMP,
     STATS_DUMP,
     STATUS_DUMP,
+    overlay_dirs,
 )
 from criproxy.errors import DataLoss, FailedPrecondition, InvalidArgument
 from criproxy.images import tar
@@ -301,14 +302,7 @@ def apply_rootfs_diff(checkpoint: Checkpoint, mounts: list[Mount], archive: str)
     diff = checkpoint.dir / ROOTFS_DIFF
     if not diff.is_file():
         return
-    upper, lowers = "", tuple[str, ...]()
-    for mount in mounts:
-        if mount.type == "overlay":
-            for option in mount.options:
-                if option.startswith("upperdir="):
-                    upper = option.removeprefix("upperdir=")
-                elif option.startswith("lowerdir="):
-                    lowers = tuple(option.removeprefix("lowerdir=").split(":"))
+    upper, lowers = overlay_dirs(mounts)
     if not upper:
         raise FailedPrecondition("restoring a checkpoint needs the overlayfs snapshotter")
     extractor = Extractor(upper, "overlay")
