@@ -6,9 +6,10 @@ out as checkpointctl and CRI-O read it.
 The archive appears whole or not at all: it is written into an unnamed file in the
 destination's directory (O_TMPFILE) and linked into place at the end, so a failed or
 killed checkpoint leaves nothing there. CRIU writes its images into a work directory
-under criproxy's state directory, removed afterwards and swept at start should criproxy
-have died meanwhile. A checkpoint that fails or times out leaves the container running:
-a task CRIU left frozen is resumed.
+under criproxy's root directory (disk, not tmpfs: the images hold the container's
+memory), removed afterwards and swept at start should criproxy have died meanwhile. A
+checkpoint that fails or times out leaves the container running: a task CRIU left frozen
+is resumed.
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ async def _dump(deps: ContainerDeps, container: Container, work: Path, timeout: 
         detail = f"; CRIU's log ends: {said}" if said else ""
         message = f"checkpoint of container {container.id} failed: {err.message}{detail}"
         raise type(err)(message) from None
+    except BaseException:  # cancelled: CRIU may have been stopped with the task frozen
+        with anyio.CancelScope(shield=True):
+            await _thaw(deps, container.id)
+        raise
 
 
 async def _thaw(deps: ContainerDeps, container_id: str) -> None:
@@ -268,8 +273,14 @@ def _write_archive(
         files[name] = hashlib.sha256(data).hexdigest()
 
     def add_file(path: Path, name: str) -> None:
-        tar.add(path, arcname=name, recursive=False)
-        files[name] = signing.file_digest(path)
+        """One read of the file: what is signed is exactly what was written (a log may
+        grow meanwhile)."""
+        with path.open("rb") as f:
+            info = tar.gettarinfo(arcname=name, fileobj=f)
+            info.mode = 0o600
+            digest = hashlib.sha256()
+            tar.addfile(info, _Exact(f, info.size, digest))
+        files[name] = digest.hexdigest()
 
     with _unnamed_file(destination) as out:
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -341,49 +352,122 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _rootfs_diff(upper: Path, out: Path) -> list[str]:
     """The writable layer's changes into `out` as an OCI layer tar (overlay whiteouts as
-    `.wh.` entries, opaque directories with `.wh..wh..opq`); the paths it deleted."""
+    `.wh.` entries, opaque directories with `.wh..wh..opq`); the paths it deleted.
+
+    The container runs while this reads its upper directory, so nothing here follows a
+    link: the walk holds directory fds (`os.fwalk`), files are opened O_NOFOLLOW and must
+    be what lstat saw, and sockets are skipped. A path swapped for a link to the host
+    meanwhile is read as the link, never through it."""
     deleted: list[str] = []
+    first_names: dict[tuple[int, int], str] = {}
     with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for root, dirs, files in os.walk(upper):
-            dirs.sort()
+        for root, dirs, files, dir_fd in os.fwalk(upper, follow_symlinks=False):
             rel_root = os.path.relpath(root, upper)
-            for name in sorted(dirs) + sorted(files):
-                path = os.path.join(root, name)
+            if rel_root != ".":
+                info = _info(tar, rel_root, os.fstat(dir_fd))
+                tar.addfile(info)
+                if _is_opaque(dir_fd):
+                    _add_bytes(tar, os.path.join(rel_root, ".wh..wh..opq"), b"")
+            dirs.sort()
+            for name in sorted(files) + [d for d in dirs if _is_link(dir_fd, d)]:
                 arcname = name if rel_root == "." else os.path.join(rel_root, name)
-                st = os.lstat(path)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # overlay's whiteout
-                    parent = os.path.dirname(arcname)
-                    _add_bytes(tar, os.path.join(parent, f".wh.{name}"), b"")
-                    deleted.append("/" + arcname)
-                    continue
-                info = tar.gettarinfo(path, arcname)
-                info.pax_headers = {**info.pax_headers, **_xattrs(path)}
-                if info.isreg():
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
-                if stat.S_ISDIR(st.st_mode) and _is_opaque(path):
-                    _add_bytes(tar, os.path.join(arcname, ".wh..wh..opq"), b"")
+                _add_entry(tar, dir_fd, name, arcname, first_names=first_names, deleted=deleted)
     return deleted
 
 
-def _xattrs(path: str) -> dict[str, str]:
+def _is_link(dir_fd: int, name: str) -> bool:
+    """fwalk lists a symlink to a directory among the directories, and does not enter it."""
+    return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+
+
+def _add_entry(
+    tar: tarfile.TarFile,
+    dir_fd: int,
+    name: str,
+    arcname: str,
+    *,
+    first_names: dict[tuple[int, int], str],
+    deleted: list[str],
+) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return  # gone since the listing
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # overlay's whiteout
+        _add_bytes(tar, os.path.join(os.path.dirname(arcname), f".wh.{name}"), b"")
+        deleted.append("/" + arcname)
+        return
+    if stat.S_ISLNK(st.st_mode):
+        info = _info(tar, arcname, st)
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dir_fd)
+        tar.addfile(info)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return  # devices, FIFOs and sockets are not carried over (a restore refuses them)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError:
+        return  # replaced by a link (ELOOP) or gone since the stat
+    with os.fdopen(fd, "rb") as f:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+            return
+        info = _info(tar, arcname, now)
+        key = (now.st_dev, now.st_ino)
+        if now.st_nlink > 1 and key in first_names:
+            info.type, info.linkname, info.size = tarfile.LNKTYPE, first_names[key], 0
+            tar.addfile(info)
+            return
+        first_names[key] = arcname
+        info.pax_headers = {**info.pax_headers, **_xattrs(fd)}
+        tar.addfile(info, _Exact(f, info.size))
+
+
+def _info(tar: tarfile.TarFile, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+    info = tar.tarinfo(arcname)
+    info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    info.mtime = int(st.st_mtime)
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    else:
+        info.size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return info
+
+
+class _Exact:
+    """A file's first `size` bytes, padded with zeros should it shrink meanwhile (the
+    header already promised `size`)."""
+
+    def __init__(self, f: BinaryIO, size: int, digest: Any = None) -> None:
+        self._f, self._left, self._digest = f, size, digest
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(want)
+        data += b"\0" * (want - len(data))
+        self._left -= want
+        if self._digest is not None:
+            self._digest.update(data)
+        return data
+
+
+def _xattrs(fd: int) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(fd)
     except OSError:
         return out
     for name in names:
         if name.startswith(_KEPT_XATTRS):
             with contextlib.suppress(OSError):
-                value = os.getxattr(path, name, follow_symlinks=False)
+                value = os.getxattr(fd, name)
                 out[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")
     return out
 
 
-def _is_opaque(path: str) -> bool:
+def _is_opaque(dir_fd: int) -> bool:
     try:
-        return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
+        return os.getxattr(dir_fd, _OPAQUE) == b"y"
     except OSError:
         return False

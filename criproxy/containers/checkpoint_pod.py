@@ -6,7 +6,7 @@ container archive each, `<container name>.tar`, laid out as CheckpointContainer'
 
 The files appear all or none: they are made in a hidden directory inside `output_path`
 and moved into place at the end; a failure removes it, and a criproxy killed meanwhile
-leaves a note under its state directory that the next start's sweep follows.
+leaves a note under its root directory that the next start's sweep follows.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ async def _freeze_and_capture(
     paused: list[Container] = []
     try:
         for container in containers:
+            paused.append(container)  # first: a pause cancelled on its way may still land
             await tasks.pause(container.id)
-            paused.append(container)
         for container in containers:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -191,7 +191,10 @@ def _write_pod_files(partial: Path, sandbox: Sandbox, containers: list[Container
 
 
 def _publish(partial: Path, output: Path) -> None:
-    for entry in sorted(os.listdir(partial)):
+    """pod.options last: a directory cut short while being filled lacks it, and is no
+    checkpoint RestorePod would take."""
+    entries = sorted(os.listdir(partial), key=lambda e: e == POD_OPTIONS)
+    for entry in entries:
         os.rename(partial / entry, output / entry)
 
 

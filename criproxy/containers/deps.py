@@ -55,7 +55,7 @@ class ContainerPaths:
             io_root=config.state / "containers",
             volumes_root=config.root / "containers",
             idmap_root=config.state / "idmap",
-            checkpoint_root=config.state / "checkpoints",
+            checkpoint_root=config.root / "checkpoints",  # CRIU's images: disk, not tmpfs
             restore_root=config.root / "restores",
         )
 

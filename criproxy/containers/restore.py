@@ -21,9 +21,11 @@ The archive is untrusted input, and is treated so:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,7 @@ from criproxy.containers.checkpoint import (
     STATUS_DUMP,
     overlay_dirs,
 )
-from criproxy.errors import DataLoss, FailedPrecondition, InvalidArgument
+from criproxy.errors import DataLoss, FailedPrecondition, InvalidArgument, Unavailable
 from criproxy.images import tar
 from criproxy.images.extract import Extractor
 
@@ -186,11 +188,17 @@ def unpack(archive: str, dest: Path, secret: bytes) -> Checkpoint:
     limits = tar.Limits(max_entries=MAX_MEMBERS + 16, max_depth=2, max_path=512)
     try:
         reader = tar.TarReader(sink, limits)
-        with open(archive, "rb") as f:
-            while chunk := f.read(1 << 20):
+        # never through a link, never blocking on a FIFO swapped in since the path was seen
+        fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InvalidArgument(f"checkpoint archive {archive} is not a regular file")
+            while not reader.done and (chunk := f.read(1 << 20)):
                 reader.feed(chunk)
         reader.close()
     except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise Unavailable(f"checkpoint archive {archive} cannot be unpacked: {err}") from None
         raise InvalidArgument(f"checkpoint archive {archive} cannot be read: {err}") from None
     except DataLoss as err:
         raise InvalidArgument(f"checkpoint archive {archive} is refused: {err.message}") from None
@@ -230,7 +238,15 @@ def _json(dest: Path, name: str, archive: str) -> dict[str, Any]:
 
 # --- privileges: the request's, and only if they are the checkpoint's ------------------------
 
-_PROCESS_KEYS = ("user", "capabilities", "noNewPrivileges", "apparmorProfile", "selinuxLabel")
+_PROCESS_KEYS = (
+    "user",
+    "capabilities",
+    "noNewPrivileges",
+    "apparmorProfile",
+    "selinuxLabel",
+    "oomScoreAdj",  # CRIU restores it: a Guaranteed pod's -997 must not reach a BestEffort one
+    "rlimits",  # CRIU restores them too
+)
 _LINUX_KEYS = (
     "seccomp",
     "maskedPaths",
@@ -238,6 +254,9 @@ _LINUX_KEYS = (
     "uidMappings",
     "gidMappings",
     "devices",
+    "mountLabel",
+    "rootfsPropagation",
+    "sysctl",
 )
 
 
@@ -316,5 +335,9 @@ def apply_rootfs_diff(checkpoint: Checkpoint, mounts: list[Mount], archive: str)
     except DataLoss as err:
         message = f"checkpoint archive {archive}: {ROOTFS_DIFF} is refused: {err.message}"
         raise InvalidArgument(message) from None
+    except OSError as err:
+        raise Unavailable(
+            f"checkpoint archive {archive}: {ROOTFS_DIFF} not applied: {err}"
+        ) from None
     finally:
         extractor.close()

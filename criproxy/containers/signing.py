@@ -13,6 +13,8 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from criproxy.errors import FailedPrecondition
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -22,18 +24,27 @@ KEY_BYTES = 32
 
 
 def key(path: Path) -> bytes:
-    """The node's checkpoint key, made (0600, 32 random bytes) on first use. Blocking."""
-    with contextlib.suppress(FileExistsError):
+    """The node's checkpoint key, made (0600, 32 random bytes) on first use; a key file
+    appears whole (written aside, then linked), so a concurrent reader never sees half of
+    one. Blocking."""
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, secrets.token_bytes(KEY_BYTES))
             os.fsync(fd)
         finally:
             os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)  # the first maker's key stands
+        aside.unlink()
     data = path.read_bytes()
     if len(data) < KEY_BYTES:
-        raise ValueError(f"checkpoint key {path} holds {len(data)} bytes, fewer than {KEY_BYTES}")
+        raise FailedPrecondition(
+            f"checkpoint key {path} holds {len(data)} bytes, fewer than {KEY_BYTES}: "
+            "replace it with 32 random bytes (nodes that share checkpoints share it)"
+        )
     return data
 
 
@@ -62,8 +73,3 @@ def verify(signature: bytes, secret: bytes) -> dict[str, str]:
     if not isinstance(mac, str) or not hmac.compare_digest(mac, expected):
         raise ValueError("its signature does not match this node's checkpoint key")
     return files
-
-
-def file_digest(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -30,6 +30,12 @@ IMAGE_NAME = "io.kubernetes.cri.image-name"
 UNTRUSTED_WORKLOAD = "io.kubernetes.cri.untrusted-workload"
 
 
+NEVER_PASSED = frozenset({"org.criu.config"})
+"""Annotations no pattern lets through: runc hands `org.criu.config` to CRIU as a config
+file on every checkpoint and restore, and a CRIU config can run host commands as root
+(`action-script`)."""
+
+
 def passthrough_annotations(
     pod_annotations: Mapping[str, str], patterns: Iterable[str]
 ) -> dict[str, str]:
@@ -42,7 +48,7 @@ def passthrough_annotations(
     return {
         key: value
         for key, value in pod_annotations.items()
-        if any(m.fullmatch(key) for m in compiled)
+        if key not in NEVER_PASSED and any(m.fullmatch(key) for m in compiled)
     }
 
 

@@ -187,7 +187,7 @@ def test_a_checkpoint_leaves_the_container_running_and_holds_it_whole(
                 assert diff.extractfile("root-note").read() == b"kept\n"  # type: ignore[union-attr]
     leftovers = [p.name for p in out_dir.iterdir() if p not in archives]
     assert leftovers == []
-    assert not list((cp_env.pods.proxy.state / "checkpoints").iterdir())
+    assert not list((cp_env.pods.proxy.root / "checkpoints").iterdir())
     cp_env.remove(counter)
 
 
@@ -210,7 +210,7 @@ def test_kill_9_during_a_checkpoint_leaves_no_archive_and_the_container_running(
 
     thread = threading.Thread(target=call)
     thread.start()
-    checkpoints = cp_env.pods.proxy.state / "checkpoints"
+    checkpoints = cp_env.pods.proxy.root / "checkpoints"
     wait_until(lambda: checkpoints.exists() and any(checkpoints.iterdir()), 10)
     time.sleep(0.1)  # CRIU starts dumping 200 MB (it cannot be done this soon)
     cp_env.pods.proxy.kill()

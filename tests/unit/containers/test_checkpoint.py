@@ -159,3 +159,23 @@ def test_the_sweep_removes_only_the_hidden_directories_its_notes_name(tmp_path: 
     assert not partial.exists()
     assert precious.exists()
     assert checkpoint_pod.sweep_partial(tmp_path / "none") == []
+
+
+def test_the_diff_never_reads_through_a_link_or_chokes_on_a_socket(tmp_path: Path) -> None:
+    """The container runs while its upper directory is read: a directory or file it swaps
+    for a link to the host is archived as that link, never followed."""
+    import socket
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    os.symlink("/etc", upper / "etc-link")  # a link to a host directory
+    os.symlink("/etc/hostname", upper / "file-link")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(upper / "app.sock"))
+        out = tmp_path / "diff.tar"
+        assert checkpoint._rootfs_diff(upper, out) == []
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert set(members) == {"etc-link", "file-link"}  # the socket skipped, nothing below /etc
+    assert members["etc-link"].issym() and members["etc-link"].linkname == "/etc"
+    assert members["file-link"].issym()

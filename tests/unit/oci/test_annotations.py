@@ -40,3 +40,11 @@ def test_any_pattern_is_enough_and_no_patterns_pass_nothing() -> None:
     pod = {"a.x": "1", "b.y": "2", "c.z": "3"}
     assert passthrough_annotations(pod, ["a.*", "b.*"]) == {"a.x": "1", "b.y": "2"}
     assert passthrough_annotations(pod, []) == {}
+
+
+def test_the_criu_config_annotation_never_passes() -> None:
+    """runc hands `org.criu.config` to CRIU, whose config can run host commands as root."""
+    from criproxy.oci.annotations import passthrough_annotations
+
+    given = {"org.criu.config": "/tmp/evil.conf", "app": "web"}
+    assert passthrough_annotations(given, ["*", "org.criu.config"]) == {"app": "web"}
