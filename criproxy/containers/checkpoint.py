@@ -75,7 +75,8 @@ async def checkpoint(
     destination = _destination(location)
     found = await _criu(deps, f"container {container.id}")
     started = time.monotonic()
-    await _capture(deps, container, destination, timeout or DEFAULT_TIMEOUT, status_json)
+    with claimed(deps, [container]):
+        await _capture(deps, container, destination, timeout or DEFAULT_TIMEOUT, status_json)
     log.info(
         "container checkpointed",
         container=container.id,
@@ -84,6 +85,19 @@ async def checkpoint(
         criu=found.version,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+@contextlib.contextmanager
+def claimed(deps: ContainerDeps, containers: Sequence[Container]) -> Iterator[None]:
+    """These containers for one checkpoint; FAILED_PRECONDITION while another has any."""
+    busy = [c.id for c in containers if c.id in deps.checkpointing]
+    if busy:
+        raise FailedPrecondition(f"a checkpoint of container {busy[0]} is under way")
+    deps.checkpointing.update(c.id for c in containers)
+    try:
+        yield
+    finally:
+        deps.checkpointing.difference_update(c.id for c in containers)
 
 
 def key_path(deps: ContainerDeps) -> Path:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from criproxy.containers.checkpoint import DEFAULT_TIMEOUT, _capture, _criu, _running
+from criproxy.containers.checkpoint import DEFAULT_TIMEOUT, _capture, _criu, _running, claimed
 from criproxy.errors import CriproxyError, DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -68,7 +68,8 @@ async def checkpoint_pod(
     note = deps.paths.checkpoint_root / f"{partial.name}{NOTE_SUFFIX}"
     await anyio.to_thread.run_sync(_begin, partial, note)
     try:
-        await _freeze_and_capture(deps, containers, partial, deadline, statuses)
+        with claimed(deps, containers):
+            await _freeze_and_capture(deps, containers, partial, deadline, statuses)
         await anyio.to_thread.run_sync(_write_pod_files, partial, sandbox, containers)
         await anyio.to_thread.run_sync(_publish, partial, output)
     finally:

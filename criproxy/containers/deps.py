@@ -75,6 +75,9 @@ class ContainerDeps:
     """The rootfs mounts snapshot Prepare answered at create, until the start uses them."""
     tasks_deleted: set[str] = field(default_factory=set)
     """Containers whose task this process deleted at their exit: removal needs no look."""
+    checkpointing: set[str] = field(default_factory=set)
+    """Containers a checkpoint is dumping (one at a time: one's thaw must not resume a
+    container another has paused)."""
     exits: dict[str, anyio.Event] = field(default_factory=dict)
     """Set when a running container's exit has been recorded (StopContainer waits)."""
     _persisting: dict[str, anyio.Lock] = field(default_factory=dict)

@@ -44,7 +44,7 @@ from criproxy.containers.checkpoint import (
 )
 from criproxy.errors import DataLoss, FailedPrecondition, InvalidArgument, Unavailable
 from criproxy.images import tar
-from criproxy.images.extract import Extractor
+from criproxy.images.extract import Extractor, supported
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -324,6 +324,8 @@ def apply_rootfs_diff(checkpoint: Checkpoint, mounts: list[Mount], archive: str)
     upper, lowers = overlay_dirs(mounts)
     if not upper:
         raise FailedPrecondition("restoring a checkpoint needs the overlayfs snapshotter")
+    if not supported():
+        raise FailedPrecondition("restoring a checkpoint needs openat2 (Linux >= 5.6)")
     extractor = Extractor(upper, "overlay")
     try:
         reader = tar.TarReader(_NoDevices(extractor, archive))

@@ -179,3 +179,19 @@ def test_the_diff_never_reads_through_a_link_or_chokes_on_a_socket(tmp_path: Pat
     assert set(members) == {"etc-link", "file-link"}  # the socket skipped, nothing below /etc
     assert members["etc-link"].issym() and members["etc-link"].linkname == "/etc"
     assert members["file-link"].issym()
+
+
+def test_one_checkpoint_at_a_time_per_container() -> None:
+    from types import SimpleNamespace
+
+    from criproxy.errors import FailedPrecondition
+
+    deps = SimpleNamespace(checkpointing=set())
+    a, b = SimpleNamespace(id="a"), SimpleNamespace(id="b")
+    with checkpoint.claimed(deps, [a, b]):  # type: ignore[arg-type]
+        with pytest.raises(FailedPrecondition) as err, checkpoint.claimed(deps, [b]):  # type: ignore[arg-type]
+            pass
+        assert err.value.message == "a checkpoint of container b is under way"
+    assert deps.checkpointing == set()
+    with checkpoint.claimed(deps, [b]):  # type: ignore[arg-type]
+        pass
