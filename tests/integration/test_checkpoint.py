@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -84,6 +84,30 @@ def _counted(env: ContainerEnv, container_id: str) -> list[int]:
     """The numbers the counter logged so far."""
     log = env.status(container_id).status.log_path
     return [int(line.split()[-1]) for line in Path(log).read_text().splitlines() if line]
+
+
+def _kill_during(
+    env: ContainerEnv, call: Callable[[], object], *, under_way: Callable[[], bool], settle: float
+) -> None:
+    """criproxy killed (-9) while `call` runs in a thread, once `under_way` holds and
+    `settle` seconds more have passed; the call must never have answered."""
+    errors: list[grpc.RpcError] = []
+
+    def run() -> None:
+        try:
+            call()
+        except grpc.RpcError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(under_way, 10)
+    time.sleep(settle)
+    env.pods.proxy.kill()
+    thread.join(60)
+    # it never answered: the connection went (or the helper closed its channel on kill)
+    assert errors
+    assert errors[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 # --- refusals: no CRIU needed -------------------------------------------------------------
@@ -200,24 +224,13 @@ def test_kill_9_during_a_checkpoint_leaves_no_archive_and_the_container_running(
     busy = cp_env.run(pod_id, pod, "busy", args=[big])
     wait_until(lambda: len(_counted(cp_env, busy)) > 3, 60)
     archive = out_dir / "killed.tar"
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            _checkpoint(cp_env, busy, str(archive))
-        except grpc.RpcError as err:
-            errors.append(err)
-
-    thread = threading.Thread(target=call)
-    thread.start()
     checkpoints = cp_env.pods.proxy.root / "checkpoints"
-    wait_until(lambda: checkpoints.exists() and any(checkpoints.iterdir()), 10)
-    time.sleep(0.1)  # CRIU starts dumping 200 MB (it cannot be done this soon)
-    cp_env.pods.proxy.kill()
-    thread.join(60)
-    # it never answered: the connection went (or the helper closed its channel on kill)
-    assert errors
-    assert errors[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    _kill_during(
+        cp_env,
+        lambda: _checkpoint(cp_env, busy, str(archive)),
+        under_way=lambda: checkpoints.exists() and any(checkpoints.iterdir()),
+        settle=0.1,  # CRIU starts dumping 200 MB (it cannot be done this soon)
+    )
     cp_env.pods.proxy.start()
     assert not archive.exists()
     assert [p.name for p in out_dir.iterdir() if p.name.startswith((".killed", "killed"))] == []
@@ -337,21 +350,12 @@ def test_kill_9_during_a_pod_checkpoint_leaves_nothing_and_the_pod_not_frozen(
     wait_until(lambda: min(len(_counted(cp_env, c)) for c in (busy, small)) > 3, 60)
     output = out_dir / "pod-killed"
     output.mkdir()
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            _checkpoint_pod(cp_env, pod_id, output, [busy, small])
-        except grpc.RpcError as err:
-            errors.append(err)
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    wait_until(lambda: any(output.iterdir()), 10)  # its hidden directory: under way
-    time.sleep(0.3)  # the pod is frozen, CRIU is dumping
-    cp_env.pods.proxy.kill()
-    thread.join(60)
-    assert errors
+    _kill_during(
+        cp_env,
+        lambda: _checkpoint_pod(cp_env, pod_id, output, [busy, small]),
+        under_way=lambda: any(output.iterdir()),  # its hidden directory
+        settle=0.3,  # the pod is frozen, CRIU is dumping
+    )
     cp_env.pods.proxy.start()
     assert list(output.iterdir()) == []  # the partial directory was swept
     for c in (busy, small):  # resumed by the recovery: counting again
