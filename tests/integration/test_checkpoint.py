@@ -558,3 +558,26 @@ def test_a_pod_restore_that_cannot_be_whole_leaves_nothing(
     assert "process.capabilities" in str(err.value.details())
     after = {p.id for p in cp_env.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items}
     assert after == before  # the new pod went with its failure
+
+
+def test_a_restore_made_before_a_kill_9_starts_after_it(
+    cp_env: ContainerEnv, out_dir: Path
+) -> None:
+    """The unpacked checkpoint lives under criproxy's root and the record names it: a
+    criproxy killed between CreateContainer and StartContainer restores all the same."""
+    pod_id, pod = cp_env.pod("restore-kill-src")
+    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+    wait_until(lambda: len(_counted(cp_env, counter)) > 20, 10)
+    archive = out_dir / "restore-kill.tar"
+    _checkpoint(cp_env, counter, str(archive))
+    cp_env.remove(counter)
+    new_pod, new_config = cp_env.pod("restore-kill-dst")
+    restored = cp_env.create(new_pod, new_config, "counter", image=str(archive), args=[COUNTER])
+    cp_env.pods.proxy.kill()
+    cp_env.pods.proxy.start()
+    assert cp_env.status(restored).status.state == api_pb2.CONTAINER_CREATED
+    cp_env.start(restored)
+    history = len(_counted(cp_env, restored))
+    wait_until(lambda: len(_counted(cp_env, restored)) > history + 5, 15)
+    assert _counted(cp_env, restored)[history] > 20  # counting on, not anew
+    cp_env.remove(restored)
