@@ -71,12 +71,12 @@ async def checkpoint(
     deps: ContainerDeps, container_id: str, location: str, timeout: float, status_json: bytes
 ) -> None:
     """`status_json`: the container's CRI status as JSON (status.dump), made by the caller."""
-    container = _running(deps, container_id)
-    destination = _destination(location)
-    found = await _criu(deps, f"container {container.id}")
+    container = running_container(deps, container_id)
+    destination = await anyio.to_thread.run_sync(_destination, location)  # stats the disk
+    found = await usable_criu(deps, f"container {container.id}")
     started = time.monotonic()
     with claimed(deps, [container]):
-        await _capture(deps, container, destination, timeout or DEFAULT_TIMEOUT, status_json)
+        await capture(deps, container, destination, timeout or DEFAULT_TIMEOUT, status_json)
     log.info(
         "container checkpointed",
         container=container.id,
@@ -105,7 +105,7 @@ def key_path(deps: ContainerDeps) -> Path:
     return Path(configured) if configured else deps.config.root / "checkpoint.key"
 
 
-def _running(deps: ContainerDeps, container_id: str) -> Container:
+def running_container(deps: ContainerDeps, container_id: str) -> Container:
     container = deps.store.resolve(container_id)
     if container is None:
         raise NotFound(f"container {container_id!r} not found")
@@ -117,14 +117,14 @@ def _running(deps: ContainerDeps, container_id: str) -> Container:
     return container
 
 
-async def _criu(deps: ContainerDeps, what: str) -> criu.Criu:
+async def usable_criu(deps: ContainerDeps, what: str) -> criu.Criu:
     found = await anyio.to_thread.run_sync(criu.cached, deps.config.checkpoint.criu_path)
     if not found.usable:
         raise FailedPrecondition(f"cannot checkpoint {what}: {found.problem}")
     return found
 
 
-async def _capture(
+async def capture(
     deps: ContainerDeps, container: Container, destination: Path, timeout: float, status: bytes
 ) -> None:
     """One container's archive at `destination`: CRIU's dump (the container left running,

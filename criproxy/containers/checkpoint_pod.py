@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from criproxy.containers.checkpoint import DEFAULT_TIMEOUT, _capture, _criu, _running, claimed
+from criproxy.containers.checkpoint import (
+    DEFAULT_TIMEOUT,
+    capture,
+    claimed,
+    running_container,
+    usable_criu,
+)
 from criproxy.errors import CriproxyError, DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -60,8 +66,8 @@ async def checkpoint_pod(
             f"options {sorted(options)} are not supported: CheckpointPod takes no options here"
         )
     containers = _selected(deps, sandbox, container_ids)
-    output = _output_dir(output_path)
-    found = await _criu(deps, f"pod {sandbox.id}")
+    output = await anyio.to_thread.run_sync(_output_dir, output_path)  # lists the disk
+    found = await usable_criu(deps, f"pod {sandbox.id}")
     deadline = time.monotonic() + (timeout or DEFAULT_TIMEOUT)
     started = time.monotonic()
     partial = output / f"{PARTIAL_PREFIX}{secrets.token_hex(4)}"
@@ -69,7 +75,7 @@ async def checkpoint_pod(
     await anyio.to_thread.run_sync(_begin, partial, note)
     try:
         with claimed(deps, containers):
-            await _freeze_and_capture(deps, containers, partial, deadline, statuses)
+            await _freeze_andcapture(deps, containers, partial, deadline, statuses)
         await anyio.to_thread.run_sync(_write_pod_files, partial, sandbox, containers)
         await anyio.to_thread.run_sync(_publish, partial, output)
     finally:
@@ -92,7 +98,7 @@ def _selected(deps: ContainerDeps, sandbox: Sandbox, container_ids: list[str]) -
         raise InvalidArgument(f"container_ids {container_ids} name a container twice")
     containers = []
     for container_id in container_ids:
-        container = _running(deps, container_id)
+        container = running_container(deps, container_id)
         if container.sandbox_id != sandbox.id:
             raise InvalidArgument(
                 f"container {container.id} belongs to pod {container.sandbox_id}, "
@@ -122,7 +128,7 @@ def _output_dir(output_path: str) -> Path:
     return path
 
 
-async def _freeze_and_capture(
+async def _freeze_andcapture(
     deps: ContainerDeps,
     containers: list[Container],
     partial: Path,
@@ -145,7 +151,7 @@ async def _freeze_and_capture(
                     f"container {container.id}"
                 )
             archive = partial / f"{container.config.name}.tar"
-            await _capture(deps, container, archive, left, statuses[container.id])
+            await capture(deps, container, archive, left, statuses[container.id])
     finally:
         with anyio.CancelScope(shield=True):
             for container in paused:

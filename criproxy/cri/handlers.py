@@ -48,13 +48,14 @@ def _reads_only(method: str) -> bool:
 class _Call:
     """Bookkeeping for one call: its outcome decides the status code logged and counted."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, *, quiet: bool) -> None:
         self.method = method
+        self.quiet = quiet
+        """A polling rpc: a success is logged at debug (decided once per rpc, not per call)."""
         self.started = time.monotonic()
         self.code = grpc.StatusCode.OK
         self.error = ""
         self.finished = False
-        self.quiet = _reads_only(method)
 
     async def fail(self, context: Context, exc: Exception) -> None:
         leaf = errors.unwrap(exc)
@@ -101,8 +102,10 @@ def _decode(request_cls: type[Message], raw: bytes) -> Message:
 
 
 def _unary(method: str, request_cls: type[Message], inner: UnaryBehavior) -> UnaryBehavior:
+    quiet = _reads_only(method)
+
     async def behavior(raw: bytes, context: Context) -> Any:
-        call = _Call(method)
+        call = _Call(method, quiet=quiet)
         try:
             return await inner(_decode(request_cls, raw), context)
         except grpc.aio.AbortError:
@@ -120,8 +123,10 @@ def _unary(method: str, request_cls: type[Message], inner: UnaryBehavior) -> Una
 
 
 def _stream(method: str, request_cls: type[Message], inner: StreamBehavior) -> StreamBehavior:
+    quiet = _reads_only(method)
+
     async def behavior(raw: bytes, context: Context) -> AsyncIterator[Any]:
-        call = _Call(method)
+        call = _Call(method, quiet=quiet)
         try:
             async for item in inner(_decode(request_cls, raw), context):
                 yield item
