@@ -91,6 +91,15 @@ class SnapshotsService:
         )
         return [Mount.from_proto(m) for m in resp.mounts]
 
+    async def view(self, snapshotter: str, key: str, parent: str) -> builtins.list[Mount]:
+        """A read-only snapshot of `parent` (a committed chain), to read an image's files."""
+        resp = await self._channel.unary(
+            self._stub.View,
+            snapshots_pb2.ViewSnapshotRequest(snapshotter=snapshotter, key=key, parent=parent),
+            operation=f"view {snapshotter} snapshot {parent} as {key}",
+        )
+        return [Mount.from_proto(m) for m in resp.mounts]
+
     async def mounts(self, snapshotter: str, key: str) -> builtins.list[Mount]:
         """How to mount an active snapshot (a container's rootfs) again."""
         resp = await self._channel.unary(

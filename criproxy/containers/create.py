@@ -19,18 +19,21 @@ import anyio
 import structlog
 
 from criproxy.containerd import ContainerRecord
-from criproxy.containers import restore, signing
+from criproxy.containers import restore, rootfs, signing
 from criproxy.containers import spec as spec_builder
 from criproxy.containers.checkpoint import key_path
 from criproxy.containers.deps import remove_tree
 from criproxy.containers.model import EXTENSION, KIND, Container, ImageInfo
 from criproxy.containers.resources import effective
-from criproxy.errors import FailedPrecondition, NotFound
+from criproxy.errors import FailedPrecondition, InvalidArgument, NotFound
 from criproxy.sandbox.handlers import cri_labels, resolve_handler, runc_options
 from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
 from criproxy.steps import UndoStack, both
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from criproxy.config import RuntimeHandler
     from criproxy.containers.deps import ContainerDeps
     from criproxy.images.store import Image
     from criproxy.oci.container import ContainerConfig
@@ -108,23 +111,11 @@ async def _create(
     undo.push_sync(functools.partial(remove_tree, deps.paths.io_root / container_id))
     undo.push_sync(functools.partial(remove_tree, deps.paths.volumes_root / container_id))
     checkpoint: restore.Checkpoint | None = None
+    what = ""
     try:
-        if archive:  # a restore: the image is the checkpoint's, the archive is untrusted
-            if runc_options(handler, deps.config) is None:
-                raise FailedPrecondition(
-                    f"restoring a checkpoint needs the runc shim, not {handler.runtime_type}"
-                )
-            restore_dir = deps.paths.restore_root / container_id
-            undo.push_sync(functools.partial(remove_tree, restore_dir))
-            secret = await anyio.to_thread.run_sync(signing.key, key_path(deps))
-            checkpoint = await anyio.to_thread.run_sync(
-                restore.unpack, archive, restore_dir, secret
-            )
-            image = _checkpoint_image(deps, checkpoint, archive)
-            config = dataclasses.replace(
-                config,
-                image=checkpoint.image_refs[0],
-                annotations={**config.annotations, RESTORED_FROM: archive},
+        if archive or (image is not None and image.content.checkpoint_name):
+            checkpoint, image, config, what = await _restoring(
+                deps, handler, container_id, config, image, archive, undo
             )
         assert image is not None
         async with deps.containerd.leased(
@@ -151,14 +142,12 @@ async def _create(
             )
             if checkpoint is not None:
                 mounts = await prepare()
-                await anyio.to_thread.run_sync(
-                    restore.apply_rootfs_diff, checkpoint, mounts, archive
-                )
+                await anyio.to_thread.run_sync(restore.apply_rootfs_diff, checkpoint, mounts, what)
                 built = await anyio.to_thread.run_sync(functools.partial(build, mounts=mounts))
                 differ = restore.security_differences(checkpoint.spec, built.spec)
                 if differ:
                     raise FailedPrecondition(
-                        f"cannot restore checkpoint {archive}: the request's security "
+                        f"cannot restore {what}: the request's security "
                         f"settings differ from the checkpointed container's in "
                         f"{', '.join(differ)}; a restored process keeps its own, so the "
                         "request must grant exactly the same"
@@ -218,15 +207,79 @@ async def _create(
     return container
 
 
-def _checkpoint_image(deps: ContainerDeps, checkpoint: restore.Checkpoint, archive: str) -> Image:
+async def _restoring(  # noqa: PLR0917
+    deps: ContainerDeps,
+    handler: RuntimeHandler,
+    container_id: str,
+    config: ContainerConfig,
+    image: Image | None,
+    archive: str,
+    undo: UndoStack,
+) -> tuple[restore.Checkpoint, Image, ContainerConfig, str]:
+    """A restore's checkpoint unpacked and verified (it is untrusted input), the image the
+    checkpointed container ran, and the request's config on that image; also what the
+    checkpoint is called in messages."""
+    if runc_options(handler, deps.config) is None:
+        raise FailedPrecondition(
+            f"restoring a checkpoint needs the runc shim, not {handler.runtime_type}"
+        )
+    restore_dir = deps.paths.restore_root / container_id
+    undo.push_sync(functools.partial(remove_tree, restore_dir))
+    secret = await anyio.to_thread.run_sync(signing.key, key_path(deps))
+    if archive:
+        what = f"checkpoint archive {archive}"
+        checkpoint = await anyio.to_thread.run_sync(restore.unpack, archive, restore_dir, secret)
+    else:
+        assert image is not None
+        what = f"checkpoint image {config.image}"
+        checkpoint = await _unpack_image(deps, image, config.image, restore_dir, secret, undo)
+    config = dataclasses.replace(
+        config,
+        image=checkpoint.image_refs[0] if checkpoint.image_refs else "",
+        annotations={**config.annotations, RESTORED_FROM: archive or config.image},
+    )
+    return checkpoint, _checkpoint_image(deps, checkpoint, what), config, what
+
+
+async def _unpack_image(  # noqa: PLR0917
+    deps: ContainerDeps, image: Image, name: str, dest: Path, secret: bytes, undo: UndoStack
+) -> restore.Checkpoint:
+    """A checkpoint image's files into `dest`, read from a read-only view of its one layer."""
+    what = f"checkpoint image {name}"
+    if len(image.content.layers) != 1:
+        raise InvalidArgument(
+            f"{what} has {len(image.content.layers)} layers: a checkpoint image has one, "
+            "holding the checkpoint archive's files"
+        )
+    snapshotter = deps.config.containerd.snapshotter
+    view = f"{dest.name}-checkpoint"
+    async with deps.containerd.leased(
+        "criproxy-container", SETUP_LEASE, release_in=deps.background
+    ) as cd:
+        undo.push(functools.partial(deps.containerd.snapshots.remove, snapshotter, view))
+        mounts = await cd.snapshots.view(snapshotter, view, image.content.chain_id)
+        try:
+            dirs = rootfs.layer_dirs(mounts)
+        except rootfs.UnreadableRootfs as err:
+            raise FailedPrecondition(f"{what} cannot be read: {err}") from None
+        if len(dirs) != 1:
+            raise FailedPrecondition(f"{what} cannot be read: its view has {len(dirs)} layers")
+        checkpoint = await anyio.to_thread.run_sync(
+            restore.unpack_image, dirs[0], dest, secret, name
+        )
+    await deps.containerd.snapshots.remove(snapshotter, view)  # read: no longer needed
+    return checkpoint
+
+
+def _checkpoint_image(deps: ContainerDeps, checkpoint: restore.Checkpoint, what: str) -> Image:
     """The image the checkpointed container ran, which must be on this node."""
     for ref in checkpoint.image_refs:
         image = deps.images.status(ref)
-        if image is not None:
+        if image is not None and not image.content.checkpoint_name:  # never one on another
             return image
     named = checkpoint.image_refs[0] if checkpoint.image_refs else "(none named)"
     raise FailedPrecondition(
-        f"cannot restore checkpoint {archive}: its image {named} is not on this node; pull it first"
+        f"cannot restore {what}: its image {named} is not on this node; pull it first"
     )
 
 

@@ -144,6 +144,23 @@ class Manifest:
     layers: tuple[Descriptor, ...]
     layer_urls: tuple[tuple[str, ...], ...] = ()
     """Per layer, the `urls` a non-distributable layer names (empty for ordinary ones)."""
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+CHECKPOINT_NAME_ANNOTATIONS = (
+    "io.kubernetes.cri-o.annotations.checkpoint.name",  # checkpointctl build, CRI-O, Podman
+    "checkpointctl.annotation.checkpoint.name",  # containerd
+)
+"""Manifest annotations that make an image a container checkpoint (its one layer holds a
+checkpoint archive's files), naming the checkpointed container."""
+
+
+def checkpoint_name(manifest: Manifest) -> str:
+    """The checkpointed container's name when the image is a checkpoint ("" otherwise)."""
+    for key in CHECKPOINT_NAME_ANNOTATIONS:
+        if key in manifest.annotations:
+            return manifest.annotations[key] or "(unnamed)"
+    return ""
 
 
 def parse_manifest(body: bytes) -> Manifest:
@@ -156,7 +173,13 @@ def parse_manifest(body: bytes) -> Manifest:
         tuple(str(u) for u in raw.get("urls") or []) if isinstance(raw, dict) else ()
         for raw in raw_layers
     )
-    return Manifest(_descriptor(data.get("config"), "image manifest"), layers, urls)
+    raw_annotations = data.get("annotations")
+    annotations = (
+        {str(k): str(v) for k, v in raw_annotations.items()}
+        if isinstance(raw_annotations, dict)
+        else {}
+    )
+    return Manifest(_descriptor(data.get("config"), "image manifest"), layers, urls, annotations)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from criproxy.images.manifest import (
     ImageConfig,
     Manifest,
     chain_ids,
+    checkpoint_name,
     host_platform,
     parse_config,
     parse_index,
@@ -338,6 +339,7 @@ class _PullJob:
             size=size,
             chain_id=top_chain,
             layers=manifest.layers,
+            checkpoint_name=checkpoint_name(manifest),
         )
         names = [content.id]
         if self.ref.tag:

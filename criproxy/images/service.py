@@ -14,6 +14,7 @@ from criproxy.images.fsinfo import FilesystemUsage, ImageFilesystem
 from criproxy.images.hosts import HostsConfig
 from criproxy.images.manifest import (
     chain_ids,
+    checkpoint_name,
     host_platform,
     parse_config,
     parse_index,
@@ -171,4 +172,5 @@ class ImageService:
             size=size,
             chain_id=chains[-1] if chains else "",
             layers=manifest.layers,
+            checkpoint_name=checkpoint_name(manifest),
         )

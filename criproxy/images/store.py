@@ -36,6 +36,8 @@ class ImageContent:
     size: int
     chain_id: str
     layers: tuple[Descriptor, ...] = ()
+    checkpoint_name: str = ""
+    """Set when the image is a container checkpoint (see `manifest.checkpoint_name`)."""
 
 
 @dataclass(frozen=True)

@@ -581,3 +581,121 @@ def test_a_restore_made_before_a_kill_9_starts_after_it(
     wait_until(lambda: len(_counted(cp_env, restored)) > history + 5, 15)
     assert _counted(cp_env, restored)[history] > 20  # counting on, not anew
     cp_env.remove(restored)
+
+
+# --- restore from a checkpoint image (`checkpointctl build`'s shape) -------------------------
+
+
+def _checkpoint_image(
+    registry, repo: str, archive: Path, annotation: str, *, split: bool = False
+) -> str:  # type: ignore[no-untyped-def]
+    """An OCI image whose one layer holds the archive's files (as `checkpointctl build`
+    makes it: the archive added to a scratch image), marked by `annotation`, pushed; with
+    `split`, its files spread over two layers instead."""
+    from tests.support.images import Layer, build_image
+
+    tar = archive.read_bytes()
+    layers = [Layer(tar), Layer(_tar_of({"extra": b"x"}))] if split else [Layer(tar)]
+    image = build_image(layers, annotations={annotation: "counter"})
+    registry.push(repo, image, "1")
+    return str(registry.reference(repo, "1"))
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _pull(env: ContainerEnv, ref: str) -> None:
+    env.pods.proxy.images.PullImage(
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=120
+    )
+
+
+def _checkpoint_views(env: ContainerEnv) -> list[str]:
+    listed = env.pods.ctr("snapshots", "ls").stdout.splitlines()
+    return [line for line in listed if "-checkpoint " in line]
+
+
+def test_a_checkpoint_image_restores_like_its_archive(
+    cp_env: ContainerEnv, out_dir: Path, registry_http
+) -> None:  # type: ignore[no-untyped-def]
+    pod_id, pod = cp_env.pod("image-src")
+    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+    assert cp_env.exec(counter, "sh", "-c", "echo kept > /root-note").exit_code == 0
+    wait_until(lambda: len(_counted(cp_env, counter)) > 20, 10)
+    archive = out_dir / "for-image.tar"
+    _checkpoint(cp_env, counter, str(archive))
+    cp_env.remove(counter)
+    ref = _checkpoint_image(
+        registry_http,
+        "test/counter-checkpoint",
+        archive,
+        "io.kubernetes.cri-o.annotations.checkpoint.name",
+    )
+    _pull(cp_env, ref)  # the kubelet pulls it first, as any image
+
+    new_pod, new_config = cp_env.pod("image-dst")
+    restored = cp_env.create(new_pod, new_config, "counter", image=ref, args=[COUNTER])
+    status = cp_env.status(restored, verbose=True)
+    assert status.status.state == api_pb2.CONTAINER_CREATED
+    assert status.status.image.image.endswith("test/busybox:1")  # the checkpointed image
+    assert ref in json.dumps(cp_env.info(restored))  # named as what it was restored from
+    assert _checkpoint_views(cp_env) == []  # read, and its view gone
+    cp_env.start(restored)
+    history = len(_counted(cp_env, restored))
+    assert history > 20
+    wait_until(lambda: len(_counted(cp_env, restored)) > history + 5, 15)
+    resumed = _counted(cp_env, restored)[history:]
+    assert resumed[0] > 20  # counting on: a fresh start would print 0 first
+    assert resumed == list(range(resumed[0], resumed[0] + len(resumed)))
+    assert cp_env.exec(restored, "cat", "/root-note").stdout == b"kept\n"
+    cp_env.stop(restored)
+    cp_env.remove(restored)
+
+
+def test_a_checkpoint_image_that_is_not_one_is_refused_with_nothing_left(
+    cp_env: ContainerEnv, out_dir: Path, registry_http
+) -> None:  # type: ignore[no-untyped-def]
+    pod_id, pod = cp_env.pod("image-bad-src")
+    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+    archive = out_dir / "for-bad-image.tar"
+    _checkpoint(cp_env, counter, str(archive))
+    cp_env.remove(counter)
+    unsigned = out_dir / "unsigned.tar"
+    with tarfile.open(archive) as src, tarfile.open(unsigned, "w") as dst:
+        for member in src.getmembers():
+            if member.name != "criproxy.sig":
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    key = "checkpointctl.annotation.checkpoint.name"  # containerd's name for it
+    cases = [
+        (
+            _checkpoint_image(registry_http, "test/ck-split", archive, key, split=True),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "has 2 layers",
+        ),
+        (
+            _checkpoint_image(registry_http, "test/ck-unsigned", unsigned, key),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "is not signed",
+        ),
+    ]
+    new_pod, new_config = cp_env.pod("image-bad-dst")
+    for ref, code, says in cases:
+        _pull(cp_env, ref)
+        with pytest.raises(grpc.RpcError) as err:
+            cp_env.create(new_pod, new_config, "counter", image=ref, args=[COUNTER])
+        assert err.value.code() == code, ref
+        assert f"checkpoint image {ref}" in str(err.value.details())
+        assert says in str(err.value.details())
+    listed = cp_env.runtime.ListContainers(
+        api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(pod_sandbox_id=new_pod))
+    ).containers
+    assert list(listed) == []
+    assert not list((cp_env.pods.proxy.root / "restores").glob("*"))
+    assert _checkpoint_views(cp_env) == []

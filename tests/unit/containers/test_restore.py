@@ -207,3 +207,73 @@ def test_archive_paths_are_absolute_existing_files(tmp_path: Path) -> None:
     assert restore.archive_path("busybox:latest") == ""
     assert restore.archive_path(str(tmp_path / "missing.tar")) == ""
     assert restore.archive_path(str(tmp_path)) == ""
+
+
+# --- a checkpoint image: its unpacked layer's directory, walked -----------------------------
+
+
+def _layer_dir(tmp_path: Path, *, secret: bytes | None = KEY) -> Path:
+    """A checkpoint image's layer as a snapshot holds it: the good members as files."""
+    layer = tmp_path / "layer"
+    layer.mkdir(parents=True)
+    with tarfile.open(_archive(tmp_path, _good(), secret=secret)) as tar:
+        tar.extractall(layer, filter="fully_trusted")
+    return layer
+
+
+def test_a_signed_checkpoint_image_unpacks(tmp_path: Path) -> None:
+    cp = restore.unpack_image(_layer_dir(tmp_path), tmp_path / "dest", KEY, "reg/ck:1")
+    assert (cp.images / "inventory.img").read_bytes() == b"inv"
+    assert cp.image_refs == ["busybox@sha256:ab"]
+    assert cp.spec == SPEC
+
+
+@pytest.mark.parametrize(
+    ("plant", "says"),
+    [
+        (lambda d: (d / "evil").symlink_to("/etc"), "'evil' is a symbolic link"),
+        (lambda d: (d / "checkpoint" / "x").symlink_to("/"), "'checkpoint/x' is a symbolic link"),
+        (
+            lambda d: (d / "spec.dump").unlink() or (d / "spec.dump").symlink_to("/etc/shadow"),
+            "is a symbolic link",
+        ),
+        (lambda d: os.mkfifo(d / "fifo"), "'fifo' is a FIFO"),
+        (
+            lambda d: os.mknod(d / "dev", 0o600 | 0o020000, os.makedev(1, 3)),
+            "is a character device",
+        ),
+        (lambda d: (d / "notes.txt").write_bytes(b"x"), "is not one a checkpoint has"),
+        (lambda d: (d / "etc").mkdir(), "is not one a checkpoint has"),
+        (lambda d: (d / "checkpoint" / "sub").mkdir(), "is not one a checkpoint has"),
+        (lambda d: (d / "status.dump").write_bytes(b" " * (restore.SMALL_MAX + 1)), "over"),
+    ],
+)
+def test_a_hostile_checkpoint_image_is_refused(
+    tmp_path: Path, plant: Callable[[Path], object], says: str
+) -> None:
+    layer = _layer_dir(tmp_path)
+    plant(layer)
+    with pytest.raises(InvalidArgument) as err:
+        restore.unpack_image(layer, tmp_path / "dest", KEY, "reg/ck:1")
+    assert says in err.value.message
+    assert "checkpoint image reg/ck:1" in err.value.message
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.tar", "dest", "layer"]
+
+
+def test_a_checkpoint_image_must_carry_this_nodes_signature(tmp_path: Path) -> None:
+    unsigned = _layer_dir(tmp_path / "a", secret=None)
+    with pytest.raises(FailedPrecondition) as err:
+        restore.unpack_image(unsigned, tmp_path / "a" / "dest", KEY, "reg/ck:1")
+    assert "checkpoint image reg/ck:1 is not signed" in err.value.message
+    signed = _layer_dir(tmp_path / "b")
+    with pytest.raises(FailedPrecondition) as err:
+        restore.unpack_image(signed, tmp_path / "b" / "dest", b"o" * 32, "reg/ck:1")
+    assert "does not match this node's checkpoint key" in err.value.message
+
+
+def test_a_checkpoint_image_changed_after_signing_is_refused(tmp_path: Path) -> None:
+    layer = _layer_dir(tmp_path)
+    (layer / "checkpoint" / "pages-1.img").write_bytes(b"other pages")
+    with pytest.raises(FailedPrecondition) as err:
+        restore.unpack_image(layer, tmp_path / "dest", KEY, "reg/ck:1")
+    assert "checkpoint/pages-1.img differ from what was signed" in err.value.message

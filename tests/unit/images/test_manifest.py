@@ -9,6 +9,7 @@ from criproxy.errors import DataLoss, NotFound
 from criproxy.images.manifest import (
     Platform,
     chain_ids,
+    checkpoint_name,
     is_non_distributable,
     parse_config,
     parse_index,
@@ -110,3 +111,28 @@ def test_chain_ids_follow_the_oci_spec() -> None:
     abc = "sha256:" + hashlib.sha256(f"{ab} {c}".encode()).hexdigest()
     assert chain_ids([a, b, c]) == [a, ab, abc]
     assert chain_ids([]) == []
+
+
+@pytest.mark.parametrize(
+    ("annotations", "name"),
+    [
+        ({"io.kubernetes.cri-o.annotations.checkpoint.name": "counter"}, "counter"),
+        ({"checkpointctl.annotation.checkpoint.name": "web"}, "web"),
+        ({"checkpointctl.annotation.checkpoint.name": ""}, "(unnamed)"),
+        ({"org.opencontainers.image.title": "counter"}, ""),
+        (None, ""),
+    ],
+)
+def test_a_checkpoint_image_is_known_by_its_manifest_annotation(
+    annotations: dict[str, str] | None, name: str
+) -> None:
+    doc: dict[str, object] = {
+        "schemaVersion": 2,
+        "config": {"mediaType": "c", "digest": "sha256:" + "c" * 64, "size": 3},
+        "layers": [],
+    }
+    if annotations is not None:
+        doc["annotations"] = annotations
+    manifest = parse_manifest(json.dumps(doc).encode())
+    assert manifest.annotations == (annotations or {})
+    assert checkpoint_name(manifest) == name
