@@ -80,11 +80,16 @@ def probe(configured: str) -> Criu:
 _usable: dict[str, Criu] = {}
 
 
-def known_path(configured: str) -> str:
-    """The CRIU a probe found usable so far ("" when none): what new containers' runc is
-    told to run. Never blocks."""
+def runc_path(configured: str) -> str:
+    """The CRIU new containers' runc is told to run (`runc --criu`): the one a probe found
+    usable, else the one a probe would check (`criu_path`, else the first `criu` on PATH),
+    so a container made before any probe never falls back to the shim's PATH. runc runs it
+    only for a checkpoint or a restore, and both are refused unless the probe passes.
+    Never blocks on CRIU ("" when none is found)."""
     found = _usable.get(configured)
-    return found.path if found is not None else ""
+    if found is not None:
+        return found.path
+    return configured or shutil.which("criu") or ""
 
 
 def cached(configured: str) -> Criu:

@@ -26,8 +26,8 @@ def resolve_handler(config: Config, name: str) -> RuntimeHandler:
 
 def runc_options(handler: RuntimeHandler, config: Config) -> RuncOptions | None:
     """The runc shim's options of a handler; None for any other shim. runc is told the
-    CRIU the handler names (`CriuPath`, as containerd's key), else the one criproxy found
-    usable, so that no other CRIU on the shim's PATH is run."""
+    CRIU the handler names (`CriuPath`, as containerd's key), else criproxy's (see
+    `criu.runc_path`), so that no other CRIU on the shim's PATH is run."""
     if handler.runtime_type != "io.containerd.runc.v2":
         return None
     opts = handler.options
@@ -38,7 +38,7 @@ def runc_options(handler: RuntimeHandler, config: Config) -> RuncOptions | None:
         no_pivot_root=bool(opts.get("NoPivotRoot", False)),
         no_new_keyring=bool(opts.get("NoNewKeyring", False)),
         shim_cgroup=str(opts.get("ShimCgroup", "")),
-        criu_path=str(opts.get("CriuPath", "")) or criu.known_path(config.checkpoint.criu_path),
+        criu_path=str(opts.get("CriuPath", "")) or criu.runc_path(config.checkpoint.criu_path),
     )
 
 

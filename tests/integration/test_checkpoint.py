@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import threading
@@ -242,6 +243,46 @@ def test_kill_9_during_a_checkpoint_leaves_no_archive_and_the_container_running(
     assert tarfile.is_tarfile(archive)
     cp_env.remove(busy)
     archive.unlink()
+
+
+def test_a_checkpoint_past_its_timeout_answers_deadline_exceeded_and_leaves_nothing(
+    cp_env: ContainerEnv, out_dir: Path, tmp_path: Path
+) -> None:
+    """A CRIU that takes longer than the call's `timeout` (here the real one, started 30 s
+    late by a wrapper) ends the call with DEADLINE_EXCEEDED well before it would finish,
+    with no archive and the container running on."""
+    real = cp_env.pods.proxy.config["checkpoint"]["criu_path"]
+    slow = tmp_path / "criu"
+    slow.write_text(f'#!/bin/sh\n[ "$1" = swrk ] && sleep 30\nexec {real} "$@"\n')
+    slow.chmod(0o755)
+    proxy = cp_env.pods.proxy
+    proxy.config["checkpoint"] = {"criu_path": str(slow)}
+    proxy.stop()
+    proxy.start()
+    try:
+        pod_id, pod = cp_env.pod("ckpt-timeout")
+        counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
+        archive = out_dir / "late.tar"
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            _checkpoint(cp_env, counter, str(archive), timeout=2)
+        took = time.monotonic() - began
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value.details()
+        assert took < 25  # the deadline ended it, not CRIU
+        assert not archive.exists()
+        assert [p.name for p in out_dir.iterdir() if "late" in p.name] == []
+        assert cp_env.status(counter).status.state == api_pb2.CONTAINER_RUNNING
+        counted = len(_counted(cp_env, counter))
+        wait_until(lambda: len(_counted(cp_env, counter)) > counted + 5, 10)  # not frozen
+        checkpoints = proxy.root / "checkpoints"
+        assert not checkpoints.exists() or not list(checkpoints.iterdir())
+        cp_env.remove(counter)
+    finally:
+        # the shim's runc went with the deadline; its wrapper child sleeps on, orphaned
+        subprocess.run(["pkill", "-f", str(slow)], check=False)
+        proxy.config["checkpoint"] = {"criu_path": real}
+        proxy.stop()
+        proxy.start()
 
 
 # --- CheckpointPod ------------------------------------------------------------------------

@@ -98,7 +98,8 @@ def test_a_criu_that_cannot_checkpoint_says_why(tmp_path: Path, script: str, pro
     found = criu.probe(str(fake))
     assert not found.usable
     assert problem in found.problem
-    assert criu.known_path(str(fake)) == ""
+    # runc is still told this one, never the shim's PATH; the probe refuses checkpoints
+    assert criu.runc_path(str(fake)) == str(fake)
 
 
 def test_a_working_criu_is_kept_and_handed_to_runc(tmp_path: Path) -> None:
@@ -107,9 +108,21 @@ def test_a_working_criu_is_kept_and_handed_to_runc(tmp_path: Path) -> None:
     fake.chmod(0o755)
     found = criu.cached(str(fake))
     assert (found.usable, found.version, found.path) == (True, "4.2", str(fake))
-    assert criu.known_path(str(fake)) == str(fake)
+    assert criu.runc_path(str(fake)) == str(fake)
     fake.unlink()
     assert criu.cached(str(fake)) is found  # kept: no probe per call
+
+
+def test_runc_is_told_criproxys_criu_before_any_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert criu.runc_path("") == ""
+    on_path = tmp_path / "criu"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    assert criu.runc_path("") == str(on_path)  # the one a probe would check
+    assert criu.runc_path("/opt/criu/criu") == "/opt/criu/criu"
 
 
 def test_a_missing_criu_path_is_named(tmp_path: Path) -> None:
