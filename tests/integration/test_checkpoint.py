@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -85,6 +86,50 @@ def _counted(env: ContainerEnv, container_id: str) -> list[int]:
     """The numbers the counter logged so far."""
     log = env.status(container_id).status.log_path
     return [int(line.split()[-1]) for line in Path(log).read_text().splitlines() if line]
+
+
+def _counter_archive(
+    env: ContainerEnv, out_dir: Path, name: str, *, before: str = "", counted: int = 0
+) -> Path:
+    """The archive of a counter checkpointed in a pod of its own once it ran `before` (a
+    shell command) and counted past `counted`; the counter removed."""
+    pod_id, pod = env.pod(f"{name}-src")
+    counter = env.run(pod_id, pod, "counter", args=[COUNTER])
+    if before:
+        assert env.exec(counter, "sh", "-c", before).exit_code == 0
+    wait_until(lambda: len(_counted(env, counter)) > counted, 10)
+    archive = out_dir / f"{name}.tar"
+    _checkpoint(env, counter, str(archive))
+    env.remove(counter)
+    return archive
+
+
+def _rewritten(
+    archive: Path,
+    dest: Path,
+    edit: Callable[[tarfile.TarInfo, IO[bytes] | None], IO[bytes] | bool | None],
+) -> Path:
+    """A copy of `archive` whose members pass through `edit`: False drops one, a stream
+    replaces its data (the member's size must be set to match), anything else keeps it."""
+    with tarfile.open(archive) as src, tarfile.open(dest, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member) if member.isfile() else None
+            edited = edit(member, data)
+            if edited is False:
+                continue
+            dst.addfile(member, edited if isinstance(edited, io.IOBase) else data)  # type: ignore[arg-type]
+    return dest
+
+
+def _counts_on(env: ContainerEnv, restored: str, *, carried: int = 20) -> None:
+    """A restored counter, just started, carried its log over (more than `carried`
+    lines) and counts on from where it was, one by one: a fresh start would print 0."""
+    history = len(_counted(env, restored))
+    assert history > carried
+    wait_until(lambda: len(_counted(env, restored)) > history + 5, 15)
+    resumed = _counted(env, restored)[history:]
+    assert resumed[0] > carried
+    assert resumed == list(range(resumed[0], resumed[0] + len(resumed)))
 
 
 def _kill_during(
@@ -411,14 +456,9 @@ def test_kill_9_during_a_pod_checkpoint_leaves_nothing_and_the_pod_not_frozen(
 def test_a_restored_container_counts_on_from_where_it_was(
     cp_env: ContainerEnv, out_dir: Path
 ) -> None:
-    pod_id, pod = cp_env.pod("restore-src")
-    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
-    assert cp_env.exec(counter, "sh", "-c", "echo kept > /root-note; rm /etc/group").exit_code == 0
-    wait_until(lambda: len(_counted(cp_env, counter)) > 20, 10)
-    archive = out_dir / "restore.tar"
-    _checkpoint(cp_env, counter, str(archive))
-    cp_env.stop(counter)
-    cp_env.remove(counter)
+    archive = _counter_archive(
+        cp_env, out_dir, "restore", before="echo kept > /root-note; rm /etc/group", counted=20
+    )
 
     new_pod, new_config = cp_env.pod("restore-dst")
     restored = cp_env.create(new_pod, new_config, "counter", image=str(archive), args=[COUNTER])
@@ -427,12 +467,7 @@ def test_a_restored_container_counts_on_from_where_it_was(
     assert status.image.image.endswith("test/busybox:1")  # the checkpointed one's image
     assert "@sha256:" in status.image.user_specified_image  # asked for by its digest
     cp_env.start(restored)
-    history = len(_counted(cp_env, restored))  # the checkpointed log, carried over
-    assert history > 20
-    wait_until(lambda: len(_counted(cp_env, restored)) > history + 10, 15)
-    resumed = _counted(cp_env, restored)[history:]
-    assert resumed[0] > 20  # it went on counting: a fresh start would print 0 first
-    assert resumed == list(range(resumed[0], resumed[0] + len(resumed)))
+    _counts_on(cp_env, restored)
     note = cp_env.exec(restored, "cat", "/root-note")
     assert note.stdout == b"kept\n"  # the writable layer came along,
     assert cp_env.exec(restored, "test", "-e", "/etc/group").exit_code == 1  # deletions too
@@ -444,11 +479,7 @@ def test_a_restored_container_counts_on_from_where_it_was(
 def test_a_restore_that_would_grant_other_privileges_is_refused(
     cp_env: ContainerEnv, out_dir: Path
 ) -> None:
-    pod_id, pod = cp_env.pod("restore-priv-src")
-    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
-    archive = out_dir / "priv.tar"
-    _checkpoint(cp_env, counter, str(archive))
-    cp_env.remove(counter)
+    archive = _counter_archive(cp_env, out_dir, "restore-priv")
     new_pod, new_config = cp_env.pod("restore-priv-dst")
     for name, fields, differs in (
         (
@@ -488,22 +519,19 @@ def test_a_restore_that_would_grant_other_privileges_is_refused(
 def test_an_archive_changed_after_the_checkpoint_is_refused(
     cp_env: ContainerEnv, out_dir: Path
 ) -> None:
-    pod_id, pod = cp_env.pod("restore-tamper")
-    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
-    archive = out_dir / "tamper.tar"
-    _checkpoint(cp_env, counter, str(archive))
-    cp_env.remove(counter)
-    tampered = out_dir / "tampered.tar"
-    with tarfile.open(archive) as src, tarfile.open(tampered, "w") as dst:
-        for member in src.getmembers():
-            data = src.extractfile(member) if member.isfile() else None
-            if member.name == "spec.dump":
-                spec = json.load(data)  # type: ignore[arg-type]
-                spec["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
-                raw = json.dumps(spec).encode()
-                member.size = len(raw)
-                data = io.BytesIO(raw)  # type: ignore[assignment]
-            dst.addfile(member, data)
+    archive = _counter_archive(cp_env, out_dir, "restore-tamper")
+
+    def more_caps(member: tarfile.TarInfo, data: IO[bytes] | None) -> IO[bytes] | None:
+        if member.name != "spec.dump" or data is None:
+            return data
+        spec = json.load(data)
+        spec["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
+        raw = json.dumps(spec).encode()
+        member.size = len(raw)
+        return io.BytesIO(raw)
+
+    tampered = _rewritten(archive, out_dir / "tampered.tar", more_caps)
+    pod_id, pod = cp_env.pod("restore-tamper-dst")
     with pytest.raises(grpc.RpcError) as err:
         cp_env.create(pod_id, pod, "tampered", image=str(tampered), args=[COUNTER])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -666,13 +694,9 @@ def _checkpoint_views(env: ContainerEnv) -> list[str]:
 def test_a_checkpoint_image_restores_like_its_archive(
     cp_env: ContainerEnv, out_dir: Path, registry_http
 ) -> None:  # type: ignore[no-untyped-def]
-    pod_id, pod = cp_env.pod("image-src")
-    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
-    assert cp_env.exec(counter, "sh", "-c", "echo kept > /root-note").exit_code == 0
-    wait_until(lambda: len(_counted(cp_env, counter)) > 20, 10)
-    archive = out_dir / "for-image.tar"
-    _checkpoint(cp_env, counter, str(archive))
-    cp_env.remove(counter)
+    archive = _counter_archive(
+        cp_env, out_dir, "for-image", before="echo kept > /root-note", counted=20
+    )
     ref = _checkpoint_image(
         registry_http,
         "test/counter-checkpoint",
@@ -689,12 +713,7 @@ def test_a_checkpoint_image_restores_like_its_archive(
     assert ref in json.dumps(cp_env.info(restored))  # named as what it was restored from
     assert _checkpoint_views(cp_env) == []  # read, and its view gone
     cp_env.start(restored)
-    history = len(_counted(cp_env, restored))
-    assert history > 20
-    wait_until(lambda: len(_counted(cp_env, restored)) > history + 5, 15)
-    resumed = _counted(cp_env, restored)[history:]
-    assert resumed[0] > 20  # counting on: a fresh start would print 0 first
-    assert resumed == list(range(resumed[0], resumed[0] + len(resumed)))
+    _counts_on(cp_env, restored)
     assert cp_env.exec(restored, "cat", "/root-note").stdout == b"kept\n"
     cp_env.stop(restored)
     cp_env.remove(restored)
@@ -703,16 +722,10 @@ def test_a_checkpoint_image_restores_like_its_archive(
 def test_a_checkpoint_image_that_is_not_one_is_refused_with_nothing_left(
     cp_env: ContainerEnv, out_dir: Path, registry_http
 ) -> None:  # type: ignore[no-untyped-def]
-    pod_id, pod = cp_env.pod("image-bad-src")
-    counter = cp_env.run(pod_id, pod, "counter", args=[COUNTER])
-    archive = out_dir / "for-bad-image.tar"
-    _checkpoint(cp_env, counter, str(archive))
-    cp_env.remove(counter)
-    unsigned = out_dir / "unsigned.tar"
-    with tarfile.open(archive) as src, tarfile.open(unsigned, "w") as dst:
-        for member in src.getmembers():
-            if member.name != "criproxy.sig":
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    archive = _counter_archive(cp_env, out_dir, "image-bad")
+    unsigned = _rewritten(
+        archive, out_dir / "unsigned.tar", lambda member, _: member.name != "criproxy.sig"
+    )
     key = "checkpointctl.annotation.checkpoint.name"  # containerd's name for it
     cases = [
         (
