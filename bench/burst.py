@@ -197,7 +197,12 @@ def run(args: argparse.Namespace, base: Path) -> tuple[dict[str, object], bool]:
                     file=sys.stderr,
                 )
         checks = _leak_checks(runtimes)
-    print("\n".join(_report(args, versions, samples)))
+    title = (
+        f"{args.pods} pods (one busybox container each) started at once, then torn down at "
+        f"once, with a PLEG-like relist every {RELIST_PERIOD:g}s; {args.runs} runs each, "
+        "alternating; medians (min-max)"
+    )
+    print("\n".join(_report(title, versions, samples)))
     clean = all(c.ok for cs in checks.values() for c in cs)
     return {
         "benchmark": "burst",
@@ -214,17 +219,10 @@ def run(args: argparse.Namespace, base: Path) -> tuple[dict[str, object], bool]:
 
 
 def _report(
-    args: argparse.Namespace,
-    versions: dict[str, str],
-    samples: dict[str, list[dict[str, float]]],
+    title: str, versions: dict[str, str], samples: dict[str, list[dict[str, float]]]
 ) -> list[str]:
-    lines = [
-        "",
-        f"{args.pods} pods (one busybox container each) started at once, then torn down at "
-        f"once, with a PLEG-like relist every {RELIST_PERIOD:g}s; {args.runs} runs each, "
-        "alternating; medians (min-max)",
-        f"{'':<22}{'criproxy':>22}{'containerd':>22}{'ratio':>8}",
-    ]
+    """The phases' table (runtime and machine CPU beside the times), then the floor."""
+    lines = ["", title, f"{'':<22}{'criproxy':>22}{'containerd':>22}{'ratio':>8}"]
     for key, label in (
         ("start_s", "start, s"),
         ("start_cpu_s", "start, runtime CPU-s"),
