@@ -14,7 +14,9 @@ pressure on v2. Blocking: call from a worker thread.
 from __future__ import annotations
 
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,9 +41,12 @@ if TYPE_CHECKING:
 __all__ = [
     "PROC",
     "ROOT",
+    "ProcessCounts",
+    "accounting_dirs",
     "apply_pod_limits",
     "cgroup_dir",
     "process_cgroup",
+    "process_counts",
     "read_cgroup",
     "read_pod_cgroup",
 ]
@@ -68,6 +73,60 @@ def cgroup_dir(parent: str, systemd: bool) -> str:
         parts = name.removesuffix(".slice").split("-")
         return "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
     return parent.strip("/")
+
+
+@dataclass(frozen=True)
+class ProcessCounts:
+    """What cAdvisor counts over a container's processes."""
+
+    file_descriptors: int
+    sockets: int
+    open_files_soft_limit: int | None
+    """RLIMIT_NOFILE's soft limit of the container's first process (None: unlimited)."""
+
+
+def accounting_dirs(dirs: Mapping[str, Path]) -> list[Path]:
+    """The directories whose files make a sample (CPU and memory accounting): each names
+    its task when the cgroup is the task's own."""
+    return [d for key, d in dirs.items() if key in (UNIFIED, "cpuacct", "memory")]
+
+
+def process_counts(dirs: Mapping[str, Path], proc: Path = PROC) -> ProcessCounts | None:
+    """Open files and sockets of every process in a cgroup (`process_cgroup`'s shape),
+    from /proc; None when the cgroup is gone. Blocking."""
+    text = None
+    for key in (UNIFIED, "pids", "memory", "cpuacct"):
+        if key in dirs:
+            text = _read(dirs[key] / "cgroup.procs")
+            break
+    if text is None:
+        return None
+    fds = sockets = 0
+    soft: int | None = None
+    first = True
+    for pid in text.split():
+        fd_dir = proc / pid / "fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue  # exited meanwhile
+        fds += len(names)
+        for name in names:
+            try:
+                sockets += os.readlink(fd_dir / name).startswith("socket:")
+            except OSError:
+                continue
+        if first:
+            soft, first = _open_files_soft_limit(proc / pid / "limits"), False
+    return ProcessCounts(fds, sockets, soft)
+
+
+def _open_files_soft_limit(path: Path) -> int | None:
+    for line in (_read(path) or "").splitlines():
+        if line.startswith("Max open files"):
+            soft = re.split(r"\s{2,}", line.strip())[1]
+            return int(soft) if soft.isdigit() else None
+    return None
 
 
 def _read(path: Path) -> str | None:
@@ -213,6 +272,7 @@ def _v1_memory(memory: Path, usage: int) -> dict[str, object]:
         "active_file_bytes": stat.get("total_active_file", 0),
         "inactive_file_bytes": inactive,
         "max_usage_bytes": _int(_read(memory / "memory.max_usage_in_bytes")),
+        "kernel_usage_bytes": _int(_read(memory / "memory.kmem.usage_in_bytes")),
         "failcnt": _int(_read(memory / "memory.failcnt")),
         "page_faults": stat.get("total_pgfault", 0),
         "major_page_faults": stat.get("total_pgmajfault", 0),
@@ -331,6 +391,7 @@ def _v2_memory(path: Path, usage: int) -> dict[str, object]:
         "active_file_bytes": stat.get("active_file", 0),
         "inactive_file_bytes": inactive,
         "max_usage_bytes": _int(_read(path / "memory.peak")),
+        "kernel_usage_bytes": _v2_kernel(stat),
         "page_faults": stat.get("pgfault", 0),
         "major_page_faults": stat.get("pgmajfault", 0),
         "container_page_faults": stat.get("pgfault", 0),
@@ -340,6 +401,13 @@ def _v2_memory(path: Path, usage: int) -> dict[str, object]:
         "swap_limit_bytes": swap_limit if swap_limit <= UNLIMITED_ABOVE else None,
         "memory_pressure": _pressure(_read(path / "memory.pressure")),
     }
+
+
+def _v2_kernel(stat: Mapping[str, int]) -> int:
+    """memory.stat's `kernel` (Linux >= 5.18), else the parts older kernels list."""
+    if "kernel" in stat:
+        return stat["kernel"]
+    return sum(stat.get(k, 0) for k in ("kernel_stack", "pagetables", "percpu", "sock", "slab"))
 
 
 def _v2_block_io(text: str) -> tuple[BlockIo, ...]:

@@ -94,6 +94,7 @@ def _from_v1(m: cg1.Metrics, ts: int) -> CgroupSample:
             active_file_bytes=mem.total_active_file,
             inactive_file_bytes=mem.total_inactive_file,
             max_usage_bytes=mem.usage.max,
+            kernel_usage_bytes=mem.kernel.usage,
             failcnt=mem.usage.failcnt,
             page_faults=mem.total_pg_fault,
             major_page_faults=mem.total_pg_maj_fault,
@@ -166,6 +167,7 @@ def _from_v2(m: cg2.Metrics, ts: int) -> CgroupSample:
             active_file_bytes=mem.active_file,
             inactive_file_bytes=mem.inactive_file,
             max_usage_bytes=mem.max_usage,
+            kernel_usage_bytes=mem.kernel_stack + mem.sock + mem.slab,  # the parts it carries
             page_faults=mem.pgfault,
             major_page_faults=mem.pgmajfault,
             container_page_faults=mem.pgfault,

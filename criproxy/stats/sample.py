@@ -104,6 +104,8 @@ class CgroupSample:
     active_file_bytes: int = 0
     inactive_file_bytes: int = 0
     max_usage_bytes: int = 0
+    kernel_usage_bytes: int = 0
+    """Kernel memory charged to the cgroup (v1: kmem usage; v2: memory.stat's kernel)."""
     """The high-water mark (v1 max_usage_in_bytes, v2 memory.peak; 0 on kernels without it)."""
     failcnt: int = 0
     """Times usage hit the limit (v1 failcnt, v2 memory.events `max`)."""

@@ -24,8 +24,8 @@ from criproxy.errors import CriproxyError
 from criproxy.stats.cgroupfs import (
     PROC,
     ROOT,
-    UNIFIED,
     DeviceNames,
+    accounting_dirs,
     process_cgroup,
     read_cgroup,
 )
@@ -108,7 +108,7 @@ class Sampler:
                 found = process_cgroup(pid, self._cgroup_root, self._proc)
                 # The cgroup must be the task's own (its path names it): a pid read after
                 # the task exited may be another process's by now.
-                if not found or not all(task_id in str(d) for d in _accounting(found)):
+                if not found or not all(task_id in str(d) for d in accounting_dirs(found)):
                     continue
                 dirs = found
             sample = read_cgroup(dirs, devices=devices)
@@ -186,8 +186,3 @@ class Sampler:
                 del store[gone]
         for key in [k for k in self._dirs if k[0] not in keep]:
             del self._dirs[key]
-
-
-def _accounting(dirs: Mapping[str, Path]) -> list[Path]:
-    """The directories whose files make a sample (CPU and memory accounting)."""
-    return [d for key, d in dirs.items() if key in (UNIFIED, "cpuacct", "memory")]

@@ -7,6 +7,7 @@ this module's dataclasses; `criproxy/cri/convert/` turns them into CRI messages.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,13 @@ import anyio
 import structlog
 
 from criproxy.errors import CriproxyError
-from criproxy.stats.cgroupfs import read_pod_cgroup
+from criproxy.stats.cgroupfs import (
+    ProcessCounts,
+    accounting_dirs,
+    process_cgroup,
+    process_counts,
+    read_pod_cgroup,
+)
 from criproxy.stats.sample import CgroupSample, InterfaceStats, nano_cores, read_net_dev
 from criproxy.stats.sampler import FS_USAGE_INTERVAL, Sampler
 
@@ -35,6 +42,7 @@ __all__ = [
     "ContainerIndex",
     "ContainerMetricsInput",
     "ContainerUsage",
+    "FsCapacity",
     "PodAttributes",
     "PodIndex",
     "PodMetricsInput",
@@ -113,6 +121,16 @@ class PodUsage:
 
 
 @dataclass(frozen=True)
+class FsCapacity:
+    """The image filesystem (where writable layers live) as statvfs sees it."""
+
+    device: str
+    limit_bytes: int
+    inodes_total: int
+    inodes_free: int
+
+
+@dataclass(frozen=True)
 class ContainerMetricsInput:
     """One container's inputs to ListPodSandboxMetrics, gathered from its record and task."""
 
@@ -131,6 +149,11 @@ class ContainerMetricsInput:
     cpu_quota: int | None = None
     memory_reservation_bytes: int | None = None
     """From the OCI spec's Linux resources; None when not set (the metric is then omitted)."""
+    memory_swap_limit_bytes: int | None = None
+    """Memory plus swap as the request limits it (0: unlimited; None: no resources set)."""
+    processes: ProcessCounts | None = None
+    """Open files and sockets of a running container's processes."""
+    fs: FsCapacity | None = None
 
 
 @dataclass(frozen=True)
@@ -325,9 +348,20 @@ class UsageService:
         members = self._containers.by_pod([p.id for p in pods])
         running = {c.id: c.pid for cs in members.values() for c in cs if c.state == "running"}
         samples = await self._sampler.sample(running)
-        interfaces = await anyio.to_thread.run_sync(
-            lambda: {pod.id: _interfaces(pod) for pod in pods}
-        )
+        mountpoint = await self._fs_mountpoint()
+
+        def host_reads() -> tuple[
+            dict[str, tuple[InterfaceStats, ...] | None],
+            dict[str, ProcessCounts],
+            FsCapacity | None,
+        ]:
+            return (
+                {pod.id: _interfaces(pod) for pod in pods},
+                _process_counts(running),
+                _fs_capacity(mountpoint),
+            )
+
+        interfaces, counts, fs = await anyio.to_thread.run_sync(host_reads)
         out = []
         for pod in pods:
             inputs = []
@@ -342,9 +376,13 @@ class UsageService:
                         sample=samples.get(c.id) if c.state == "running" else None,
                         started_at_ns=c.started_at_ns,
                         writable_layer_bytes=layer.bytes if layer else None,
+                        fs_device=mountpoint,
                         cpu_shares=res.cpu_shares if res and res.cpu_shares else None,
                         cpu_period=res.cpu_period if res and res.cpu_period else None,
                         cpu_quota=res.cpu_quota if res and res.cpu_quota else None,
+                        memory_swap_limit_bytes=res.memory_swap_limit_in_bytes if res else None,
+                        processes=counts.get(c.id) if c.state == "running" else None,
+                        fs=fs,
                     )
                 )
             meta = pod.config.metadata
@@ -358,6 +396,30 @@ class UsageService:
                 )
             )
         return out
+
+
+def _process_counts(running: Mapping[str, int]) -> dict[str, ProcessCounts]:
+    """Open files and sockets per running container, through its cgroup. Blocking."""
+    out = {}
+    for container_id, pid in running.items():
+        dirs = process_cgroup(pid) if pid > 0 else None
+        # the cgroup must be the container's own: a pid read late may be another's by now
+        if not dirs or not all(container_id in str(d) for d in accounting_dirs(dirs)):
+            continue
+        counts = process_counts(dirs)
+        if counts is not None:
+            out[container_id] = counts
+    return out
+
+
+def _fs_capacity(mountpoint: str) -> FsCapacity | None:
+    if not mountpoint:
+        return None
+    try:
+        st = os.statvfs(mountpoint)
+    except OSError:
+        return None
+    return FsCapacity(mountpoint, st.f_blocks * st.f_frsize, st.f_files, st.f_ffree)
 
 
 def _interfaces(pod: Sandbox) -> tuple[InterfaceStats, ...] | None:

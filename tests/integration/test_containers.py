@@ -483,6 +483,56 @@ def test_stats_are_non_zero_and_move_when_the_container_allocates(ctr_env: Conta
     )
 
 
+def test_pod_metrics_count_open_files_and_sockets_and_the_image_filesystem(
+    ctr_env: ContainerEnv,
+) -> None:
+    """The figures cAdvisor reads from /proc and statvfs: a listening socket and four more
+    files opened by the container show, the image filesystem's size and inodes are the
+    host's, the swap limit is the request's."""
+    pod_id, pod = ctr_env.pod("metrics-files")
+    container = ctr_env.run(
+        pod_id,
+        pod,
+        "files",
+        args=["nc -l -p 9000 & exec 7</etc/passwd 8</etc/group 9>/tmp/x 6</bin; sleep 1000"],
+        linux=api_pb2.LinuxContainerConfig(
+            resources=api_pb2.LinuxContainerResources(
+                memory_limit_in_bytes=64 << 20, memory_swap_limit_in_bytes=64 << 20
+            )
+        ),
+    )
+    runtime = ctr_env.runtime
+
+    def figures() -> dict[str, tuple[list[str], int]]:
+        listed = runtime.ListPodSandboxMetrics(
+            api_pb2.ListPodSandboxMetricsRequest(), timeout=30
+        ).pod_metrics
+        mine = next(m for m in listed if m.pod_sandbox_id == pod_id)
+        (ours,) = [c for c in mine.container_metrics if c.container_id == container]
+        return {m.name: (list(m.label_values), m.value.value) for m in ours.metrics}
+
+    wait_until(lambda: figures().get("container_sockets", ([], 0))[1] >= 1, 10)
+    got = figures()
+    descriptors = {
+        d.name: list(d.label_keys)
+        for d in runtime.ListMetricDescriptors(api_pb2.ListMetricDescriptorsRequest()).descriptors
+    }
+    for name, (labels, _) in got.items():
+        assert len(labels) == len(descriptors[name]), name  # in step with the descriptors
+    # nc (started first): 0-2 and its socket; the shell (or the sleep it became): 0-2, 6-9
+    assert got["container_file_descriptors"][1] >= 4 + 7
+    assert got["container_sockets"][1] == 1
+    assert got["container_ulimits_soft"][0][-1] == "max_open_files"
+    assert got["container_ulimits_soft"][1] > 0
+    host = os.statvfs(got["container_fs_limit_bytes"][0][-1])
+    assert got["container_fs_limit_bytes"][1] == host.f_blocks * host.f_frsize
+    assert got["container_fs_inodes_total"][1] == host.f_files
+    assert 0 < got["container_fs_inodes_free"][1] <= host.f_files
+    assert got["container_spec_memory_swap_limit_bytes"][1] == 64 << 20
+    assert "container_memory_kernel_usage" in got
+    ctr_env.remove(container)
+
+
 def pod_env_gateway(ctr_env: ContainerEnv, pod_id: str) -> str:
     """The bridge's address: the first of the pod's subnet."""
     ip = ctr_env.pods.status(pod_id).status.network.ip

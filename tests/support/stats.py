@@ -33,6 +33,7 @@ def v1_metrics() -> cg1.Metrics:
             total_active_file=200,
             total_inactive_file=100,
             usage=cg1.MemoryEntry(limit=GIB, usage=5000, max=6000, failcnt=2),
+            kernel=cg1.MemoryEntry(usage=640),
             swap=cg1.MemoryEntry(limit=GIB + 512, usage=5800),
         ),
         blkio=cg1.BlkIOStat(
@@ -69,6 +70,9 @@ def v2_metrics() -> cg2.Metrics:
         memory=cg2.MemoryStat(
             anon=700,
             file=900,
+            kernel_stack=32,
+            slab=64,
+            sock=16,
             file_mapped=60,
             active_file=500,
             inactive_file=400,

@@ -88,6 +88,9 @@ _MEMORY_MAPPED_FILE = _gauge(
     "container_memory_mapped_file", "Size of memory mapped files in bytes."
 )
 _MEMORY_SWAP = _gauge("container_memory_swap", "Container swap usage in bytes.")
+_MEMORY_KERNEL = _gauge(
+    "container_memory_kernel_usage", "Size of kernel memory allocated in bytes."
+)
 _MEMORY_FAILCNT = _counter("container_memory_failcnt", "Number of memory usage hits limits.")
 _MEMORY_ACTIVE_FILE = _gauge(
     "container_memory_total_active_file_bytes", "Page cache bytes on the active LRU list."
@@ -115,12 +118,27 @@ _FS_READS = _counter("container_fs_reads_total", "Cumulative count of reads comp
 _FS_WRITES = _counter(
     "container_fs_writes_total", "Cumulative count of writes completed.", "device"
 )
-# Writable layer.
+_BLKIO_DEVICE_USAGE = _counter(
+    "container_blkio_device_usage_total",
+    "Blkio device bytes usage.",
+    "device",
+    "major",
+    "minor",
+    "operation",
+)
+# Writable layer, and the filesystem it lives on.
 _FS_USAGE = _gauge(
     "container_fs_usage_bytes",
     "Number of bytes that are consumed by the container on this filesystem.",
     "device",
 )
+_FS_LIMIT = _gauge(
+    "container_fs_limit_bytes",
+    "Number of bytes that can be consumed by the container on this filesystem.",
+    "device",
+)
+_FS_INODES_TOTAL = _gauge("container_fs_inodes_total", "Number of Inodes.", "device")
+_FS_INODES_FREE = _gauge("container_fs_inodes_free", "Number of available Inodes.", "device")
 # Network (pod level: the pod's containers share one network namespace).
 _NET_RX_BYTES = _counter(
     "container_network_receive_bytes_total", "Cumulative count of bytes received.", "interface"
@@ -158,6 +176,15 @@ _NET_TX_ERRORS = _counter(
 )
 # Processes.
 _PROCESSES = _gauge("container_processes", "Number of processes running inside the container.")
+_FILE_DESCRIPTORS = _gauge(
+    "container_file_descriptors", "Number of open file descriptors for the container."
+)
+_SOCKETS = _gauge("container_sockets", "Number of open sockets for the container.")
+_ULIMITS_SOFT = _gauge(
+    "container_ulimits_soft",
+    "Soft ulimit values for the container root process.",
+    "ulimit",
+)
 _THREADS = _gauge("container_threads", "Number of threads running inside the container.")
 _THREADS_MAX = _gauge(
     "container_threads_max",
@@ -179,6 +206,24 @@ _SPEC_MEMORY_RESERVATION = _gauge(
 _SPEC_CPU_SHARES = _gauge("container_spec_cpu_shares", "CPU share of the container.")
 _SPEC_CPU_PERIOD = _gauge("container_spec_cpu_period", "CPU period of the container.")
 _SPEC_CPU_QUOTA = _gauge("container_spec_cpu_quota", "CPU quota of the container.")
+_SPEC_MEMORY_SWAP_LIMIT = _gauge(
+    "container_spec_memory_swap_limit_bytes",
+    "Memory swap limit for the container in bytes, 0 when unlimited.",
+)
+# Pressure stall information (cgroup v2 only): cAdvisor's "waiting" is PSI's `some`,
+# its "stalled" PSI's `full`.
+_PSI_HELP = {
+    "waiting": "tasks in the container have waited",
+    "stalled": "no tasks in the container could make progress",
+}
+_PRESSURE = {
+    (resource, kind): _counter(
+        f"container_pressure_{resource}_{kind}_seconds_total",
+        f"Total time duration {_PSI_HELP[kind]} due to {resource} congestion.",
+    )
+    for resource in ("cpu", "memory", "io")
+    for kind in ("waiting", "stalled")
+}
 
 _DESCRIPTORS: tuple[_Desc, ...] = (
     _CPU_USAGE,
@@ -194,6 +239,7 @@ _DESCRIPTORS: tuple[_Desc, ...] = (
     _MEMORY_CACHE,
     _MEMORY_MAPPED_FILE,
     _MEMORY_SWAP,
+    _MEMORY_KERNEL,
     _MEMORY_FAILCNT,
     _MEMORY_ACTIVE_FILE,
     _MEMORY_INACTIVE_FILE,
@@ -203,7 +249,11 @@ _DESCRIPTORS: tuple[_Desc, ...] = (
     _FS_WRITES_BYTES,
     _FS_READS,
     _FS_WRITES,
+    _BLKIO_DEVICE_USAGE,
     _FS_USAGE,
+    _FS_LIMIT,
+    _FS_INODES_TOTAL,
+    _FS_INODES_FREE,
     _NET_RX_BYTES,
     _NET_RX_PACKETS,
     _NET_RX_DROPPED,
@@ -213,6 +263,9 @@ _DESCRIPTORS: tuple[_Desc, ...] = (
     _NET_TX_DROPPED,
     _NET_TX_ERRORS,
     _PROCESSES,
+    _FILE_DESCRIPTORS,
+    _SOCKETS,
+    _ULIMITS_SOFT,
     _THREADS,
     _THREADS_MAX,
     _LAST_SEEN,
@@ -222,6 +275,8 @@ _DESCRIPTORS: tuple[_Desc, ...] = (
     _SPEC_CPU_SHARES,
     _SPEC_CPU_PERIOD,
     _SPEC_CPU_QUOTA,
+    _SPEC_MEMORY_SWAP_LIMIT,
+    *_PRESSURE.values(),
 )
 
 
@@ -230,9 +285,8 @@ def metric_descriptors() -> list[api_pb2.MetricDescriptor]:
 
     The kubelet (PodAndContainerStatsFromCRI) reads these once and drops any metric
     whose name is not among them, so the two must stay in step. The set is cAdvisor's
-    names that cgroup metrics, net/dev and the container record can fill honestly; left
-    out: per-CPU usage, hugetlb, file descriptors and sockets, ulimits, fs limits and
-    inodes (each needs a per-process or statfs walk criproxy does not do).
+    names that cgroup files, /proc, statvfs, net/dev and the container record can fill
+    honestly; left out: per-CPU usage and hugetlb (no hugetlb hierarchy is read).
     """
     return [
         api_pb2.MetricDescriptor(name=d.name, help=d.help, label_keys=d.label_keys)
@@ -278,11 +332,21 @@ def container_metrics(
         out.add(_START_TIME, _seconds(c.started_at_ns))
     if c.writable_layer_bytes is not None:
         out.add(_FS_USAGE, c.writable_layer_bytes, c.fs_device)
+    if c.fs is not None:
+        out.add(_FS_LIMIT, c.fs.limit_bytes, c.fs.device)
+        out.add(_FS_INODES_TOTAL, c.fs.inodes_total, c.fs.device)
+        out.add(_FS_INODES_FREE, c.fs.inodes_free, c.fs.device)
+    if c.processes is not None:
+        out.add(_FILE_DESCRIPTORS, c.processes.file_descriptors)
+        out.add(_SOCKETS, c.processes.sockets)
+        if c.processes.open_files_soft_limit is not None:  # unlimited: no uint64 says so
+            out.add(_ULIMITS_SOFT, c.processes.open_files_soft_limit, "max_open_files")
     for desc, spec in (
         (_SPEC_CPU_SHARES, c.cpu_shares),
         (_SPEC_CPU_PERIOD, c.cpu_period),
         (_SPEC_CPU_QUOTA, c.cpu_quota),
         (_SPEC_MEMORY_RESERVATION, c.memory_reservation_bytes),
+        (_SPEC_MEMORY_SWAP_LIMIT, c.memory_swap_limit_bytes),
     ):
         if spec is not None:
             out.add(desc, spec)
@@ -306,6 +370,7 @@ def _cgroup_metrics(out: _Emitter, s: CgroupSample) -> None:
         out.add(_MEMORY_RSS, s.rss_bytes)
         out.add(_MEMORY_CACHE, s.cache_bytes)
         out.add(_MEMORY_MAPPED_FILE, s.mapped_file_bytes)
+        out.add(_MEMORY_KERNEL, s.kernel_usage_bytes)
         out.add(_MEMORY_ACTIVE_FILE, s.active_file_bytes)
         out.add(_MEMORY_INACTIVE_FILE, s.inactive_file_bytes)
         out.add(_MEMORY_FAILCNT, s.failcnt)
@@ -320,7 +385,21 @@ def _cgroup_metrics(out: _Emitter, s: CgroupSample) -> None:
     out.add(_PROCESSES, s.pids)
     out.add(_THREADS, s.pids)
     out.add(_THREADS_MAX, s.pids_limit)
+    for resource, pressure in (
+        ("cpu", s.cpu_pressure),
+        ("memory", s.memory_pressure),
+        ("io", s.io_pressure),
+    ):
+        for kind, data in (
+            ("waiting", pressure and pressure.some),
+            ("stalled", pressure and pressure.full),
+        ):
+            if data is not None:
+                out.add(_PRESSURE[resource, kind], _seconds(data.total_ns))
     for io in s.block_io:
+        major, minor = str(io.major), str(io.minor)
+        out.add(_BLKIO_DEVICE_USAGE, io.read_bytes, io.device, major, minor, "Read")
+        out.add(_BLKIO_DEVICE_USAGE, io.write_bytes, io.device, major, minor, "Write")
         out.add(_FS_READS_BYTES, io.read_bytes, io.device)
         out.add(_FS_WRITES_BYTES, io.write_bytes, io.device)
         out.add(_FS_READS, io.reads, io.device)

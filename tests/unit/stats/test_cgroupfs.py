@@ -12,6 +12,7 @@ from criproxy.stats.cgroupfs import (
     apply_pod_limits,
     cgroup_dir,
     process_cgroup,
+    process_counts,
     read_cgroup,
     read_pod_cgroup,
 )
@@ -131,6 +132,7 @@ def test_v1_reads_what_containerds_cgroups_library_reads(tmp_path: Path) -> None
     _write(mem / "memory.memsw.usage_in_bytes", "12000\n")
     _write(mem / "memory.memsw.limit_in_bytes", "131072\n")
     _write(mem / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    _write(mem / "memory.kmem.usage_in_bytes", "640\n")
     _write(cg / "pids" / rel / "pids.current", "3\n")
     _write(cg / "pids" / rel / "pids.max", "max\n")
     _write(
@@ -164,6 +166,7 @@ def test_v1_reads_what_containerds_cgroups_library_reads(tmp_path: Path) -> None
     assert (sample.memory_limit_bytes, sample.available_bytes) == (65536, 58536)
     assert (sample.rss_bytes, sample.cache_bytes, sample.mapped_file_bytes) == (5000, 4000, 300)
     assert (sample.max_usage_bytes, sample.failcnt, sample.oom_kills) == (20000, 2, 1)
+    assert sample.kernel_usage_bytes == 640
     assert (sample.page_faults, sample.major_page_faults) == (70, 6)
     assert (sample.container_page_faults, sample.container_major_page_faults) == (5, 1)
     assert (sample.swap_usage_bytes, sample.swap_limit_bytes) == (2000, 65536)
@@ -195,7 +198,7 @@ def test_v2_reads_what_containerds_cgroups_library_reads(tmp_path: Path) -> None
     _write(
         path / "memory.stat",
         "anon 4096\nfile 2048\nfile_mapped 100\nactive_file 1024\ninactive_file 1024\n"
-        "pgfault 9\npgmajfault 2\n",
+        "pgfault 9\npgmajfault 2\nkernel_stack 64\nslab 256\nsock 8\npercpu 16\npagetables 32\n",
     )
     _write(path / "memory.swap.current", "0\n")
     _write(path / "memory.swap.max", "max\n")
@@ -222,6 +225,7 @@ def test_v2_reads_what_containerds_cgroups_library_reads(tmp_path: Path) -> None
     )
     assert (sample.memory_limit_bytes, sample.memory_working_set_bytes) == (16384, 7168)
     assert (sample.rss_bytes, sample.cache_bytes, sample.max_usage_bytes) == (4096, 2048, 9000)
+    assert sample.kernel_usage_bytes == 64 + 256 + 8 + 16 + 32  # no `kernel` line (< 5.18)
     assert (sample.swap_usage_bytes, sample.swap_limit_bytes) == (0, None)
     assert (sample.oom_kills, sample.failcnt, sample.pids, sample.pids_limit) == (1, 5, 2, 100)
     assert sample.block_io == (BlockIo("254:0", 254, 0, read_bytes=4096, reads=1),)
@@ -229,3 +233,22 @@ def test_v2_reads_what_containerds_cgroups_library_reads(tmp_path: Path) -> None
         some=PressureData(12_000, 1.5, 0.0, 0.0), full=PressureData(3_000, 0.0, 0.0, 0.0)
     )
     assert sample.cpu_pressure is None  # no cpu.pressure file: a kernel without PSI
+
+
+def test_open_files_and_sockets_are_counted_over_the_cgroups_processes(tmp_path: Path) -> None:
+    cg, proc = tmp_path / "cg" / "pids" / "c1", tmp_path / "proc"
+    _write(cg / "cgroup.procs", "10\n11\n12\n")  # 12 exited since
+    for pid, targets in (("10", ["/dev/null", "socket:[77]", "pipe:[5]"]), ("11", ["socket:[78]"])):
+        fd_dir = proc / pid / "fd"
+        fd_dir.mkdir(parents=True)
+        for i, target in enumerate(targets):
+            (fd_dir / str(i)).symlink_to(target)
+    _write(
+        proc / "10" / "limits",
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max open files            1024                 524288               files\n",
+    )
+    counts = process_counts({"pids": cg}, proc)
+    assert counts is not None
+    assert (counts.file_descriptors, counts.sockets, counts.open_files_soft_limit) == (4, 2, 1024)
+    assert process_counts({"pids": tmp_path / "gone"}, proc) is None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.cri.convert.metrics import BASE_LABEL_KEYS, metric_descriptors, pod_sandbox_metrics
 from criproxy.stats import ContainerMetricsInput, PodMetricsInput, read_net_dev
+from criproxy.stats.cgroupfs import ProcessCounts
+from criproxy.stats.usage import FsCapacity
 from tests.support.stats import GIB, NET_DEV, TS, v1_sample, v2_sample
 
 
@@ -56,6 +58,9 @@ def _pod_metrics() -> api_pb2.PodSandboxMetrics:
             cpu_period=100_000,
             cpu_quota=50_000,
             memory_reservation_bytes=None,
+            memory_swap_limit_bytes=2 * GIB,
+            processes=ProcessCounts(file_descriptors=12, sockets=3, open_files_soft_limit=1024),
+            fs=FsCapacity("/var/lib/containerd", 100 * GIB, 1000, 400),
         ),
         ContainerMetricsInput(id="c2", name="side", image="busybox", sample=v2_sample()),
         ContainerMetricsInput(id="c3", name="gone", image="busybox", sample=None),
@@ -129,7 +134,18 @@ def test_container_metrics_carry_the_samples_values() -> None:
     assert value("container_fs_usage_bytes", "/var/lib/containerd") == 4096
     assert value("container_fs_reads_bytes_total", "/dev/sda") == 4096
     assert value("container_fs_writes_total", "/dev/sda") == 4
+    assert value("container_memory_kernel_usage") == 640
+    assert value("container_spec_memory_swap_limit_bytes") == 2 * GIB
+    assert value("container_file_descriptors") == 12
+    assert value("container_sockets") == 3
+    assert value("container_ulimits_soft", "max_open_files") == 1024
+    assert value("container_fs_limit_bytes", "/var/lib/containerd") == 100 * GIB
+    assert value("container_fs_inodes_total", "/var/lib/containerd") == 1000
+    assert value("container_fs_inodes_free", "/var/lib/containerd") == 400
+    assert value("container_blkio_device_usage_total", "/dev/sda", "8", "0", "Read") == 4096
+    assert value("container_blkio_device_usage_total", "/dev/sda", "8", "0", "Write") == 8192
     assert ("container_spec_memory_reservation_limit_bytes", *base) not in c1
+    assert not any(name.startswith("container_pressure_") for name, *_ in c1)  # v1: no PSI
     assert c1[("container_memory_rss", *base)].metric_type == api_pb2.GAUGE
     assert c1[("container_cpu_usage_seconds_total", *base)].metric_type == api_pb2.COUNTER
 
@@ -141,6 +157,10 @@ def test_container_metrics_of_cgroup_v2_and_of_a_container_without_a_task() -> N
     assert c2[("container_spec_memory_limit_bytes", *base)].value.value == 0  # unlimited
     assert c2[("container_memory_failcnt", *base)].value.value == 6
     assert c2[("container_fs_writes_bytes_total", *base, "259:0")].value.value == 20
+    assert c2[("container_memory_kernel_usage", *base)].value.value == 32 + 64 + 16
+    for resource in ("cpu", "memory", "io"):  # PSI totals are microseconds: 1000 and 400
+        assert c2[(f"container_pressure_{resource}_waiting_seconds_total", *base)].value.value == 0
+        assert (f"container_pressure_{resource}_stalled_seconds_total", *base) in c2
     # No task: only what the record knows.
     assert [m.name for m in pod.container_metrics[2].metrics] == ["container_last_seen"]
 
@@ -151,3 +171,68 @@ def test_pod_metrics_on_the_host_network_have_no_network_series() -> None:
     )
     assert list(pod.metrics) == []
     assert list(pod.container_metrics) == []
+
+
+# The names critest (master) expects from a runtime, less the two hugetlb ones: this host
+# has no hugetlb hierarchy to read them from.
+CRITEST_NAMES = [
+    "container_blkio_device_usage_total",
+    "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_throttled_seconds_total",
+    "container_cpu_system_seconds_total",
+    "container_cpu_usage_seconds_total",
+    "container_cpu_user_seconds_total",
+    "container_file_descriptors",
+    "container_fs_inodes_free",
+    "container_fs_inodes_total",
+    "container_fs_limit_bytes",
+    "container_fs_reads_bytes_total",
+    "container_fs_reads_total",
+    "container_fs_usage_bytes",
+    "container_fs_writes_bytes_total",
+    "container_fs_writes_total",
+    "container_last_seen",
+    "container_memory_cache",
+    "container_memory_failcnt",
+    "container_memory_failures_total",
+    "container_memory_kernel_usage",
+    "container_memory_mapped_file",
+    "container_memory_max_usage_bytes",
+    "container_memory_rss",
+    "container_memory_swap",
+    "container_memory_usage_bytes",
+    "container_memory_working_set_bytes",
+    "container_network_receive_bytes_total",
+    "container_network_receive_errors_total",
+    "container_network_receive_packets_dropped_total",
+    "container_network_receive_packets_total",
+    "container_network_transmit_bytes_total",
+    "container_network_transmit_errors_total",
+    "container_network_transmit_packets_dropped_total",
+    "container_network_transmit_packets_total",
+    "container_oom_events_total",
+    "container_pressure_cpu_stalled_seconds_total",
+    "container_pressure_cpu_waiting_seconds_total",
+    "container_pressure_io_stalled_seconds_total",
+    "container_pressure_io_waiting_seconds_total",
+    "container_pressure_memory_stalled_seconds_total",
+    "container_pressure_memory_waiting_seconds_total",
+    "container_processes",
+    "container_sockets",
+    "container_spec_cpu_period",
+    "container_spec_cpu_quota",
+    "container_spec_cpu_shares",
+    "container_spec_memory_limit_bytes",
+    "container_spec_memory_reservation_limit_bytes",
+    "container_spec_memory_swap_limit_bytes",
+    "container_start_time_seconds",
+    "container_threads",
+    "container_threads_max",
+    "container_ulimits_soft",
+]
+
+
+def test_every_name_critest_expects_is_described() -> None:
+    described = {d.name for d in metric_descriptors()}
+    assert sorted(set(CRITEST_NAMES) - described) == []
