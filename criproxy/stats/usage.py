@@ -348,6 +348,7 @@ class UsageService:
         members = self._containers.by_pod([p.id for p in pods])
         running = {c.id: c.pid for cs in members.values() for c in cs if c.state == "running"}
         samples = await self._sampler.sample(running)
+        await self._ensure_layers([c for cs in members.values() for c in cs])
         mountpoint = await self._fs_mountpoint()
 
         def host_reads() -> tuple[

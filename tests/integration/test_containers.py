@@ -511,6 +511,8 @@ def test_pod_metrics_count_open_files_and_sockets_and_the_image_filesystem(
         (ours,) = [c for c in mine.container_metrics if c.container_id == container]
         return {m.name: (list(m.label_values), m.value.value) for m in ours.metrics}
 
+    # the writable layer is measured for the first call, not left to a later one
+    assert "container_fs_usage_bytes" in figures()
     wait_until(lambda: figures().get("container_sockets", ([], 0))[1] >= 1, 10)
     got = figures()
     descriptors = {

@@ -390,10 +390,9 @@ def _cgroup_metrics(out: _Emitter, s: CgroupSample) -> None:
         ("memory", s.memory_pressure),
         ("io", s.io_pressure),
     ):
-        for kind, data in (
-            ("waiting", pressure and pressure.some),
-            ("stalled", pressure and pressure.full),
-        ):
+        if pressure is None:
+            continue
+        for kind, data in (("waiting", pressure.some), ("stalled", pressure.full)):
             if data is not None:
                 out.add(_PRESSURE[resource, kind], _seconds(data.total_ns))
     for io in s.block_io:
