@@ -81,7 +81,10 @@ async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) 
     try:
         container: Container = await deps.pods.loops.call(sandbox.id, job)
     except Exception:
-        raise  # the job failed: it released the name itself
+        # The job failed (it undid its steps), or never ran (the pod went meanwhile, or
+        # stopped before the job's turn): either way the name is free again.
+        store.names.release(container_id)
+        raise
     except BaseException:
         # Cancelled: the job still runs to its end in the pod's loop; a retry gets it.
         store.undelivered.add(container_id)

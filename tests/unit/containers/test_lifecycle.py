@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from criproxy.errors import AlreadyExists, Unavailable
+from criproxy.errors import AlreadyExists, FailedPrecondition, Unavailable
 from tests.support.lifecycle import container, host_pod, node
 
 pytestmark = pytest.mark.anyio
@@ -68,3 +68,44 @@ async def test_removing_a_pod_removes_its_containers_first(tmp_path: Path) -> No
         deletes = [c.split()[1] for c in n.containerd.calls if c.startswith("containers.delete")]
         assert deletes == [*ids, pod]
         assert n.containers.all() == [] and n.sandboxes.pods() == []
+
+
+async def test_a_create_that_finds_its_pod_stopped_meanwhile_frees_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod was ready when the call came and stopped before its turn in the pod's loop:
+    FAILED_PRECONDITION, and the name is free again (the kubelet makes the same name in
+    the pod's next sandbox)."""
+    async with node(tmp_path) as n:
+        pod = await n.sandboxes.run_pod(host_pod("app"), "")
+        tasks = n.containerd.tasks
+        stopping, go_on = anyio.Event(), anyio.Event()
+        kill_and_delete = tasks.kill_and_delete
+
+        async def held(*args: object, **kwargs: object) -> object:
+            stopping.set()  # the stop's job holds the pod's loop here
+            await go_on.wait()
+            return await kill_and_delete(*args, **kwargs)
+
+        monkeypatch.setattr(tasks, "kill_and_delete", held)
+        failures: list[FailedPrecondition] = []
+
+        async def create() -> None:
+            try:
+                await n.containers.create(pod, container("web"))
+            except FailedPrecondition as err:
+                failures.append(err)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(n.sandboxes.stop_pod, pod)
+            await stopping.wait()
+            tg.start_soon(create)  # the pod is still ready: the call queues its job
+            await anyio.wait_all_tasks_blocked()
+            go_on.set()
+        assert len(failures) == 1
+        assert "is not ready" in failures[0].message
+        monkeypatch.undo()
+        await n.sandboxes.remove_pod(pod)
+        again = await n.sandboxes.run_pod(host_pod("app"), "")
+        created = await n.containers.create(again, container("web"))
+        assert n.containers.get(created).state == "created"
