@@ -349,11 +349,13 @@ class Recovery:
 
     async def _sweep_container_orphans(self) -> None:
         """What containers that no longer exist left (a kill -9 before their record was made
-        or during their removal): idmapped layers first, then FIFO and volume dirs."""
+        or during their removal): idmapped layers and mounted image volumes first (their
+        views, no longer referenced, are containerd's GC's), then FIFO and volume dirs."""
         deps = self._containers
         known = deps.store.index.ids() | self._pods.store.index.ids()
-        for name in await anyio.to_thread.run_sync(_leftovers, deps.paths.idmap_root, known):
-            await anyio.to_thread.run_sync(idmap.release, deps.paths.idmap_root / name)
+        for mounts_root in (deps.paths.idmap_root, deps.paths.image_volume_root):
+            for name in await anyio.to_thread.run_sync(_leftovers, mounts_root, known):
+                await anyio.to_thread.run_sync(idmap.release, mounts_root / name)
         for directory in (deps.paths.io_root, deps.paths.volumes_root, deps.paths.restore_root):
             for name in await anyio.to_thread.run_sync(_leftovers, directory, known):
                 log.info(

@@ -19,7 +19,7 @@ import anyio
 import structlog
 
 from criproxy.containerd import ContainerRecord
-from criproxy.containers import restore, rootfs, signing
+from criproxy.containers import image_volumes, restore, rootfs, signing
 from criproxy.containers import spec as spec_builder
 from criproxy.containers.checkpoint import key_path
 from criproxy.containers.deps import remove_tree
@@ -128,6 +128,11 @@ async def _create(
             undo.push(
                 functools.partial(deps.containerd.snapshots.remove, snapshotter, container_id)
             )
+            volume_labels: dict[str, str] = {}
+            if any(m.image for m in config.mounts):
+                volumes = await image_volumes.prepare(deps, cd, container_id, config.mounts, undo)
+                config = dataclasses.replace(config, mounts=volumes.mounts)
+                volume_labels = volumes.labels
             prepare = functools.partial(
                 cd.snapshots.prepare, snapshotter, container_id, image.content.chain_id
             )
@@ -190,6 +195,7 @@ async def _create(
                         SANDBOX_ID_LABEL: sandbox.id,
                         "io.kubernetes.container.name": config.name,
                         **cri_labels(sandbox.config),
+                        **volume_labels,
                     },
                     image=container.image.name,
                     runtime=handler.runtime_type,

@@ -48,6 +48,8 @@ class ContainerPaths:
     """Per checkpoint under way: CRIU's images and work files (swept at start)."""
     restore_root: Path
     """Per container made from a checkpoint, until it starts: the checkpoint, unpacked."""
+    image_volume_root: Path
+    """Per container with image volumes: each image, mounted read-only."""
 
     @classmethod
     def of(cls, config: Config) -> ContainerPaths:
@@ -57,6 +59,7 @@ class ContainerPaths:
             idmap_root=config.state / "idmap",
             checkpoint_root=config.root / "checkpoints",  # CRIU's images: disk, not tmpfs
             restore_root=config.root / "restores",
+            image_volume_root=config.state / "image-volumes",
         )
 
 

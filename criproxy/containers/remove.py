@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from criproxy.containers import image_volumes
 from criproxy.containers.deps import KILL_WAIT, remove_tree
 from criproxy.containers.stop import stop_container
 from criproxy.errors import CriproxyError, FailedPrecondition, NotFound
@@ -73,7 +74,12 @@ async def _remove_leftovers(deps: ContainerDeps, container: Container) -> None:
     async def remove_snapshot() -> None:
         await deps.containerd.snapshots.remove(deps.config.containerd.snapshotter, container.id)
 
-    for step in (remove_snapshot, functools.partial(anyio.to_thread.run_sync, remove_files)):
+    steps = (
+        functools.partial(image_volumes.release, deps, container),  # unmounted before all
+        remove_snapshot,
+        functools.partial(anyio.to_thread.run_sync, remove_files),
+    )
+    for step in steps:
         try:
             await step()
         except (CriproxyError, OSError) as err:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from criproxy.containers import image_volumes
 from criproxy.containers.checkpoint import CHECKPOINT_DIR, CONTAINER_LOG
 from criproxy.containers.deps import remove_tree
 from criproxy.containers.io import ContainerIO
@@ -55,6 +56,8 @@ async def _start(deps: ContainerDeps, container_id: str) -> None:
     options = None
     if container.restore_dir:  # made from a checkpoint: CRIU restores its processes
         options = await anyio.to_thread.run_sync(_restore_options, deps, handler, container)
+    if any(m.image for m in cfg.mounts):
+        await image_volumes.ensure_mounted(deps, container)
     io = await ContainerIO.create(
         Path(container.io_dir),
         container.id,

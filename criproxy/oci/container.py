@@ -90,6 +90,8 @@ class MountConfig:
     image: str = ""
     """An image volume (CRI `Mount.image`); host_path is then the image's mounted rootfs."""
     image_sub_path: str = ""
+    image_ref: str = ""
+    """The image volume's image id (its config digest), as ContainerStatus reports it."""
     options: tuple[str, ...] = ()
     """Per-mount flags asked for beside the bind (CRI `Mount.mount_options`): a subset of
     BIND_OPTIONS, validated on the way in."""

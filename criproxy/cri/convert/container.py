@@ -319,7 +319,7 @@ def _mount_view(m: MountConfig) -> api_pb2.Mount:
             api_pb2.IDMapping(container_id=x.container_id, host_id=x.host_id, length=x.length)
             for x in m.gid_mappings
         ],
-        image=api_pb2.ImageSpec(image=m.image) if m.image else None,
+        image=api_pb2.ImageSpec(image=m.image, image_ref=m.image_ref) if m.image else None,
         image_sub_path=m.image_sub_path,
         mount_options=m.options,
     )
