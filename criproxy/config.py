@@ -90,6 +90,23 @@ class CheckpointSection:
 
 
 @dataclass(frozen=True)
+class NriSection:
+    """NRI (containerd's keys). On by default, as in containerd 2.x: with no plugin
+    connected it costs nothing on any call, and operators' plugins (resource policies,
+    device injectors) expect a runtime to offer it."""
+
+    disable: bool = False
+    socket_path: str = "/var/run/nri/nri.sock"
+    """Where plugins connect (mode 0600: root's plugins only)."""
+    disable_connections: bool = False
+    """No socket: no plugin can connect."""
+    plugin_registration_timeout: float = 5.0
+    """How long a plugin that connected has to register."""
+    plugin_request_timeout: float = 2.0
+    """How long a plugin has to answer one event; one that does not is dropped."""
+
+
+@dataclass(frozen=True)
 class RuntimeHandler:
     name: str
     runtime_type: str = "io.containerd.runc.v2"
@@ -139,6 +156,7 @@ class Config:
     """A streaming connection with no data either way for this long is closed."""
     metrics: MetricsSection = MetricsSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    nri: NriSection = NriSection()
     runtimes: Mapping[str, RuntimeHandler] = field(default_factory=_default_runtimes)
 
     @property
@@ -415,6 +433,16 @@ _TOP: Mapping[str, Parser] = {
     "stream_idle_timeout": _positive_duration,
     "metrics": _sub(MetricsSection, {"address": _host_port}),
     "checkpoint": _sub(CheckpointSection, {"criu_path": _abs_or_empty, "key_path": _abs_or_empty}),
+    "nri": _sub(
+        NriSection,
+        {
+            "disable": _bool,
+            "socket_path": _abs_str,
+            "disable_connections": _bool,
+            "plugin_registration_timeout": _positive_duration,
+            "plugin_request_timeout": _positive_duration,
+        },
+    ),
     "runtimes": _runtimes,
 }
 

@@ -15,6 +15,7 @@ import anyio.abc
 import grpc.aio
 import structlog
 
+from criproxy import __version__
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
@@ -25,6 +26,8 @@ from criproxy.events import EventLoop
 from criproxy.images.service import ImageService
 from criproxy.metrics import MetricsEndpoint
 from criproxy.node import Node
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import Nri
 from criproxy.recovery import Recovery
 from criproxy.sandbox.service import SandboxService
 from criproxy.stats import UsageService
@@ -109,6 +112,14 @@ class _Domain:
             systemd=config.cgroup_driver == "systemd",
         )
         recovery = Recovery(containerd, images, sandboxes.deps, containers.deps)
+        sandboxes.deps.nri = Nri(
+            config.nri,
+            __version__,
+            lambda: nri_hooks.snapshot(
+                [p for p in sandboxes.store.pods_if_ready() if p.state != "creating"],
+                [(c, containers.store.specs.get(c.id)) for c in containers.store.index],
+            ),
+        )
         streams = StreamServer(
             config.stream_server.address,
             config.stream_server.port,
@@ -132,6 +143,12 @@ class _Domain:
         tg.start_soon(self.containers.run)
         tg.start_soon(self.usage.run)
         tg.start_soon(self.recovery.run)
+        try:
+            await self.sandboxes.deps.nri.serve(tg)
+        except OSError as err:
+            raise StartError(
+                f"cannot serve NRI on {self.sandboxes.deps.nri.config.socket_path}: {err}"
+            ) from None
         try:
             await tg.start(self.streams.run)
         except OSError as err:

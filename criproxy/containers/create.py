@@ -13,11 +13,12 @@ import functools
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
+from criproxy._generated.nri import api_pb2 as nri_api
 from criproxy.containerd import ContainerRecord
 from criproxy.containers import image_volumes, restore, rootfs, signing
 from criproxy.containers import spec as spec_builder
@@ -26,6 +27,9 @@ from criproxy.containers.deps import remove_tree
 from criproxy.containers.model import EXTENSION, KIND, Container, ImageInfo
 from criproxy.containers.resources import effective
 from criproxy.errors import FailedPrecondition, InvalidArgument, NotFound
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import PluginError, container_message
+from criproxy.nri.adaptation import apply as apply_adjustment
 from criproxy.sandbox.handlers import cri_labels, resolve_handler, runc_options
 from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
 from criproxy.steps import UndoStack, both
@@ -79,7 +83,10 @@ async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) 
         archive=archive,
     )
     try:
-        container: Container = await deps.pods.loops.call(sandbox.id, job)
+        # A plugin joining NRI now is synchronised before or after this container, never
+        # in between: it sees it in its snapshot or as an event.
+        async with deps.pods.nri.barrier.change():
+            container: Container = await deps.pods.loops.call(sandbox.id, job)
     except Exception:
         # The job failed (it undid its steps), or never ran (the pod went meanwhile, or
         # stopped before the job's turn): either way the name is free again.
@@ -91,6 +98,13 @@ async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) 
         raise
     log.info("container created", container=container.id, sandbox=sandbox.id, name=config.name)
     deps.publish("created", container)
+    try:
+        await deps.pods.nri.post_create_container(
+            nri_hooks.pod(sandbox),
+            nri_hooks.container(container, deps.store.specs.get(container.id)),
+        )
+    except PluginError as err:
+        nri_hooks.logged("PostCreateContainer", err, container=container.id)
     return container.id
 
 
@@ -167,6 +181,7 @@ async def _create(
                 mounts, built = await both(
                     prepare(), anyio.to_thread.run_sync(functools.partial(build, mounts=()))
                 )
+            await _nri_adjust(deps, current, container_id, config, built.spec)
             if config.resources is not None:
                 config = dataclasses.replace(
                     config, resources=effective(config.resources, built.swap_controller)
@@ -290,6 +305,34 @@ def _checkpoint_image(deps: ContainerDeps, checkpoint: restore.Checkpoint, what:
     raise FailedPrecondition(
         f"cannot restore {what}: its image {named} is not on this node; pull it first"
     )
+
+
+async def _nri_adjust(
+    deps: ContainerDeps,
+    sandbox: Sandbox,
+    container_id: str,
+    config: ContainerConfig,
+    spec: dict[str, Any],
+) -> None:
+    """NRI's plugins' adjustments into the container's spec, before containerd sees it
+    (and before the container is listed); a plugin's veto fails the create."""
+    nri = deps.pods.nri
+    if not nri.plugins:
+        return
+    message = container_message(
+        container_id,
+        sandbox.id,
+        config.name,
+        nri_api.CONTAINER_CREATED,
+        spec,
+        labels=tuple(config.labels.items()),
+        created_at=time.time_ns(),
+    )
+    try:
+        adjust = await nri.create_container(nri_hooks.pod(sandbox), message)
+    except PluginError as err:
+        raise nri_hooks.vetoed(err) from None
+    apply_adjustment(spec, adjust)
 
 
 def _target_pid(deps: ContainerDeps, sandbox: Sandbox, config: ContainerConfig) -> int:

@@ -12,10 +12,13 @@ import structlog
 from criproxy.containerd import TaskEvent
 from criproxy.containers.deps import IO_DRAIN, UNKNOWN_EXIT_CODE
 from criproxy.containers.model import REASON_OOM_KILLED
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import PluginError
 
 if TYPE_CHECKING:
     from criproxy.containerd import Event
     from criproxy.containers.deps import ContainerDeps
+    from criproxy.containers.model import Container
 
 log = structlog.get_logger("criproxy.containers")
 
@@ -79,6 +82,25 @@ async def exited(deps: ContainerDeps, container_id: str, exit_code: int, exited_
             exit_event.set()
     log.info("container exited", container=container_id, exit_code=exit_code)
     deps.publish("stopped", stopped)
+    if deps.pods.nri.plugins:  # off the pod's loop: plugins get up to their deadline
+        deps.background.start_soon(notify_stopped, deps, stopped)
+
+
+async def notify_stopped(deps: ContainerDeps, container: Container) -> None:
+    """NRI's StopContainer, once per container: at its exit, or at its removal if it
+    never ran."""
+    if container.id in deps.nri_stopped:
+        return
+    deps.nri_stopped.add(container.id)
+    nri = deps.pods.nri
+    sandbox = deps.pods.store.index.get(container.sandbox_id)
+    if not nri.plugins or sandbox is None:
+        return
+    spec = deps.store.specs.get(container.id)
+    try:
+        await nri.stop_container(nri_hooks.pod(sandbox), nri_hooks.container(container, spec))
+    except PluginError as err:
+        nri_hooks.logged("StopContainer", err, container=container.id)
 
 
 async def reconcile(deps: ContainerDeps, container_id: str) -> None:

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from criproxy.containers import image_volumes
+from criproxy.containers import exits, image_volumes
 from criproxy.containers.deps import KILL_WAIT, remove_tree
 from criproxy.containers.stop import stop_container
 from criproxy.errors import CriproxyError, FailedPrecondition, NotFound
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import PluginError
 from criproxy.sandbox import idmap
 
 if TYPE_CHECKING:
@@ -54,11 +56,27 @@ async def _remove(deps: ContainerDeps, container_id: str) -> None:
     # files follow after the answer; should criproxy die first, a snapshot no record
     # references is containerd's GC's and the files are the recovery's orphan sweep's.
     await deps.containerd.containers.delete(container_id)
+    if deps.pods.nri.plugins:
+        await exits.notify_stopped(deps, container)  # if its exit was never told
+        await _notify_removed(deps, container)
     deps.forget(container_id)
     deps.store.remove(container_id)
     deps.background.start_soon(_remove_leftovers, deps, container)
     log.info("container removed", container=container_id)
     deps.publish("deleted", container)
+
+
+async def _notify_removed(deps: ContainerDeps, container: Container) -> None:
+    sandbox = deps.pods.store.index.get(container.sandbox_id)
+    if sandbox is None:
+        return
+    spec = deps.store.specs.get(container.id)
+    try:
+        await deps.pods.nri.remove_container(
+            nri_hooks.pod(sandbox), nri_hooks.container(container, spec)
+        )
+    except PluginError as err:
+        nri_hooks.logged("RemoveContainer", err, container=container.id)
 
 
 async def _remove_leftovers(deps: ContainerDeps, container: Container) -> None:

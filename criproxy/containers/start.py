@@ -18,6 +18,8 @@ from criproxy.containers.checkpoint import CHECKPOINT_DIR, CONTAINER_LOG
 from criproxy.containers.deps import remove_tree
 from criproxy.containers.io import ContainerIO
 from criproxy.errors import CriproxyError, FailedPrecondition, Internal, NotFound
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import PluginError
 from criproxy.sandbox import idmap
 from criproxy.sandbox.handlers import resolve_handler, runc_options
 
@@ -35,10 +37,27 @@ START_ERROR_EXIT_CODE = 128
 
 async def start(deps: ContainerDeps, container_id: str) -> None:
     container = deps.store.get(container_id)
+    nri = deps.pods.nri
+    if nri.plugins:  # their veto comes before anything starts
+        sandbox = deps.pods.store.ready(container.sandbox_id)
+        spec = deps.store.specs.get(container.id)
+        try:
+            await nri.start_container(nri_hooks.pod(sandbox), nri_hooks.container(container, spec))
+        except PluginError as err:
+            raise nri_hooks.vetoed(err) from None
     await deps.pods.loops.call(container.sandbox_id, lambda: _start(deps, container.id))
     started = deps.store.index.get(container.id)
     if started is not None:
         deps.publish("started", started)
+        if nri.plugins:
+            sandbox = deps.pods.store.get(container.sandbox_id)
+            spec = deps.store.specs.get(container.id)
+            try:
+                await nri.post_start_container(
+                    nri_hooks.pod(sandbox), nri_hooks.container(started, spec)
+                )
+            except PluginError as err:
+                nri_hooks.logged("PostStartContainer", err, container=container.id)
 
 
 async def _start(deps: ContainerDeps, container_id: str) -> None:

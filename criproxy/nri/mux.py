@@ -81,6 +81,8 @@ class Mux:
         self._buffer = bytearray()
         self._scope: anyio.CancelScope | None = None
         self.closed = False
+        self.done = anyio.Event()
+        """Set once the multiplexer is closed (by either side)."""
 
     def open(self, conn_id: int) -> Conn:
         if conn_id == 0:
@@ -148,6 +150,7 @@ class Mux:
     def _close_conns(self) -> None:
         if not self.closed:
             self.closed = True
+            self.done.set()
             for conn in self._conns.values():
                 conn._close()
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from criproxy.config import NriSection
 from criproxy.network.cni import CniRequest, DnsConfig, PortMapping, parse_bandwidth_annotations
+from criproxy.nri.adaptation import Nri
 from criproxy.sandbox.model import EXTENSION
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ class PodDeps:
     """Called with a pod's id before it goes (its containers go first)."""
     tasks_deleted: set[str] = field(default_factory=set)
     """Pods whose pause task a stop deleted (their remove need not look for it again)."""
+    nri: Nri = field(default_factory=lambda: Nri(NriSection(disable=True), "", _nothing))
+    """The NRI plugins (the server's, once it is built)."""
 
     async def persist(self, sandbox: Sandbox) -> None:
         """Write the sandbox into its pause container's record, then into memory."""
@@ -93,3 +97,7 @@ def cni_request(sandbox: Sandbox) -> CniRequest:
         dns=DnsConfig(pod.dns.servers, pod.dns.searches, pod.dns.options) if pod.dns else None,
         loopback=False,  # criproxy's netns creation brings lo up
     )
+
+
+def _nothing() -> tuple[list[Any], list[Any]]:
+    return [], []

@@ -10,6 +10,8 @@ import anyio
 import structlog
 
 from criproxy.network.netns import unpin_netns
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import PluginError
 from criproxy.sandbox import files, idmap
 from criproxy.sandbox.deps import STATE_MOUNTS, STOP_TIMEOUT
 from criproxy.sandbox.stop import stop_in_loop
@@ -49,6 +51,10 @@ async def _remove(deps: PodDeps, sandbox_id: str) -> None:
     deps.tasks_deleted.discard(sandbox_id)
     await containerd.snapshots.remove(deps.config.containerd.snapshotter, sandbox_id)
     await anyio.to_thread.run_sync(remove_files, deps, sandbox_id)
+    try:
+        await deps.nri.remove_pod_sandbox(nri_hooks.pod(sandbox))
+    except PluginError as err:
+        nri_hooks.logged("RemovePodSandbox", err, sandbox=sandbox_id)
     deps.store.remove(sandbox_id)
     deps.loops.close(sandbox_id)  # ends the loop after this job
     log.info("pod sandbox removed", sandbox=sandbox_id)

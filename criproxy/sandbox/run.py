@@ -21,6 +21,8 @@ import structlog
 from criproxy.containerd import ContainerRecord
 from criproxy.errors import AlreadyExists, CriproxyError, Internal, unwrap
 from criproxy.network.netns import create_netns, create_userns_netns, remove_netns, remove_pin
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import PluginError
 from criproxy.sandbox import exits, files, idmap
 from criproxy.sandbox.deps import STATE_MOUNTS, STOP_TIMEOUT, cni_request
 from criproxy.sandbox.handlers import cri_labels, resolve_handler, runc_options
@@ -242,6 +244,11 @@ async def _finish(deps: PodDeps, sandbox: Sandbox, result: CniResult | None, pid
         cni_result=result.raw if result else None,
         pid=pid,
     )
+    # NRI's plugins see the pod before anyone else: it is listed only once they agree.
+    try:
+        await deps.nri.run_pod_sandbox(nri_hooks.pod(ready))
+    except PluginError as err:
+        raise nri_hooks.vetoed(err) from None
     await deps.persist(ready)
     return ready
 

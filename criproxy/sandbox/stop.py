@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from criproxy.network.netns import remove_netns
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri.adaptation import PluginError
 from criproxy.sandbox.deps import STOP_TIMEOUT, cni_request
 from criproxy.steps import both
 
@@ -37,6 +39,10 @@ async def stop_in_loop(deps: PodDeps, sandbox_id: str) -> None:
     torn_down = not sandbox.netns and sandbox.cni_result is None
     if sandbox.state == "notready" and torn_down and sandbox.pid == 0:
         return  # already stopped and torn down
+    try:  # its containers are stopped by now; the sandbox is still there to read
+        await deps.nri.stop_pod_sandbox(nri_hooks.pod(sandbox))
+    except PluginError as err:
+        nri_hooks.logged("StopPodSandbox", err, sandbox=sandbox_id)
 
     async def kill() -> TaskExitInfo | None:
         exited = await deps.containerd.tasks.kill_and_delete(

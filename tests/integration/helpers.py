@@ -142,6 +142,7 @@ class Criproxy:
         merged: dict[str, object] = {
             "cni": {"conf_dir": str(self.cni_dir), "bin_dirs": CNI_BIN_DIRS},
             "metrics": {},
+            "nri": {"socket_path": str(self.base / "nri.sock")},  # never the host's
         }
         merged.update(self.config)
         path = self.base / "criproxy.toml"

@@ -1,0 +1,672 @@
+"""The runtime side of NRI: plugins connect to criproxy's socket, register, are told what
+runtime this is (Configure), learn every pod and container (Synchronize), and from then on
+see, adjust or veto each pod's and container's lifecycle events.
+
+As containerd/nri's adaptation does: events run one at a time, each plugin in index order
+with `plugin_request_timeout` to answer; a plugin whose connection goes, or that does not
+answer in time, is dropped and the CRI call goes on without it; a plugin that answers with
+an error fails the CRI call. A plugin that connects while containers are being made is
+synchronised only once those are made, and any container made after its snapshot reaches
+it as an event: no container is lost to a late plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import grpc
+import structlog
+
+from criproxy._generated.nri import api_pb2 as nri
+from criproxy.nri import mux, ttrpc
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    from anyio.abc import SocketListener, SocketStream, TaskGroup
+    from google.protobuf.message import Message
+
+    from criproxy.config import NriSection
+
+log = structlog.get_logger("criproxy.nri")
+
+PLUGIN_SERVICE = "nri.pkg.api.v1alpha1.Plugin"
+RUNTIME_SERVICE = "nri.pkg.api.v1alpha1.Runtime"
+NRI_VERSION = "v0.12.1"
+"""The protocol version criproxy speaks (the API of containerd/nri v0.12.1)."""
+VALID_EVENTS = (1 << (nri.LAST - 1)) - 1
+SYNC_TIMEOUT = 30.0
+"""How long a plugin has for Synchronize: a plugin may hold it while it sets itself up."""
+_NAME = re.compile(r"^[a-zA-Z0-9_.+-]+$")
+_INDEX = re.compile(r"^[0-9][0-9]$")
+
+R = TypeVar("R", bound="Message")
+
+
+class PluginError(Exception):
+    """A plugin refused an event: the CRI call fails with this."""
+
+    def __init__(self, plugin: str, event: str, message: str) -> None:
+        super().__init__(f"NRI plugin {plugin} failed {event}: {message}")
+        self.plugin = plugin
+
+
+def event_bit(event: int) -> int:
+    return 1 << (event - 1)
+
+
+@dataclass
+class Plugin:
+    """One connected plugin: its registration, its subscription, its connection."""
+
+    mux: mux.Mux
+    client: ttrpc.Client
+    name: str = ""
+    index: str = ""
+    events: int = 0
+    registered: anyio.Event = field(default_factory=anyio.Event)
+    problem: str = ""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.index}-{self.name}" if self.index else self.name or "(unregistered)"
+
+    def wants(self, event: int) -> bool:
+        return bool(self.events & event_bit(event))
+
+
+class _SyncBarrier:
+    """Container changes hold it shared; a plugin's synchronisation holds it alone, so a
+    container is either in the plugin's snapshot or made once the plugin gets events."""
+
+    def __init__(self) -> None:
+        self._changes = 0
+        self._syncing = False
+        self._cond = anyio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def change(self) -> AsyncIterator[None]:
+        async with self._cond:
+            while self._syncing:
+                await self._cond.wait()
+            self._changes += 1
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._cond:
+                    self._changes -= 1
+                    self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def sync(self) -> AsyncIterator[None]:
+        async with self._cond:
+            while self._syncing or self._changes:
+                await self._cond.wait()
+            self._syncing = True
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._cond:
+                    self._syncing = False
+                    self._cond.notify_all()
+
+
+class Nri:
+    """The plugins and the socket they connect to."""
+
+    def __init__(
+        self,
+        config: NriSection,
+        runtime_version: str,
+        snapshot: Callable[[], tuple[list[nri.PodSandbox], list[nri.Container]]],
+    ) -> None:
+        self.config = config
+        self.runtime_version = runtime_version
+        self._snapshot = snapshot
+        self.plugins: list[Plugin] = []
+        self._events = anyio.Lock()
+        self.barrier = _SyncBarrier()
+
+    @property
+    def enabled(self) -> bool:
+        return not self.config.disable
+
+    # --- connections -------------------------------------------------------------
+
+    async def serve(self, tg: TaskGroup) -> None:
+        """Listen on the socket (unless connections are off) in `tg`."""
+        if not self.enabled or self.config.disable_connections:
+            return
+        path = Path(self.config.socket_path)
+        await anyio.to_thread.run_sync(_prepare_socket, path)
+        listener = await anyio.create_unix_listener(path, mode=0o600)
+        log.info("NRI socket listening", socket=str(path))
+        tg.start_soon(self._accept, listener, tg)
+
+    async def _accept(self, listener: SocketListener, tg: TaskGroup) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                tg.start_soon(self._connected, stream)
+
+    async def _connected(self, stream: SocketStream) -> None:
+        m = mux.Mux(stream)
+        plugin = Plugin(m, ttrpc.Client(m.open(mux.PLUGIN_SERVICE_CONN)))
+        server = ttrpc.Server(
+            m.open(mux.RUNTIME_SERVICE_CONN),
+            {
+                (RUNTIME_SERVICE, "RegisterPlugin"): lambda b: self._register(plugin, b),
+                (RUNTIME_SERVICE, "UpdateContainers"): self._update_containers,
+            },
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(m.run)
+            tg.start_soon(plugin.client.run)
+            tg.start_soon(server.run)
+            try:
+                await self._start(plugin)
+            except Exception as err:
+                log.warning("NRI plugin not started", plugin=plugin.qualified, error=str(err))
+                await m.aclose()
+                return
+            await m.done.wait()
+            tg.cancel_scope.cancel()
+        self._drop(plugin, "its connection closed")
+
+    async def _register(self, plugin: Plugin, payload: bytes) -> bytes:
+        request = nri.RegisterPluginRequest.FromString(payload)
+        problem = ""
+        if not _NAME.match(request.plugin_name):
+            problem = f"invalid plugin name {request.plugin_name!r}"
+        elif not _INDEX.match(request.plugin_idx):
+            problem = f"invalid plugin index {request.plugin_idx!r}, must be 2 digits"
+        if problem:
+            plugin.problem = problem
+            plugin.registered.set()
+            raise ttrpc.TtrpcError(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        plugin.name, plugin.index = request.plugin_name, request.plugin_idx
+        log.info(
+            "NRI plugin registered",
+            plugin=plugin.qualified,
+            nri_version=request.NRI_version or "unknown",
+        )
+        plugin.registered.set()
+        return nri.Empty().SerializeToString()
+
+    async def _start(self, plugin: Plugin) -> None:
+        """Registration, Configure, Synchronize; then the plugin gets events."""
+        with anyio.fail_after(self.config.plugin_registration_timeout):
+            await plugin.registered.wait()
+        if plugin.problem:
+            raise RuntimeError(plugin.problem)
+        configured = await plugin.client.call(
+            PLUGIN_SERVICE,
+            "Configure",
+            nri.ConfigureRequest(
+                runtime_name="criproxy",
+                runtime_version=self.runtime_version,
+                registration_timeout=int(self.config.plugin_registration_timeout * 1000),
+                request_timeout=int(self.config.plugin_request_timeout * 1000),
+                NRI_version=NRI_VERSION,
+            ),
+            nri.ConfigureResponse,
+            self.config.plugin_request_timeout,
+        )
+        events = configured.events or VALID_EVENTS
+        if events & ~VALID_EVENTS:
+            raise RuntimeError(f"invalid plugin events: {events:#x}")
+        plugin.events = events
+        async with self.barrier.sync(), self._events:
+            pods, containers = self._snapshot()
+            answer = await plugin.client.call(
+                PLUGIN_SERVICE,
+                "Synchronize",
+                nri.SynchronizeRequest(pods=pods, containers=containers),
+                nri.SynchronizeResponse,
+                SYNC_TIMEOUT,
+            )
+            if answer.update:
+                log.info(
+                    "NRI plugin asked updates at synchronisation; criproxy does not apply them yet",
+                    plugin=plugin.qualified,
+                    updates=len(answer.update),
+                )
+            self.plugins.append(plugin)
+            self.plugins.sort(key=lambda p: (p.index, p.name))
+        log.info(
+            "NRI plugin connected and synchronised",
+            plugin=plugin.qualified,
+            events=f"{events:#x}",
+            pods=len(pods),
+            containers=len(containers),
+        )
+
+    async def _update_containers(self, payload: bytes) -> bytes:
+        request = nri.UpdateContainersRequest.FromString(payload)
+        # Unsolicited updates are not applied yet: each is answered as failed, honestly.
+        return nri.UpdateContainersResponse(failed=request.update).SerializeToString()
+
+    def _drop(self, plugin: Plugin, why: str) -> None:
+        if plugin in self.plugins:
+            self.plugins.remove(plugin)
+            log.warning("NRI plugin dropped", plugin=plugin.qualified, reason=why)
+
+    # --- events --------------------------------------------------------------------
+
+    async def _each(
+        self, event: int, method: str, request: Message, reply: type[R]
+    ) -> list[tuple[Plugin, R]]:
+        """The event to every subscribed plugin in order; their answers. A plugin that
+        fails by its connection or its deadline is dropped; one that answers an error
+        fails the event (PluginError)."""
+        answers: list[tuple[Plugin, R]] = []
+        if not self.plugins:
+            return answers
+        async with self._events:
+            for plugin in list(self.plugins):
+                if not plugin.wants(event):
+                    continue
+                try:
+                    answer = await plugin.client.call(
+                        PLUGIN_SERVICE, method, request, reply, self.config.plugin_request_timeout
+                    )
+                except ttrpc.Closed as err:
+                    self._drop(plugin, str(err))
+                    await plugin.mux.aclose()
+                    continue
+                except ttrpc.TtrpcError as err:
+                    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        self._drop(plugin, f"no answer to {method} in time")
+                        await plugin.mux.aclose()
+                        continue
+                    raise PluginError(plugin.qualified, method, err.message) from None
+                answers.append((plugin, answer))
+        return answers
+
+    async def run_pod_sandbox(self, pod: nri.PodSandbox) -> None:
+        await self._each(
+            nri.RUN_POD_SANDBOX,
+            "RunPodSandbox",
+            nri.RunPodSandboxRequest(pod=pod),
+            nri.RunPodSandboxResponse,
+        )
+
+    async def stop_pod_sandbox(self, pod: nri.PodSandbox) -> None:
+        await self._each(
+            nri.STOP_POD_SANDBOX,
+            "StopPodSandbox",
+            nri.StopPodSandboxRequest(pod=pod),
+            nri.StopPodSandboxResponse,
+        )
+
+    async def remove_pod_sandbox(self, pod: nri.PodSandbox) -> None:
+        await self._each(
+            nri.REMOVE_POD_SANDBOX,
+            "RemovePodSandbox",
+            nri.RemovePodSandboxRequest(pod=pod),
+            nri.RemovePodSandboxResponse,
+        )
+
+    async def create_container(
+        self, pod: nri.PodSandbox, container: nri.Container
+    ) -> nri.ContainerAdjustment:
+        """Every plugin's adjustment, merged: each plugin sees the container as the ones
+        before it left it; two plugins setting the same thing is refused."""
+        merged = nri.ContainerAdjustment()
+        if not self.plugins:
+            return merged
+        owners: Owners = {}
+        async with self._events:
+            for plugin in list(self.plugins):
+                if not plugin.wants(nri.CREATE_CONTAINER):
+                    continue
+                request = nri.CreateContainerRequest(pod=pod, container=container)
+                try:
+                    answer = await plugin.client.call(
+                        PLUGIN_SERVICE,
+                        "CreateContainer",
+                        request,
+                        nri.CreateContainerResponse,
+                        self.config.plugin_request_timeout,
+                    )
+                except ttrpc.Closed as err:
+                    self._drop(plugin, str(err))
+                    continue
+                except ttrpc.TtrpcError as err:
+                    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        self._drop(plugin, "no answer to CreateContainer in time")
+                        await plugin.mux.aclose()
+                        continue
+                    raise PluginError(plugin.qualified, "CreateContainer", err.message) from None
+                if answer.update or answer.evict:
+                    raise PluginError(
+                        plugin.qualified,
+                        "CreateContainer",
+                        "asked to update or evict other containers, which criproxy does not do yet",
+                    )
+                if answer.HasField("adjust"):
+                    merge(merged, container, answer.adjust, plugin.qualified, owners)
+        return merged
+
+    async def post_create_container(self, pod: nri.PodSandbox, c: nri.Container) -> None:
+        await self._each(
+            nri.POST_CREATE_CONTAINER,
+            "PostCreateContainer",
+            nri.PostCreateContainerRequest(pod=pod, container=c),
+            nri.PostCreateContainerResponse,
+        )
+
+    async def start_container(self, pod: nri.PodSandbox, c: nri.Container) -> None:
+        await self._each(
+            nri.START_CONTAINER,
+            "StartContainer",
+            nri.StartContainerRequest(pod=pod, container=c),
+            nri.StartContainerResponse,
+        )
+
+    async def post_start_container(self, pod: nri.PodSandbox, c: nri.Container) -> None:
+        await self._each(
+            nri.POST_START_CONTAINER,
+            "PostStartContainer",
+            nri.PostStartContainerRequest(pod=pod, container=c),
+            nri.PostStartContainerResponse,
+        )
+
+    async def stop_container(self, pod: nri.PodSandbox, c: nri.Container) -> None:
+        await self._each(
+            nri.STOP_CONTAINER,
+            "StopContainer",
+            nri.StopContainerRequest(pod=pod, container=c),
+            nri.StopContainerResponse,
+        )
+
+    async def remove_container(self, pod: nri.PodSandbox, c: nri.Container) -> None:
+        await self._each(
+            nri.REMOVE_CONTAINER,
+            "RemoveContainer",
+            nri.RemoveContainerRequest(pod=pod, container=c),
+            nri.RemoveContainerResponse,
+        )
+
+
+def _prepare_socket(path: Path) -> None:
+    """A 0700 directory for the socket (made if missing), and no stale socket in the way;
+    a live one (another runtime's) is never taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: a leftover of a runtime that died
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another runtime already serves NRI on {path}")
+
+
+# --- merging adjustments ------------------------------------------------------------------
+
+Owners = dict[tuple[str, str], str]
+"""Who set what: (field, key) -> plugin; "-plugin" when that plugin removed it."""
+
+
+def _claim(owners: Owners, kind: str, key: str, plugin: str) -> None:
+    owner = owners.get((kind, key))
+    if owner is not None and owner != f"-{plugin}":
+        raise PluginError(
+            plugin,
+            "CreateContainer",
+            f"plugins {plugin!r} and {owner.lstrip('-')!r} both tried to set {kind} {key}".rstrip(),
+        )
+    owners[kind, key] = plugin
+
+
+def merge(
+    merged: nri.ContainerAdjustment,
+    container: nri.Container,
+    adjust: nri.ContainerAdjustment,
+    plugin: str,
+    owners: Owners,
+) -> None:
+    """One plugin's adjustment into `merged` and into `container` (what the next plugin
+    sees). Only what criproxy applies to a spec is accepted; anything else is refused,
+    never silently dropped."""
+    unsupported = [
+        name
+        for name, present in (
+            ("CDI devices", bool(adjust.CDI_devices)),
+            ("linux adjustments", adjust.HasField("linux") and _linux_beyond(adjust.linux)),
+        )
+        if present
+    ]
+    if unsupported:
+        raise PluginError(
+            plugin,
+            "CreateContainer",
+            f"adjusts {', '.join(unsupported)}, which criproxy does not apply yet",
+        )
+    _merge_annotations(merged, container, adjust, plugin, owners)
+    _merge_mounts(merged, container, adjust, plugin, owners)
+    _merge_env(merged, container, adjust, plugin, owners)
+    if adjust.args:
+        args = list(adjust.args)
+        if args[0] == "":
+            owners["Args", ""] = f"-{plugin}"
+            args = args[1:]
+        if args:
+            _claim(owners, "Args", "", plugin)
+            del merged.args[:]
+            merged.args.extend(args)
+            del container.args[:]
+            container.args.extend(args)
+    if adjust.HasField("hooks"):  # hooks accumulate: they never conflict
+        merged.hooks.MergeFrom(adjust.hooks)
+        container.hooks.MergeFrom(adjust.hooks)
+    for limit in adjust.rlimits:
+        _claim(owners, "Rlimits", limit.type, plugin)
+        merged.rlimits.append(limit)
+        container.rlimits.append(limit)
+    if adjust.HasField("linux") and adjust.linux.HasField("oom_score_adj"):
+        _claim(owners, "OomScoreAdj", "", plugin)
+        merged.linux.oom_score_adj.CopyFrom(adjust.linux.oom_score_adj)
+        container.linux.oom_score_adj.CopyFrom(adjust.linux.oom_score_adj)
+
+
+def _merge_annotations(
+    merged: nri.ContainerAdjustment,
+    container: nri.Container,
+    adjust: nri.ContainerAdjustment,
+    plugin: str,
+    owners: Owners,
+) -> None:
+    for key, value in adjust.annotations.items():
+        name = key.removeprefix("-")
+        if key.startswith("-"):  # a removal: whoever set it before, this plugin may now
+            merged.annotations[key] = ""
+            container.annotations.pop(name, None)
+            owners["Annotations", name] = f"-{plugin}"
+            continue
+        _claim(owners, "Annotations", name, plugin)
+        merged.annotations.pop(f"-{name}", None)
+        merged.annotations[name] = value
+        container.annotations[name] = value
+
+
+def _merge_mounts(
+    merged: nri.ContainerAdjustment,
+    container: nri.Container,
+    adjust: nri.ContainerAdjustment,
+    plugin: str,
+    owners: Owners,
+) -> None:
+    for m in adjust.mounts:
+        dest = m.destination.removeprefix("-")
+        others = [x for x in merged.mounts if x.destination.removeprefix("-") != dest]
+        del merged.mounts[:]
+        merged.mounts.extend(others)
+        kept = [x for x in container.mounts if x.destination != dest]
+        del container.mounts[:]
+        container.mounts.extend(kept)
+        if m.destination.startswith("-"):
+            owners["Mounts", dest] = f"-{plugin}"
+            merged.mounts.append(m)
+            continue
+        _claim(owners, "Mounts", dest, plugin)
+        merged.mounts.append(m)
+        container.mounts.append(m)
+
+
+def _merge_env(
+    merged: nri.ContainerAdjustment,
+    container: nri.Container,
+    adjust: nri.ContainerAdjustment,
+    plugin: str,
+    owners: Owners,
+) -> None:
+    for kv in adjust.env:
+        name = kv.key.removeprefix("-")
+        others = [x for x in merged.env if x.key.removeprefix("-") != name]
+        del merged.env[:]
+        merged.env.extend(others)
+        kept = [e for e in container.env if e.split("=", 1)[0] != name]
+        del container.env[:]
+        container.env.extend(kept)
+        if kv.key.startswith("-"):
+            owners["Env", name] = f"-{plugin}"
+            merged.env.append(kv)
+            continue
+        _claim(owners, "Env", name, plugin)
+        merged.env.append(kv)
+        container.env.append(f"{name}={kv.value}")
+
+
+def _linux_beyond(linux: nri.LinuxContainerAdjustment) -> bool:
+    """Whether a linux adjustment asks anything beyond the OOM score."""
+    return any(f.name != "oom_score_adj" for f, _ in linux.ListFields())
+
+
+# --- applying the merged adjustment to an OCI spec ----------------------------------------
+
+
+def apply(spec: dict[str, Any], adjust: nri.ContainerAdjustment) -> None:
+    """The merged adjustment into the container's OCI spec (in place)."""
+    annotations = spec.setdefault("annotations", {})
+    for key, value in adjust.annotations.items():
+        if key.startswith("-"):
+            annotations.pop(key[1:], None)
+        else:
+            annotations[key] = value
+    mounts: list[dict[str, Any]] = spec.setdefault("mounts", [])
+    for m in adjust.mounts:
+        dest = m.destination.removeprefix("-")
+        mounts[:] = [x for x in mounts if x.get("destination") != dest]
+        if not m.destination.startswith("-"):
+            entry: dict[str, Any] = {"destination": dest, "type": m.type, "source": m.source}
+            if m.options:
+                entry["options"] = list(m.options)
+            mounts.append(entry)
+    process = spec.setdefault("process", {})
+    env: list[str] = process.setdefault("env", [])
+    for kv in adjust.env:
+        name = kv.key.removeprefix("-")
+        env[:] = [e for e in env if e.split("=", 1)[0] != name]
+        if not kv.key.startswith("-"):
+            env.append(f"{name}={kv.value}")
+    if adjust.args:
+        process["args"] = list(adjust.args)
+    if adjust.HasField("hooks"):
+        hooks = spec.setdefault("hooks", {})
+        for name, oci in (
+            ("prestart", "prestart"),
+            ("create_runtime", "createRuntime"),
+            ("create_container", "createContainer"),
+            ("start_container", "startContainer"),
+            ("poststart", "poststart"),
+            ("poststop", "poststop"),
+        ):
+            for hook in getattr(adjust.hooks, name):
+                entry = {"path": hook.path}
+                if hook.args:
+                    entry["args"] = list(hook.args)
+                if hook.env:
+                    entry["env"] = list(hook.env)
+                if hook.HasField("timeout"):
+                    entry["timeout"] = hook.timeout.value
+                hooks.setdefault(oci, []).append(entry)
+    if adjust.rlimits:
+        rlimits = process.setdefault("rlimits", [])
+        for limit in adjust.rlimits:
+            rlimits[:] = [r for r in rlimits if r.get("type") != limit.type]
+            rlimits.append({"type": limit.type, "hard": limit.hard, "soft": limit.soft})
+    if adjust.HasField("linux") and adjust.linux.HasField("oom_score_adj"):
+        process["oomScoreAdj"] = adjust.linux.oom_score_adj.value
+
+
+def container_message(
+    container_id: str,
+    sandbox_id: str,
+    name: str,
+    state: int,
+    spec: dict[str, Any],
+    *,
+    labels: Sequence[tuple[str, str]] = (),
+    pid: int = 0,
+    created_at: int = 0,
+    started_at: int = 0,
+    finished_at: int = 0,
+    exit_code: int = 0,
+) -> nri.Container:
+    """An NRI Container from criproxy's record of it and its OCI spec."""
+    process = spec.get("process") or {}
+    linux = spec.get("linux") or {}
+    c = nri.Container(
+        id=container_id,
+        pod_sandbox_id=sandbox_id,
+        name=name,
+        state=state,  # type: ignore[arg-type]
+        labels=dict(labels),
+        annotations={str(k): str(v) for k, v in (spec.get("annotations") or {}).items()},
+        args=[str(a) for a in process.get("args") or []],
+        env=[str(e) for e in process.get("env") or []],
+        pid=pid,
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        exit_code=exit_code,
+    )
+    for m in spec.get("mounts") or []:
+        c.mounts.append(
+            nri.Mount(
+                destination=str(m.get("destination", "")),
+                type=str(m.get("type", "")),
+                source=str(m.get("source", "")),
+                options=[str(o) for o in m.get("options") or []],
+            )
+        )
+    for r in process.get("rlimits") or []:
+        c.rlimits.append(
+            nri.POSIXRlimit(type=str(r["type"]), hard=int(r["hard"]), soft=int(r["soft"]))
+        )
+    if "oomScoreAdj" in process:
+        c.linux.oom_score_adj.value = int(process["oomScoreAdj"])
+    for ns in linux.get("namespaces") or []:
+        c.linux.namespaces.append(
+            nri.LinuxNamespace(type=str(ns.get("type", "")), path=str(ns.get("path", "")))
+        )
+    if linux.get("cgroupsPath"):
+        c.linux.cgroups_path = str(linux["cgroupsPath"])
+    return c
