@@ -108,9 +108,16 @@ class _SyncBarrier:
     @contextlib.asynccontextmanager
     async def sync(self) -> AsyncIterator[None]:
         async with self._cond:
-            while self._syncing or self._changes:
+            while self._syncing:
                 await self._cond.wait()
-            self._syncing = True
+            self._syncing = True  # from now on changes wait: a busy node cannot starve it
+            try:
+                while self._changes:
+                    await self._cond.wait()
+            except BaseException:
+                self._syncing = False
+                self._cond.notify_all()
+                raise
         try:
             yield
         finally:
@@ -435,6 +442,13 @@ def _claim(owners: Owners, kind: str, key: str, plugin: str) -> None:
     owners[kind, key] = plugin
 
 
+def _clear(owners: Owners, kind: str, key: str, plugin: str) -> None:
+    """A removal of what an earlier plugin set: from now on only this plugin may set it.
+    Removing what only the container's own config had claims nothing."""
+    if (kind, key) in owners:
+        owners[kind, key] = f"-{plugin}"
+
+
 def merge(
     merged: nri.ContainerAdjustment,
     container: nri.Container,
@@ -465,7 +479,7 @@ def merge(
     if adjust.args:
         args = list(adjust.args)
         if args[0] == "":
-            owners["Args", ""] = f"-{plugin}"
+            _clear(owners, "Args", "", plugin)
             args = args[1:]
         if args:
             _claim(owners, "Args", "", plugin)
@@ -495,10 +509,10 @@ def _merge_annotations(
 ) -> None:
     for key, value in adjust.annotations.items():
         name = key.removeprefix("-")
-        if key.startswith("-"):  # a removal: whoever set it before, this plugin may now
+        if key.startswith("-"):  # a removal: of another plugin's value too
             merged.annotations[key] = ""
             container.annotations.pop(name, None)
-            owners["Annotations", name] = f"-{plugin}"
+            _clear(owners, "Annotations", name, plugin)
             continue
         _claim(owners, "Annotations", name, plugin)
         merged.annotations.pop(f"-{name}", None)
@@ -522,7 +536,7 @@ def _merge_mounts(
         del container.mounts[:]
         container.mounts.extend(kept)
         if m.destination.startswith("-"):
-            owners["Mounts", dest] = f"-{plugin}"
+            _clear(owners, "Mounts", dest, plugin)
             merged.mounts.append(m)
             continue
         _claim(owners, "Mounts", dest, plugin)
@@ -546,7 +560,7 @@ def _merge_env(
         del container.env[:]
         container.env.extend(kept)
         if kv.key.startswith("-"):
-            owners["Env", name] = f"-{plugin}"
+            _clear(owners, "Env", name, plugin)
             merged.env.append(kv)
             continue
         _claim(owners, "Env", name, plugin)

@@ -119,8 +119,8 @@ class Mux:
         """Read frames and hand them to their connections until the socket goes or the
         multiplexer is closed (which cancels this read: a socket closed under a pending
         read upsets asyncio)."""
-        with anyio.CancelScope() as self._scope:
-            try:
+        try:
+            with anyio.CancelScope() as self._scope:
                 while True:
                     conn_id, length = HEADER.unpack(await self._read(HEADER.size))
                     if length > MAX_FRAME:
@@ -129,16 +129,12 @@ class Mux:
                     conn = self._conns.get(conn_id)
                     if conn is not None and payload and not conn._deliver(payload):
                         break
-            except (
-                anyio.EndOfStream,
-                anyio.BrokenResourceError,
-                anyio.ClosedResourceError,
-                OSError,
-            ):
-                pass
-        self._scope = None
-        self._close_conns()
-        await self._close_trunk()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:  # also when a task group around it is cancelled: the socket goes with it
+            self._scope = None
+            self._close_conns()
+            await self._close_trunk()
 
     async def aclose(self) -> None:
         self._close_conns()

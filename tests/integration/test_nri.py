@@ -1,0 +1,304 @@
+"""NRI over a real containerd and runc: plugins connect to criproxy's NRI socket, are
+synchronised with what exists, see each lifecycle event in order, adjust containers
+before containerd sees them, and veto; a plugin that stalls or goes never stalls a call."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy._generated.nri import api_pb2 as nri
+from tests.integration.containers_env import ContainerEnv
+from tests.integration.helpers import wait_until
+from tests.support.nri_plugin import TestPlugin, refuse
+
+
+class Plugins:
+    """Plugins a test starts, all stopped when it ends."""
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self.started: list[TestPlugin] = []
+
+    def start(self, name: str, index: str = "10", **kwargs: object) -> TestPlugin:
+        plugin = TestPlugin(self.socket, name, index, **kwargs)  # type: ignore[arg-type]
+        self.started.append(plugin)
+        return plugin.start()
+
+    def stop_all(self) -> None:
+        for plugin in self.started:
+            plugin.stop()
+
+
+@pytest.fixture
+def plugins(ctr_env: ContainerEnv) -> Iterator[Plugins]:
+    started = Plugins(ctr_env.pods.proxy.base / "nri.sock")
+    yield started
+    started.stop_all()
+    # criproxy drops each: no later test's calls reach a plugin of this one
+    wait_until(lambda: not _connected(ctr_env), 10, what="plugins to be dropped")
+
+
+def _connected(env: ContainerEnv) -> list[str]:
+    """Plugins criproxy says are connected (its log, since the module's start)."""
+    live: list[str] = []
+    for record in env.pods.proxy.log_records():
+        plugin = str(record.get("plugin", ""))
+        if record.get("event") == "NRI plugin connected and synchronised":
+            live.append(plugin)
+        elif record.get("event") == "NRI plugin dropped" and plugin in live:
+            live.remove(plugin)
+    return live
+
+
+def _spec(env: ContainerEnv, container_id: str) -> dict[str, object]:
+    info = env.pods.ctr("containers", "info", container_id).stdout
+    return json.loads(info)["Spec"]  # type: ignore[no-any-return]
+
+
+def test_a_plugin_is_synchronised_with_what_exists_and_sees_each_event_in_order(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    old_pod, old_config = ctr_env.pod("nri-existing")
+    old = ctr_env.run(old_pod, old_config, "old", args=["sleep 1000"])
+
+    plugin = plugins.start("observer")
+
+    assert plugin.synced is not None
+    synced_pods = {p.id: p for p in plugin.synced.pods}
+    assert synced_pods[old_pod].name == "nri-existing"
+    assert synced_pods[old_pod].namespace == old_config.metadata.namespace
+    assert synced_pods[old_pod].ips, "a running pod's IP is in the snapshot"
+    synced = {c.id: c for c in plugin.synced.containers}
+    assert synced[old].name == "old"
+    assert synced[old].pod_sandbox_id == old_pod
+    assert synced[old].state == nri.CONTAINER_RUNNING
+    assert synced[old].pid > 0
+
+    pod_id, config = ctr_env.pod("nri-events")
+    container = ctr_env.run(pod_id, config, "worker", args=["sleep 1000"])
+    ctr_env.stop(container, timeout=1)
+    ctr_env.remove(container)
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+    assert plugin.events_of(container) == [
+        "CreateContainer",
+        "PostCreateContainer",
+        "StartContainer",
+        "PostStartContainer",
+        "StopContainer",
+        "RemoveContainer",
+    ]
+    pod_events = [s.event for s in plugin.seen if s.pod == pod_id and not s.container]
+    assert pod_events == ["RunPodSandbox", "StopPodSandbox", "RemovePodSandbox"]
+    order = [s.event for s in plugin.seen if s.pod == pod_id]
+    assert order.index("RunPodSandbox") < order.index("CreateContainer")
+    assert order.index("StopContainer") < order.index("StopPodSandbox")
+    created = next(s.message for s in plugin.seen if s.event == "CreateContainer")
+    assert created.container.name == "worker"
+    assert created.pod.name == "nri-events"
+    assert created.container.args[-1] == "sleep 1000"
+    started = next(s.message for s in plugin.seen if s.event == "PostStartContainer")
+    assert started.container.pid > 0
+    assert started.container.state == nri.CONTAINER_RUNNING
+    assert old not in {s.container for s in plugin.seen}, "the old container had no event"
+    ctr_env.stop(old, timeout=1)
+    ctr_env.pods.stop(old_pod)
+    ctr_env.pods.remove(old_pod)
+
+
+def test_a_refused_run_pod_sandbox_fails_the_call_leaves_nothing_and_a_retry_works(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    refusing = {"RunPodSandbox": refuse("pods are closed today")}
+    plugin = plugins.start("gate", answers=refusing)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        ctr_env.pod("nri-vetoed")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "10-gate" in caught.value.details()
+    assert "pods are closed today" in caught.value.details()
+    assert not [p for p in ctr_env.pods.list() if p.metadata.name == "nri-vetoed"]
+    vetoed = next(s.pod for s in plugin.seen if s.event == "RunPodSandbox")
+    assert vetoed not in {c.pod_sandbox_id for c in _all_containers(ctr_env)}
+    assert not [n for n in ctr_env.pods.netns_files() if vetoed in n]
+
+    plugin.answers.clear()
+    pod_id, _ = ctr_env.pod("nri-vetoed")
+    assert ctr_env.pods.status(pod_id).status.state == api_pb2.SANDBOX_READY
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+
+def _all_containers(env: ContainerEnv) -> list[api_pb2.Container]:
+    return list(env.runtime.ListContainers(api_pb2.ListContainersRequest()).containers)
+
+
+def test_create_container_adjustments_reach_the_container_in_index_order(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    def first(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+        adjust = nri.ContainerAdjustment(
+            annotations={"example.com/first": "yes"},
+            env=[nri.KeyValue(key="FROM_NRI", value="first"), nri.KeyValue(key="-OVERRIDE")],
+            rlimits=[nri.POSIXRlimit(type="RLIMIT_NOFILE", hard=4321, soft=1234)],
+        )
+        return nri.CreateContainerResponse(adjust=adjust)
+
+    def second(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+        # it sees the first plugin's work; it may overwrite what that one removed
+        env = dict(e.split("=", 1) for e in request.container.env)
+        adjust = nri.ContainerAdjustment(
+            env=[
+                nri.KeyValue(key="SAW_FIRST", value=env.get("FROM_NRI", "no")),
+                nri.KeyValue(key="OVERRIDE", value="second"),
+            ],
+            annotations={"example.com/second": request.container.annotations["example.com/first"]},
+        )
+        return nri.CreateContainerResponse(adjust=adjust)
+
+    plugins.start("second", "20", answers={"CreateContainer": second})
+    plugins.start("first", "10", answers={"CreateContainer": first})
+
+    pod_id, config = ctr_env.pod("nri-adjust")
+    container = ctr_env.run(
+        pod_id, config, "adjusted", args=["cat /proc/self/limits; exec sleep 1000"]
+    )
+
+    env = ctr_env.exec(container, "env").stdout.decode().splitlines()
+    assert "FROM_NRI=first" in env
+    assert "SAW_FIRST=first" in env
+    assert "OVERRIDE=second" in env
+    assert "FROM_IMAGE=image" in env
+    wait_until(lambda: "Max open files" in ctr_env.output(container), 10, what="the limits")
+    limits = ctr_env.output(container)
+    assert re.search(r"^Max open files +1234 +4321 +files", limits, re.M), limits
+    annotations = _spec(ctr_env, container)["annotations"]
+    assert annotations["example.com/first"] == "yes"  # type: ignore[index]
+    assert annotations["example.com/second"] == "yes"  # type: ignore[index]
+    ctr_env.stop(container, timeout=1)
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+
+def test_two_plugins_setting_the_same_thing_fail_the_create_and_leave_no_container(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    def setting(value: str):  # type: ignore[no-untyped-def]
+        def answer(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+            return nri.CreateContainerResponse(
+                adjust=nri.ContainerAdjustment(annotations={"example.com/owner": value})
+            )
+
+        return answer
+
+    plugins.start("alpha", "10", answers={"CreateContainer": setting("alpha")})
+    plugins.start("beta", "20", answers={"CreateContainer": setting("beta")})
+    pod_id, config = ctr_env.pod("nri-conflict")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        ctr_env.create(pod_id, config, "contested", args=["sleep 1000"])
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "example.com/owner" in caught.value.details()
+    assert "alpha" in caught.value.details() and "beta" in caught.value.details()
+    assert not [c for c in _all_containers(ctr_env) if c.pod_sandbox_id == pod_id]
+
+    for plugin in plugins.started:
+        plugin.answers.clear()
+    container = ctr_env.create(pod_id, config, "contested", args=["sleep 1000"])
+    assert ctr_env.status(container).status.metadata.name == "contested"
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+
+def test_an_adjustment_criproxy_cannot_apply_is_refused_not_dropped(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    def cdi(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+        adjust = nri.ContainerAdjustment(CDI_devices=[nri.CDIDevice(name="vendor.com/gpu=0")])
+        return nri.CreateContainerResponse(adjust=adjust)
+
+    plugins.start("devices", answers={"CreateContainer": cdi})
+    pod_id, config = ctr_env.pod("nri-cdi")
+    with pytest.raises(grpc.RpcError) as caught:
+        ctr_env.create(pod_id, config, "gpu", args=["sleep 1000"])
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CDI devices" in caught.value.details()
+    assert not [c for c in _all_containers(ctr_env) if c.pod_sandbox_id == pod_id]
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+
+def test_a_plugin_past_its_deadline_is_dropped_and_the_call_goes_on(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    slow = plugins.start("slow", delay={"RunPodSandbox": 30})
+    began = time.monotonic()
+    pod_id, _ = ctr_env.pod("nri-slow")
+    took = time.monotonic() - began
+
+    assert ctr_env.pods.status(pod_id).status.state == api_pb2.SANDBOX_READY
+    assert took < 20, f"the call waited {took:.1f}s for a plugin with a 2s deadline"
+    assert slow.closed.wait(10), "criproxy closed the late plugin's connection"
+    assert "10-slow" not in _connected(ctr_env)
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+    assert [s.event for s in slow.seen] == ["RunPodSandbox"], "a dropped plugin gets nothing"
+
+
+def test_a_plugin_that_goes_away_is_dropped_and_calls_go_on(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    plugin = plugins.start("leaving")
+    plugin.stop()
+    wait_until(lambda: "10-leaving" not in _connected(ctr_env), 10, what="the plugin dropped")
+    pod_id, config = ctr_env.pod("nri-after-leaving")
+    container = ctr_env.run(pod_id, config, "c", args=["sleep 1000"])
+    assert ctr_env.status(container).status.state == api_pb2.CONTAINER_RUNNING
+    ctr_env.stop(container, timeout=1)
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+
+def test_a_plugin_joining_while_containers_are_made_loses_none(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    pod_id, config = ctr_env.pod("nri-late")
+    made: list[str] = []
+    errors: list[BaseException] = []
+
+    def creator(worker: int) -> None:
+        try:
+            for n in range(8):
+                made.append(ctr_env.create(pod_id, config, f"c{worker}-{n}", args=["sleep 1"]))
+        except BaseException as err:
+            errors.append(err)
+
+    workers = [threading.Thread(target=creator, args=(w,)) for w in range(3)]
+    for w in workers:
+        w.start()
+    wait_until(lambda: len(made) >= 3, 60, what="the first containers")
+    late = plugins.start("late", delay={"Synchronize": 0.5})
+    for w in workers:
+        w.join(120)
+    assert not errors, errors
+    assert len(made) == 24
+
+    assert late.synced is not None
+    in_snapshot = {c.id for c in late.synced.containers}
+    as_events = {s.container for s in late.seen if s.event == "CreateContainer"}
+    assert len(in_snapshot & set(made)) >= 3, "the containers made before it joined"
+    assert as_events, "creations went on during its synchronisation and reached it as events"
+    assert not in_snapshot & as_events, "a container is in the snapshot or an event, not both"
+    assert set(made) <= in_snapshot | as_events, "every container made reached the plugin"
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)

@@ -1,0 +1,106 @@
+"""NRI's ownership rules when several plugins adjust one container, and the merged
+adjustment applied to an OCI spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from criproxy._generated.nri import api_pb2 as nri
+from criproxy.nri.adaptation import Owners, PluginError, apply, merge
+
+
+def _container() -> nri.Container:
+    return nri.Container(id="c1", env=["PATH=/bin", "FROM_IMAGE=1"], annotations={"kept": "1"})
+
+
+def _env(*pairs: tuple[str, str]) -> nri.ContainerAdjustment:
+    return nri.ContainerAdjustment(env=[nri.KeyValue(key=k, value=v) for k, v in pairs])
+
+
+def _run(
+    *adjustments: tuple[str, nri.ContainerAdjustment],
+) -> tuple[nri.ContainerAdjustment, nri.Container]:
+    merged, container, owners = nri.ContainerAdjustment(), _container(), Owners()
+    for plugin, adjust in adjustments:
+        merge(merged, container, adjust, plugin, owners)
+    return merged, container
+
+
+def test_removing_what_only_the_container_had_claims_nothing() -> None:
+    merged, container = _run(
+        ("10-a", _env(("-FROM_IMAGE", ""))), ("20-b", _env(("FROM_IMAGE", "b")))
+    )
+    assert "FROM_IMAGE=b" in container.env
+    assert [(e.key, e.value) for e in merged.env] == [("FROM_IMAGE", "b")]
+
+
+def test_setting_what_another_plugin_set_conflicts() -> None:
+    with pytest.raises(PluginError, match="'20-b' and '10-a' both tried to set Env X"):
+        _run(("10-a", _env(("X", "a"))), ("20-b", _env(("X", "b"))))
+
+
+def test_a_plugin_that_removed_another_ones_value_may_set_it_but_no_third_may() -> None:
+    merged, container = _run(("10-a", _env(("X", "a"))), ("20-b", _env(("-X", ""), ("X", "b"))))
+    assert "X=b" in container.env and "X=a" not in container.env
+    assert [(e.key, e.value) for e in merged.env] == [("X", "b")]
+    with pytest.raises(PluginError, match="'30-c' and '20-b'"):
+        _run(("10-a", _env(("X", "a"))), ("20-b", _env(("-X", ""))), ("30-c", _env(("X", "c"))))
+
+
+def test_a_later_plugin_sees_the_earlier_ones_work() -> None:
+    annotate = nri.ContainerAdjustment(annotations={"a": "1", "-kept": ""})
+    _, container = _run(("10-a", annotate))
+    assert dict(container.annotations) == {"a": "1"}
+
+
+def test_hooks_accumulate_and_rlimits_conflict_by_type() -> None:
+    hook = nri.ContainerAdjustment(hooks=nri.Hooks(prestart=[nri.Hook(path="/bin/true")]))
+    merged, _ = _run(("10-a", hook), ("20-b", hook))
+    assert len(merged.hooks.prestart) == 2
+    nofile = nri.ContainerAdjustment(
+        rlimits=[nri.POSIXRlimit(type="RLIMIT_NOFILE", hard=2, soft=1)]
+    )
+    core = nri.ContainerAdjustment(rlimits=[nri.POSIXRlimit(type="RLIMIT_CORE", hard=2, soft=1)])
+    _run(("10-a", nofile), ("20-b", core))
+    with pytest.raises(PluginError, match="Rlimits RLIMIT_NOFILE"):
+        _run(("10-a", nofile), ("20-b", nofile))
+
+
+@pytest.mark.parametrize(
+    ("adjust", "named"),
+    [
+        (nri.ContainerAdjustment(CDI_devices=[nri.CDIDevice(name="v.com/gpu=0")]), "CDI devices"),
+        (
+            nri.ContainerAdjustment(linux=nri.LinuxContainerAdjustment(cgroups_path="/x")),
+            "linux adjustments",
+        ),
+    ],
+)
+def test_what_criproxy_cannot_apply_is_refused(adjust: nri.ContainerAdjustment, named: str) -> None:
+    with pytest.raises(PluginError, match=named):
+        _run(("10-a", adjust))
+
+
+def test_the_merged_adjustment_in_a_spec() -> None:
+    spec: dict[str, Any] = {
+        "process": {"env": ["PATH=/bin", "GONE=1"], "args": ["sh"]},
+        "mounts": [{"destination": "/data", "type": "bind", "source": "/old"}],
+        "annotations": {"drop": "1"},
+    }
+    adjust = nri.ContainerAdjustment(
+        env=[nri.KeyValue(key="-GONE"), nri.KeyValue(key="NEW", value="2")],
+        annotations={"-drop": "", "add": "3"},
+        mounts=[nri.Mount(destination="/data", type="bind", source="/new", options=["ro"])],
+        rlimits=[nri.POSIXRlimit(type="RLIMIT_NOFILE", hard=9, soft=8)],
+        linux=nri.LinuxContainerAdjustment(oom_score_adj=nri.OptionalInt(value=500)),
+    )
+    apply(spec, adjust)
+    assert spec["process"]["env"] == ["PATH=/bin", "NEW=2"]
+    assert spec["annotations"] == {"add": "3"}
+    assert spec["mounts"] == [
+        {"destination": "/data", "type": "bind", "source": "/new", "options": ["ro"]}
+    ]
+    assert spec["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 9, "soft": 8}]
+    assert spec["process"]["oomScoreAdj"] == 500
