@@ -30,6 +30,8 @@ from criproxy.errors import FailedPrecondition, InvalidArgument, NotFound
 from criproxy.nri import hooks as nri_hooks
 from criproxy.nri.adaptation import PluginError, container_message
 from criproxy.nri.adaptation import apply as apply_adjustment
+from criproxy.nri.linux import cri_resources
+from criproxy.oci.container import ContainerResources, merge_resources
 from criproxy.sandbox.handlers import cri_labels, resolve_handler, runc_options
 from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
 from criproxy.steps import UndoStack, both
@@ -181,7 +183,7 @@ async def _create(
                 mounts, built = await both(
                     prepare(), anyio.to_thread.run_sync(functools.partial(build, mounts=()))
                 )
-            await _nri_adjust(deps, current, container_id, config, built.spec)
+            config = await _nri_adjust(deps, current, container_id, config, built.spec)
             if config.resources is not None:
                 config = dataclasses.replace(
                     config, resources=effective(config.resources, built.swap_controller)
@@ -313,12 +315,13 @@ async def _nri_adjust(
     container_id: str,
     config: ContainerConfig,
     spec: dict[str, Any],
-) -> None:
+) -> ContainerConfig:
     """NRI's plugins' adjustments into the container's spec, before containerd sees it
-    (and before the container is listed); a plugin's veto fails the create."""
+    (and before the container is listed); a plugin's veto fails the create. The config
+    comes back with the resources as adjusted, which the container's status reports."""
     nri = deps.pods.nri
     if not nri.plugins:
-        return
+        return config
     message = container_message(
         container_id,
         sandbox.id,
@@ -333,6 +336,15 @@ async def _nri_adjust(
     except PluginError as err:
         raise nri_hooks.vetoed(err) from None
     apply_adjustment(spec, adjust)
+    linux = adjust.linux
+    if not (linux.HasField("resources") or linux.HasField("oom_score_adj")):
+        return config
+    resources = config.resources or ContainerResources()
+    if adjust.linux.HasField("resources"):
+        resources = merge_resources(resources, cri_resources(adjust.linux.resources))
+    if adjust.linux.HasField("oom_score_adj"):
+        resources = dataclasses.replace(resources, oom_score_adj=adjust.linux.oom_score_adj.value)
+    return dataclasses.replace(config, resources=resources)
 
 
 def _target_pid(deps: ContainerDeps, sandbox: Sandbox, config: ContainerConfig) -> int:

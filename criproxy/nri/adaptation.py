@@ -25,7 +25,7 @@ import grpc
 import structlog
 
 from criproxy._generated.nri import api_pb2 as nri
-from criproxy.nri import mux, ttrpc
+from criproxy.nri import linux, mux, ttrpc
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -459,19 +459,14 @@ def merge(
     """One plugin's adjustment into `merged` and into `container` (what the next plugin
     sees). Only what criproxy applies to a spec is accepted; anything else is refused,
     never silently dropped."""
-    unsupported = [
-        name
-        for name, present in (
-            ("CDI devices", bool(adjust.CDI_devices)),
-            ("linux adjustments", adjust.HasField("linux") and _linux_beyond(adjust.linux)),
-        )
-        if present
-    ]
+    unsupported = ["CDI devices"] if adjust.CDI_devices else []
+    if adjust.HasField("linux"):
+        unsupported += linux.refused(adjust.linux)
     if unsupported:
         raise PluginError(
             plugin,
             "CreateContainer",
-            f"adjusts {', '.join(unsupported)}, which criproxy does not apply yet",
+            f"adjusts {', '.join(unsupported)}, which criproxy does not apply",
         )
     _merge_annotations(merged, container, adjust, plugin, owners)
     _merge_mounts(merged, container, adjust, plugin, owners)
@@ -494,10 +489,14 @@ def merge(
         _claim(owners, "Rlimits", limit.type, plugin)
         merged.rlimits.append(limit)
         container.rlimits.append(limit)
-    if adjust.HasField("linux") and adjust.linux.HasField("oom_score_adj"):
-        _claim(owners, "OomScoreAdj", "", plugin)
-        merged.linux.oom_score_adj.CopyFrom(adjust.linux.oom_score_adj)
-        container.linux.oom_score_adj.CopyFrom(adjust.linux.oom_score_adj)
+    if adjust.HasField("linux"):
+        linux.merge_linux(
+            merged.linux,
+            container.linux,
+            adjust.linux,
+            lambda kind, key: _claim(owners, kind, key, plugin),
+            lambda kind, key: _clear(owners, kind, key, plugin),
+        )
 
 
 def _merge_annotations(
@@ -568,11 +567,6 @@ def _merge_env(
         container.env.append(f"{name}={kv.value}")
 
 
-def _linux_beyond(linux: nri.LinuxContainerAdjustment) -> bool:
-    """Whether a linux adjustment asks anything beyond the OOM score."""
-    return any(f.name != "oom_score_adj" for f, _ in linux.ListFields())
-
-
 # --- applying the merged adjustment to an OCI spec ----------------------------------------
 
 
@@ -626,8 +620,8 @@ def apply(spec: dict[str, Any], adjust: nri.ContainerAdjustment) -> None:
         for limit in adjust.rlimits:
             rlimits[:] = [r for r in rlimits if r.get("type") != limit.type]
             rlimits.append({"type": limit.type, "hard": limit.hard, "soft": limit.soft})
-    if adjust.HasField("linux") and adjust.linux.HasField("oom_score_adj"):
-        process["oomScoreAdj"] = adjust.linux.oom_score_adj.value
+    if adjust.HasField("linux"):
+        linux.apply_linux(spec, adjust.linux)
 
 
 def container_message(
@@ -646,7 +640,7 @@ def container_message(
 ) -> nri.Container:
     """An NRI Container from criproxy's record of it and its OCI spec."""
     process = spec.get("process") or {}
-    linux = spec.get("linux") or {}
+    linux_spec = spec.get("linux") or {}
     c = nri.Container(
         id=container_id,
         pod_sandbox_id=sandbox_id,
@@ -677,10 +671,12 @@ def container_message(
         )
     if "oomScoreAdj" in process:
         c.linux.oom_score_adj.value = int(process["oomScoreAdj"])
-    for ns in linux.get("namespaces") or []:
+    for ns in linux_spec.get("namespaces") or []:
         c.linux.namespaces.append(
             nri.LinuxNamespace(type=str(ns.get("type", "")), path=str(ns.get("path", "")))
         )
-    if linux.get("cgroupsPath"):
-        c.linux.cgroups_path = str(linux["cgroupsPath"])
+    if linux_spec.get("cgroupsPath"):
+        c.linux.cgroups_path = str(linux_spec["cgroupsPath"])
+    if linux_spec.get("resources"):
+        c.linux.resources.CopyFrom(linux.from_oci(linux_spec["resources"]))
     return c

@@ -302,3 +302,50 @@ def test_a_plugin_joining_while_containers_are_made_loses_none(
     assert set(made) <= in_snapshot | as_events, "every container made reached the plugin"
     ctr_env.pods.stop(pod_id)
     ctr_env.pods.remove(pod_id)
+
+
+def test_linux_adjustments_reach_the_container_and_its_status(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    limit = 96 * 1024 * 1024
+
+    def linux(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+        adjust = nri.ContainerAdjustment(
+            linux=nri.LinuxContainerAdjustment(
+                devices=[
+                    nri.LinuxDevice(
+                        path="/dev/nri-null",
+                        type="c",
+                        major=1,
+                        minor=3,
+                        file_mode=nri.OptionalFileMode(value=0o666),
+                    )
+                ],
+                resources=nri.LinuxResources(
+                    memory=nri.LinuxMemory(limit=nri.OptionalInt64(value=limit)),
+                    pids=nri.LinuxPids(limit=77),
+                ),
+                sysctl={"kernel.shm_rmid_forced": "1"},
+            )
+        )
+        return nri.CreateContainerResponse(adjust=adjust)
+
+    plugins.start("resources", answers={"CreateContainer": linux})
+    pod_id, config = ctr_env.pod("nri-linux")
+    container = ctr_env.run(pod_id, config, "limited", args=["sleep 1000"])
+
+    wrote = ctr_env.exec(container, "sh", "-c", "echo x > /dev/nri-null && echo ok")
+    assert wrote.stdout == b"ok\n", wrote.stderr
+    cgroup = ctr_env.exec(
+        container,
+        "cat",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/pids/pids.max",
+        "/proc/sys/kernel/shm_rmid_forced",
+    ).stdout.split()
+    assert cgroup == [str(limit).encode(), b"77", b"1"]
+    status = ctr_env.status(container).status
+    assert status.resources.linux.memory_limit_in_bytes == limit
+    ctr_env.stop(container, timeout=1)
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)

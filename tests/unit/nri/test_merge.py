@@ -71,10 +71,18 @@ def test_hooks_accumulate_and_rlimits_conflict_by_type() -> None:
 @pytest.mark.parametrize(
     ("adjust", "named"),
     [
+        (
+            nri.ContainerAdjustment(
+                linux=nri.LinuxContainerAdjustment(
+                    resources=nri.LinuxResources(blockio_class=nri.OptionalString(value="gold"))
+                )
+            ),
+            "block I/O class",
+        ),
         (nri.ContainerAdjustment(CDI_devices=[nri.CDIDevice(name="v.com/gpu=0")]), "CDI devices"),
         (
             nri.ContainerAdjustment(linux=nri.LinuxContainerAdjustment(cgroups_path="/x")),
-            "linux adjustments",
+            "a cgroup path",
         ),
     ],
 )
@@ -104,3 +112,76 @@ def test_the_merged_adjustment_in_a_spec() -> None:
     ]
     assert spec["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 9, "soft": 8}]
     assert spec["process"]["oomScoreAdj"] == 500
+
+
+def _limit(plugin_value: int) -> nri.ContainerAdjustment:
+    memory = nri.LinuxMemory(limit=nri.OptionalInt64(value=plugin_value))
+    return nri.ContainerAdjustment(
+        linux=nri.LinuxContainerAdjustment(resources=nri.LinuxResources(memory=memory))
+    )
+
+
+def test_resources_are_owned_field_by_field() -> None:
+    cpu = nri.LinuxContainerAdjustment(
+        resources=nri.LinuxResources(cpu=nri.LinuxCPU(cpus="0", shares=nri.OptionalUInt64(value=5)))
+    )
+    merged, container = _run(
+        ("10-a", _limit(1 << 20)), ("20-b", nri.ContainerAdjustment(linux=cpu))
+    )
+    assert merged.linux.resources.memory.limit.value == 1 << 20
+    assert merged.linux.resources.cpu.cpus == "0"
+    assert container.linux.resources.memory.limit.value == 1 << 20, "the next plugin sees it"
+    with pytest.raises(PluginError, match="Memory limit"):
+        _run(("10-a", _limit(1 << 20)), ("20-b", _limit(2 << 20)))
+
+
+def test_the_linux_adjustment_in_a_spec() -> None:
+    spec: dict[str, Any] = {
+        "process": {},
+        "linux": {
+            "resources": {
+                "memory": {"limit": 100},
+                "devices": [{"allow": False, "access": "rwm"}],
+            },
+            "namespaces": [{"type": "ipc"}, {"type": "uts"}],
+        },
+    }
+    adjust = nri.LinuxContainerAdjustment(
+        devices=[
+            nri.LinuxDevice(
+                path="/dev/x",
+                type="c",
+                major=1,
+                minor=3,
+                file_mode=nri.OptionalFileMode(value=0o666),
+            )
+        ],
+        resources=nri.LinuxResources(
+            memory=nri.LinuxMemory(limit=nri.OptionalInt64(value=200)),
+            pids=nri.LinuxPids(limit=64),
+            unified={"memory.high": "150"},
+        ),
+        sysctl={"net.ipv4.ip_forward": "1"},
+        namespaces=[nri.LinuxNamespace(type="-uts")],
+        oom_score_adj=nri.OptionalInt(value=10),
+    )
+    from criproxy.nri.linux import apply_linux
+
+    apply_linux(spec, adjust)
+    linux = spec["linux"]
+    assert linux["devices"] == [
+        {"path": "/dev/x", "type": "c", "major": 1, "minor": 3, "fileMode": 0o666}
+    ]
+    assert linux["resources"]["devices"][-1] == {
+        "allow": True,
+        "type": "c",
+        "major": 1,
+        "minor": 3,
+        "access": "rwm",
+    }
+    assert linux["resources"]["memory"] == {"limit": 200}
+    assert linux["resources"]["pids"] == {"limit": 64}
+    assert linux["resources"]["unified"] == {"memory.high": "150"}
+    assert linux["sysctl"] == {"net.ipv4.ip_forward": "1"}
+    assert linux["namespaces"] == [{"type": "ipc"}]
+    assert spec["process"]["oomScoreAdj"] == 10
