@@ -34,6 +34,7 @@ from criproxy.sandbox.handlers import resolve_handler, runc_options
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from criproxy._generated.nri import api_pb2 as nri
     from criproxy.config import Config
     from criproxy.containerd import Containerd, Event
     from criproxy.containers.events import EventHub
@@ -132,6 +133,9 @@ class ContainerService:
 
     async def update_resources(self, container_id: str, limits: ContainerResources) -> None:
         await resources.update_resources(self.deps, container_id, limits)
+
+    async def update_plugin_limits(self, container_id: str, wanted: nri.LinuxResources) -> None:
+        await resources.apply_plugin_update(self.deps, container_id, wanted)
 
     async def on_event(self, event: Event) -> None:
         exits.on_event(self.deps, event)

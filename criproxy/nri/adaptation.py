@@ -28,7 +28,7 @@ from criproxy._generated.nri import api_pb2 as nri
 from criproxy.nri import linux, mux, ttrpc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from anyio.abc import SocketListener, SocketStream, TaskGroup
     from google.protobuf.message import Message
@@ -142,6 +142,10 @@ class Nri:
         self.plugins: list[Plugin] = []
         self._events = anyio.Lock()
         self.barrier = _SyncBarrier()
+        self.updater: Callable[[str, nri.LinuxResources], Awaitable[None]] | None = None
+        """Applies a plugin's update of a container's resources (the container service)."""
+        self.evictor: Callable[[str, str], Awaitable[None]] | None = None
+        """Stops a container a plugin evicts (the container service)."""
 
     @property
     def enabled(self) -> bool:
@@ -241,14 +245,10 @@ class Nri:
                 nri.SynchronizeResponse,
                 SYNC_TIMEOUT,
             )
-            if answer.update:
-                log.info(
-                    "NRI plugin asked updates at synchronisation; criproxy does not apply them yet",
-                    plugin=plugin.qualified,
-                    updates=len(answer.update),
-                )
             self.plugins.append(plugin)
             self.plugins.sort(key=lambda p: (p.index, p.name))
+        if answer.update:
+            await self.apply_updates(answer.update, [])
         log.info(
             "NRI plugin connected and synchronised",
             plugin=plugin.qualified,
@@ -259,8 +259,8 @@ class Nri:
 
     async def _update_containers(self, payload: bytes) -> bytes:
         request = nri.UpdateContainersRequest.FromString(payload)
-        # Unsolicited updates are not applied yet: each is answered as failed, honestly.
-        return nri.UpdateContainersResponse(failed=request.update).SerializeToString()
+        failed = await self.apply_updates(request.update, request.evict)
+        return nri.UpdateContainersResponse(failed=failed).SerializeToString()
 
     def _drop(self, plugin: Plugin, why: str) -> None:
         if plugin in self.plugins:
@@ -270,14 +270,19 @@ class Nri:
     # --- events --------------------------------------------------------------------
 
     async def _each(
-        self, event: int, method: str, request: Message, reply: type[R]
-    ) -> list[tuple[Plugin, R]]:
-        """The event to every subscribed plugin in order; their answers. A plugin that
-        fails by its connection or its deadline is dropped; one that answers an error
-        fails the event (PluginError)."""
-        answers: list[tuple[Plugin, R]] = []
+        self,
+        event: int,
+        method: str,
+        request: Message,
+        reply: type[R],
+        on_answer: Callable[[str, R], None] | None = None,
+    ) -> None:
+        """The event to every subscribed plugin in order; `on_answer(plugin, answer)` right
+        after each (it may change `request` for the next plugin, or raise PluginError). A
+        plugin that fails by its connection or its deadline is dropped; one that answers an
+        error fails the event (PluginError)."""
         if not self.plugins:
-            return answers
+            return
         async with self._events:
             for plugin in list(self.plugins):
                 if not plugin.wants(event):
@@ -296,8 +301,8 @@ class Nri:
                         await plugin.mux.aclose()
                         continue
                     raise PluginError(plugin.qualified, method, err.message) from None
-                answers.append((plugin, answer))
-        return answers
+                if on_answer is not None:
+                    on_answer(plugin.qualified, answer)
 
     async def run_pod_sandbox(self, pod: nri.PodSandbox) -> None:
         await self._each(
@@ -329,40 +334,141 @@ class Nri:
         """Every plugin's adjustment, merged: each plugin sees the container as the ones
         before it left it; two plugins setting the same thing is refused."""
         merged = nri.ContainerAdjustment()
-        if not self.plugins:
-            return merged
         owners: Owners = {}
-        async with self._events:
-            for plugin in list(self.plugins):
-                if not plugin.wants(nri.CREATE_CONTAINER):
-                    continue
-                request = nri.CreateContainerRequest(pod=pod, container=container)
-                try:
-                    answer = await plugin.client.call(
-                        PLUGIN_SERVICE,
-                        "CreateContainer",
-                        request,
-                        nri.CreateContainerResponse,
-                        self.config.plugin_request_timeout,
-                    )
-                except ttrpc.Closed as err:
-                    self._drop(plugin, str(err))
-                    continue
-                except ttrpc.TtrpcError as err:
-                    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        self._drop(plugin, "no answer to CreateContainer in time")
-                        await plugin.mux.aclose()
-                        continue
-                    raise PluginError(plugin.qualified, "CreateContainer", err.message) from None
-                if answer.update or answer.evict:
-                    raise PluginError(
-                        plugin.qualified,
-                        "CreateContainer",
-                        "asked to update or evict other containers, which criproxy does not do yet",
-                    )
-                if answer.HasField("adjust"):
-                    merge(merged, container, answer.adjust, plugin.qualified, owners)
+        request = nri.CreateContainerRequest(pod=pod, container=container)
+
+        def adjusted(plugin: str, answer: nri.CreateContainerResponse) -> None:
+            if answer.update or answer.evict:
+                raise PluginError(
+                    plugin,
+                    "CreateContainer",
+                    "asked to update or evict other containers while one is created, which "
+                    "criproxy does not do; use UpdateContainers",
+                )
+            if answer.HasField("adjust"):
+                merge(merged, request.container, answer.adjust, plugin, owners)
+
+        await self._each(
+            nri.CREATE_CONTAINER,
+            "CreateContainer",
+            request,
+            nri.CreateContainerResponse,
+            adjusted,
+        )
         return merged
+
+    async def update_container(
+        self, pod: nri.PodSandbox, container: nri.Container, resources: nri.LinuxResources
+    ) -> tuple[nri.LinuxResources, list[nri.ContainerUpdate]]:
+        """UpdateContainerResources through the plugins: the resources as they leave them
+        (each sees the ones before it left them), and what they ask of other containers."""
+        owners: Owners = {}
+        request = nri.UpdateContainerRequest(pod=pod, container=container)
+        request.linux_resources.CopyFrom(resources)
+        others: list[nri.ContainerUpdate] = []
+
+        def updated(plugin: str, answer: nri.UpdateContainerResponse) -> None:
+            if answer.evict:
+                raise PluginError(plugin, "UpdateContainer", "asked to evict containers")
+            for update in answer.update:
+                if update.container_id != container.id:
+                    others.append(update)
+                    continue
+                wanted = update.linux.resources
+                problems = linux.refused_resources(wanted)
+                if problems:
+                    raise PluginError(
+                        plugin,
+                        "UpdateContainer",
+                        f"adjusts {', '.join(problems)}, which criproxy does not apply",
+                    )
+                linux.merge_resources(
+                    request.linux_resources,
+                    wanted,
+                    lambda kind, key: _claim(owners, kind, key, plugin, "UpdateContainer"),
+                )
+
+        await self._each(
+            nri.UPDATE_CONTAINER,
+            "UpdateContainer",
+            request,
+            nri.UpdateContainerResponse,
+            updated,
+        )
+        return request.linux_resources, others
+
+    async def post_update_container(self, pod: nri.PodSandbox, c: nri.Container) -> None:
+        await self._each(
+            nri.POST_UPDATE_CONTAINER,
+            "PostUpdateContainer",
+            nri.PostUpdateContainerRequest(pod=pod, container=c),
+            nri.PostUpdateContainerResponse,
+        )
+
+    async def update_pod_sandbox(
+        self,
+        pod: nri.PodSandbox,
+        overhead: nri.LinuxResources | None,
+        resources: nri.LinuxResources | None,
+    ) -> None:
+        request = nri.UpdatePodSandboxRequest(pod=pod)
+        if overhead is not None:
+            request.overhead_linux_resources.CopyFrom(overhead)
+        if resources is not None:
+            request.linux_resources.CopyFrom(resources)
+        await self._each(
+            nri.UPDATE_POD_SANDBOX,
+            "UpdatePodSandbox",
+            request,
+            nri.UpdatePodSandboxResponse,
+        )
+
+    async def post_update_pod_sandbox(self, pod: nri.PodSandbox) -> None:
+        await self._each(
+            nri.POST_UPDATE_POD_SANDBOX,
+            "PostUpdatePodSandbox",
+            nri.PostUpdatePodSandboxRequest(pod=pod),
+            nri.PostUpdatePodSandboxResponse,
+        )
+
+    async def apply_updates(
+        self, updates: Sequence[nri.ContainerUpdate], evictions: Sequence[nri.ContainerEviction]
+    ) -> list[nri.ContainerUpdate]:
+        """What plugins ask of containers outside an event of theirs (UpdateContainers, at
+        synchronisation, or of other containers in an UpdateContainer answer): each
+        update applied as UpdateContainerResources applies limits, each eviction a stop;
+        the updates that failed (and may not fail) come back."""
+        failed: list[nri.ContainerUpdate] = []
+        for update in updates:
+            problems = linux.refused_resources(update.linux.resources)
+            try:
+                if problems:
+                    raise ValueError(f"criproxy does not apply {', '.join(problems)}")
+                if self.updater is None:
+                    raise ValueError("no container service")
+                await self.updater(update.container_id, update.linux.resources)
+            except Exception as err:
+                log.warning(
+                    "NRI container update failed",
+                    container=update.container_id,
+                    error=str(err),
+                    ignored=update.ignore_failure,
+                )
+                if not update.ignore_failure:
+                    failed.append(update)
+        for eviction in evictions:
+            log.info(
+                "NRI plugin evicts a container",
+                container=eviction.container_id,
+                reason=eviction.reason,
+            )
+            try:
+                if self.evictor is None:
+                    raise ValueError("no container service")
+                await self.evictor(eviction.container_id, eviction.reason)
+            except Exception as err:
+                log.warning("NRI eviction failed", container=eviction.container_id, error=str(err))
+        return failed
 
     async def post_create_container(self, pod: nri.PodSandbox, c: nri.Container) -> None:
         await self._each(
@@ -431,12 +537,14 @@ Owners = dict[tuple[str, str], str]
 """Who set what: (field, key) -> plugin; "-plugin" when that plugin removed it."""
 
 
-def _claim(owners: Owners, kind: str, key: str, plugin: str) -> None:
+def _claim(
+    owners: Owners, kind: str, key: str, plugin: str, event: str = "CreateContainer"
+) -> None:
     owner = owners.get((kind, key))
     if owner is not None and owner != f"-{plugin}":
         raise PluginError(
             plugin,
-            "CreateContainer",
+            event,
             f"plugins {plugin!r} and {owner.lstrip('-')!r} both tried to set {kind} {key}".rstrip(),
         )
     owners[kind, key] = plugin

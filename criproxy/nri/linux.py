@@ -62,8 +62,11 @@ def refused(linux: nri.LinuxContainerAdjustment) -> list[str]:
 
 
 def refused_resources(resources: nri.LinuxResources) -> list[str]:
+    """What of an update criproxy does not apply: device rules too (an update replaces a
+    running container's whole device list)."""
     wrapped = nri.LinuxContainerAdjustment(resources=resources)
-    return refused(wrapped)
+    devices = ["device cgroup rules in an update"] if resources.devices else []
+    return refused(wrapped) + devices
 
 
 def _present(message: Any, name: str) -> bool:

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from criproxy.errors import FailedPrecondition, NotFound
+from criproxy.nri import hooks as nri_hooks
+from criproxy.nri import linux as nri_linux
+from criproxy.nri.adaptation import PluginError
 from criproxy.stats import apply_pod_limits
 
 if TYPE_CHECKING:
@@ -23,6 +26,15 @@ async def update_resources(
     resources: ContainerResources | None,
 ) -> None:
     sandbox = deps.store.get(sandbox_id)
+    if deps.nri.plugins:  # a plugin's veto comes before anything changes
+        try:
+            await deps.nri.update_pod_sandbox(
+                nri_hooks.pod(sandbox),
+                nri_linux.nri_resources(overhead) if overhead else None,
+                nri_linux.nri_resources(resources) if resources else None,
+            )
+        except PluginError as err:
+            raise nri_hooks.vetoed(err) from None
 
     async def update() -> None:
         current = deps.store.index.get(sandbox.id)
@@ -45,3 +57,8 @@ async def update_resources(
         await deps.persist(current.with_changes(overhead=overhead, resources=resources))
 
     await deps.loops.call(sandbox.id, update)
+    if deps.nri.plugins:
+        try:
+            await deps.nri.post_update_pod_sandbox(nri_hooks.pod(deps.store.get(sandbox.id)))
+        except PluginError as err:
+            nri_hooks.logged("PostUpdatePodSandbox", err, pod=sandbox.id)

@@ -349,3 +349,128 @@ def test_linux_adjustments_reach_the_container_and_its_status(
     ctr_env.stop(container, timeout=1)
     ctr_env.pods.stop(pod_id)
     ctr_env.pods.remove(pod_id)
+
+
+MiB = 1024 * 1024
+
+
+def _cgroup(env: ContainerEnv, container_id: str) -> list[bytes]:
+    files = ["/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max"]
+    return env.exec(container_id, "cat", *files).stdout.split()
+
+
+def _update(env: ContainerEnv, container_id: str, memory: int) -> None:
+    env.runtime.UpdateContainerResources(
+        api_pb2.UpdateContainerResourcesRequest(
+            container_id=container_id,
+            linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=memory),
+        ),
+        timeout=30,
+    )
+
+
+def test_update_container_resources_goes_through_the_plugins(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    def halve(request: nri.UpdateContainerRequest) -> nri.UpdateContainerResponse:
+        wanted = request.linux_resources.memory.limit.value
+        resources = nri.LinuxResources(
+            memory=nri.LinuxMemory(limit=nri.OptionalInt64(value=wanted // 2)),
+            pids=nri.LinuxPids(limit=55),
+        )
+        update = nri.ContainerUpdate(
+            container_id=request.container.id,
+            linux=nri.LinuxContainerUpdate(resources=resources),
+        )
+        return nri.UpdateContainerResponse(update=[update])
+
+    plugin = plugins.start("limits", answers={"UpdateContainer": halve})
+    pod_id, config = ctr_env.pod("nri-update")
+    container = ctr_env.run(pod_id, config, "c", args=["sleep 1000"])
+
+    _update(ctr_env, container, 128 * MiB)
+
+    assert _cgroup(ctr_env, container) == [str(64 * MiB).encode(), b"55"]
+    status = ctr_env.status(container).status
+    assert status.resources.linux.memory_limit_in_bytes == 64 * MiB
+    asked = next(s.message for s in plugin.seen if s.event == "UpdateContainer")
+    assert asked.linux_resources.memory.limit.value == 128 * MiB
+    assert plugin.events_of(container)[-2:] == ["UpdateContainer", "PostUpdateContainer"]
+
+    plugin.answers["UpdateContainer"] = refuse("not today")
+    with pytest.raises(grpc.RpcError) as caught:
+        _update(ctr_env, container, 256 * MiB)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not today" in caught.value.details()
+    assert _cgroup(ctr_env, container)[0] == str(64 * MiB).encode(), "a veto changes nothing"
+    ctr_env.stop(container, timeout=1)
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+
+def test_a_plugin_updates_and_evicts_containers_of_its_own_accord(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    plugin = plugins.start("manager")
+    pod_id, config = ctr_env.pod("nri-unsolicited")
+    container = ctr_env.run(pod_id, config, "c", args=["sleep 1000"])
+    victim = ctr_env.run(pod_id, config, "victim", args=["sleep 1000"])
+
+    def update(container_id: str, memory: int, ignore: bool = False) -> nri.ContainerUpdate:
+        resources = nri.LinuxResources(
+            memory=nri.LinuxMemory(limit=nri.OptionalInt64(value=memory))
+        )
+        return nri.ContainerUpdate(
+            container_id=container_id,
+            linux=nri.LinuxContainerUpdate(resources=resources),
+            ignore_failure=ignore,
+        )
+
+    failed = plugin.update_containers(
+        [update(container, 80 * MiB), update("no-such", MiB), update("also-none", MiB, True)]
+    )
+    assert [f.container_id for f in failed] == ["no-such"], "ignore_failure is not reported"
+    assert _cgroup(ctr_env, container)[0] == str(80 * MiB).encode()
+    assert ctr_env.status(container).status.resources.linux.memory_limit_in_bytes == 80 * MiB
+    assert "UpdateContainer" not in plugin.events_of(container), "its own update: no event"
+
+    plugin.update_containers([], [nri.ContainerEviction(container_id=victim, reason="test")])
+    assert ctr_env.wait_exited(victim).state == api_pb2.CONTAINER_EXITED
+    assert ctr_env.status(container).status.state == api_pb2.CONTAINER_RUNNING
+    ctr_env.stop(container, timeout=1)
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)
+
+
+def test_update_pod_sandbox_resources_goes_through_the_plugins(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    plugin = plugins.start("pods")
+    pod_id, _ = ctr_env.pod("nri-pod-update")
+    ctr_env.runtime.UpdatePodSandboxResources(
+        api_pb2.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod_id,
+            resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=200 * MiB),
+        ),
+        timeout=30,
+    )
+    events = [s for s in plugin.seen if s.pod == pod_id]
+    assert [s.event for s in events] == [
+        "RunPodSandbox",
+        "UpdatePodSandbox",
+        "PostUpdatePodSandbox",
+    ]
+    assert events[1].message.linux_resources.memory.limit.value == 200 * MiB
+
+    plugin.answers["UpdatePodSandbox"] = refuse("pods stay as they are")
+    with pytest.raises(grpc.RpcError) as caught:
+        ctr_env.runtime.UpdatePodSandboxResources(
+            api_pb2.UpdatePodSandboxResourcesRequest(
+                pod_sandbox_id=pod_id,
+                resources=api_pb2.LinuxContainerResources(memory_limit_in_bytes=300 * MiB),
+            ),
+            timeout=30,
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    ctr_env.pods.stop(pod_id)
+    ctr_env.pods.remove(pod_id)

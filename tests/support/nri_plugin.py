@@ -29,6 +29,10 @@ _REQUESTS: dict[str, tuple[type[Any], type[Any]]] = {
     "PostCreateContainer": (nri.PostCreateContainerRequest, nri.PostCreateContainerResponse),
     "StartContainer": (nri.StartContainerRequest, nri.StartContainerResponse),
     "PostStartContainer": (nri.PostStartContainerRequest, nri.PostStartContainerResponse),
+    "UpdateContainer": (nri.UpdateContainerRequest, nri.UpdateContainerResponse),
+    "PostUpdateContainer": (nri.PostUpdateContainerRequest, nri.PostUpdateContainerResponse),
+    "UpdatePodSandbox": (nri.UpdatePodSandboxRequest, nri.UpdatePodSandboxResponse),
+    "PostUpdatePodSandbox": (nri.PostUpdatePodSandboxRequest, nri.PostUpdatePodSandboxResponse),
     "StopContainer": (nri.StopContainerRequest, nri.StopContainerResponse),
     "RemoveContainer": (nri.RemoveContainerRequest, nri.RemoveContainerResponse),
 }
@@ -61,6 +65,8 @@ class TestPlugin:
     closed: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _stop: Callable[[], None] | None = None
+    _client: ttrpc.Client | None = None
+    _token: Any = None
 
     def start(self, wait: float = 10) -> TestPlugin:
         self._thread = threading.Thread(target=anyio.run, args=(self._run,), daemon=True)
@@ -74,6 +80,27 @@ class TestPlugin:
             self._stop()
         if self._thread is not None:
             self._thread.join(10)
+
+    def update_containers(
+        self,
+        updates: list[nri.ContainerUpdate],
+        evict: list[nri.ContainerEviction] = (),  # type: ignore[assignment]
+    ) -> list[nri.ContainerUpdate]:
+        """An unsolicited UpdateContainers call to the runtime; the updates that failed."""
+        assert self._client is not None
+        client = self._client
+
+        async def call() -> list[nri.ContainerUpdate]:
+            answer = await client.call(
+                RUNTIME,
+                "UpdateContainers",
+                nri.UpdateContainersRequest(update=updates, evict=list(evict)),
+                nri.UpdateContainersResponse,
+                30,
+            )
+            return list(answer.failed)
+
+        return anyio.from_thread.run(call, token=self._token)  # type: ignore[no-any-return]
 
     def events_of(self, subject: str) -> list[str]:
         return [s.event for s in self.seen if subject in (s.pod, s.container)]
@@ -95,6 +122,7 @@ class TestPlugin:
         async with anyio.create_task_group() as tg:
             self._stop = lambda: anyio.from_thread.run_sync(tg.cancel_scope.cancel, token=token)
             token = anyio.lowlevel.current_token()
+            self._client, self._token = client, token
             tg.start_soon(m.run)
             tg.start_soon(server.run)
             tg.start_soon(client.run)
