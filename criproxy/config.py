@@ -99,7 +99,11 @@ class NriSection:
     socket_path: str = "/var/run/nri/nri.sock"
     """Where plugins connect (mode 0600: root's plugins only)."""
     disable_connections: bool = False
-    """No socket: no plugin can connect."""
+    """No socket: no plugin can connect (pre-installed ones still start)."""
+    plugin_path: str = "/opt/nri/plugins"
+    """Pre-installed plugins (`NN-name` executables) criproxy starts at each start."""
+    plugin_config_path: str = "/etc/nri/conf.d"
+    """Their configurations: `NN-name.conf`, else `name.conf`."""
     plugin_registration_timeout: float = 5.0
     """How long a plugin that connected has to register."""
     plugin_request_timeout: float = 2.0
@@ -439,6 +443,8 @@ _TOP: Mapping[str, Parser] = {
             "disable": _bool,
             "socket_path": _abs_str,
             "disable_connections": _bool,
+            "plugin_path": _abs_str,
+            "plugin_config_path": _abs_str,
             "plugin_registration_timeout": _positive_duration,
             "plugin_request_timeout": _positive_duration,
         },

@@ -120,6 +120,7 @@ class _Domain:
                 [(c, containers.store.specs.get(c.id)) for c in containers.store.index],
             ),
         )
+        sandboxes.deps.nri.recovered = gate.wait
         sandboxes.deps.nri.updater = containers.update_plugin_limits
         sandboxes.deps.nri.evictor = lambda container_id, reason: containers.stop(container_id, 0)
         streams = StreamServer(

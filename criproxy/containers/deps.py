@@ -81,7 +81,7 @@ class ContainerDeps:
     checkpointing: set[str] = field(default_factory=set)
     """Containers a checkpoint is dumping (one at a time: one's thaw must not resume a
     container another has paused)."""
-    nri_stopped: set[str] = field(default_factory=set)
+    nri_stopped: dict[str, anyio.Event] = field(default_factory=dict)
     """Containers NRI's plugins were told stopped (once each; forgotten with them)."""
     exits: dict[str, anyio.Event] = field(default_factory=dict)
     """Set when a running container's exit has been recorded (StopContainer waits)."""
@@ -141,7 +141,7 @@ class ContainerDeps:
         self.tasks_deleted.discard(container_id)
         self.prepared_mounts.pop(container_id, None)
         self._persisting.pop(container_id, None)
-        self.nri_stopped.discard(container_id)
+        self.nri_stopped.pop(container_id, None)
 
     async def persist_quietly(self, container: Container) -> None:
         """`persist`, where a failure must not undo the state change (it is logged)."""

@@ -7,6 +7,7 @@ import functools
 import time
 from typing import TYPE_CHECKING
 
+import anyio
 import structlog
 
 from criproxy.containerd import TaskEvent
@@ -88,19 +89,24 @@ async def exited(deps: ContainerDeps, container_id: str, exit_code: int, exited_
 
 async def notify_stopped(deps: ContainerDeps, container: Container) -> None:
     """NRI's StopContainer, once per container: at its exit, or at its removal if it
-    never ran."""
-    if container.id in deps.nri_stopped:
+    never ran. A second caller (StopContainer's answer) waits until plugins have it."""
+    told = deps.nri_stopped.get(container.id)
+    if told is not None:
+        await told.wait()
         return
-    deps.nri_stopped.add(container.id)
-    nri = deps.pods.nri
-    sandbox = deps.pods.store.index.get(container.sandbox_id)
-    if not nri.plugins or sandbox is None:
-        return
-    spec = deps.store.specs.get(container.id)
+    told = deps.nri_stopped[container.id] = anyio.Event()
     try:
-        await nri.stop_container(nri_hooks.pod(sandbox), nri_hooks.container(container, spec))
-    except PluginError as err:
-        nri_hooks.logged("StopContainer", err, container=container.id)
+        nri = deps.pods.nri
+        sandbox = deps.pods.store.index.get(container.sandbox_id)
+        if not nri.plugins or sandbox is None:
+            return
+        spec = deps.store.specs.get(container.id)
+        try:
+            await nri.stop_container(nri_hooks.pod(sandbox), nri_hooks.container(container, spec))
+        except PluginError as err:
+            nri_hooks.logged("StopContainer", err, container=container.id)
+    finally:
+        told.set()
 
 
 async def reconcile(deps: ContainerDeps, container_id: str) -> None:

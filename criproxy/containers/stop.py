@@ -23,6 +23,9 @@ async def stop(deps: ContainerDeps, container_id: str, timeout: float) -> None:
     if container is None:
         return  # as critest's Idempotence spec requires (and RemoveContainer does)
     await stop_container(deps, container, timeout)
+    stopped = deps.store.index.get(container.id)
+    if deps.pods.nri.plugins and stopped is not None and stopped.state == "exited":
+        await exits.notify_stopped(deps, stopped)  # plugins have it before the answer
 
 
 async def stop_pod_containers(deps: ContainerDeps, sandbox_id: str) -> None:

@@ -13,6 +13,7 @@ it as an event: no container is lost to a late plugin.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import socket
 import stat
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.abc
 import grpc
 import structlog
 
 from criproxy._generated.nri import api_pb2 as nri
-from criproxy.nri import linux, mux, ttrpc
+from criproxy.nri import launch, linux, mux, ttrpc
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -68,6 +70,8 @@ class Plugin:
 
     mux: mux.Mux
     client: ttrpc.Client
+    launched: launch.Launched | None = None
+    """Set for a pre-installed plugin criproxy started."""
     name: str = ""
     index: str = ""
     events: int = 0
@@ -144,6 +148,8 @@ class Nri:
         self.barrier = _SyncBarrier()
         self.updater: Callable[[str, nri.LinuxResources], Awaitable[None]] | None = None
         """Applies a plugin's update of a container's resources (the container service)."""
+        self.recovered: Callable[[], Awaitable[None]] | None = None
+        """Waits until criproxy knows its pods again (a plugin is synchronised after)."""
         self.evictor: Callable[[str, str], Awaitable[None]] | None = None
         """Stops a container a plugin evicts (the container service)."""
 
@@ -154,14 +160,17 @@ class Nri:
     # --- connections -------------------------------------------------------------
 
     async def serve(self, tg: TaskGroup) -> None:
-        """Listen on the socket (unless connections are off) in `tg`."""
-        if not self.enabled or self.config.disable_connections:
+        """Listen on the socket (unless connections are off) and start the pre-installed
+        plugins, in `tg`."""
+        if not self.enabled:
             return
-        path = Path(self.config.socket_path)
-        await anyio.to_thread.run_sync(_prepare_socket, path)
-        listener = await anyio.create_unix_listener(path, mode=0o600)
-        log.info("NRI socket listening", socket=str(path))
-        tg.start_soon(self._accept, listener, tg)
+        if not self.config.disable_connections:
+            path = Path(self.config.socket_path)
+            await anyio.to_thread.run_sync(_prepare_socket, path)
+            listener = await anyio.create_unix_listener(path, mode=0o600)
+            log.info("NRI socket listening", socket=str(path))
+            tg.start_soon(self._accept, listener, tg)
+        tg.start_soon(self._launch_installed, tg)
 
     async def _accept(self, listener: SocketListener, tg: TaskGroup) -> None:
         async with listener:
@@ -169,9 +178,42 @@ class Nri:
                 stream = await listener.accept()
                 tg.start_soon(self._connected, stream)
 
-    async def _connected(self, stream: SocketStream) -> None:
+    async def _launch_installed(self, tg: TaskGroup) -> None:
+        try:
+            installed = await anyio.to_thread.run_sync(
+                launch.discover, self.config.plugin_path, self.config.plugin_config_path
+            )
+        except (OSError, ValueError) as err:
+            log.error("NRI pre-installed plugins not started", error=str(err))
+            return
+        for plugin in installed:
+            try:
+                started = await anyio.to_thread.run_sync(launch.launch, plugin)
+            except OSError as err:
+                log.warning(
+                    "NRI pre-installed plugin not started", path=str(plugin.path), error=str(err)
+                )
+                continue
+            log.info("NRI pre-installed plugin started", path=str(plugin.path), pid=started.pid)
+            stream = await anyio.abc.UNIXSocketStream.from_socket(started.conn)
+            tg.start_soon(self._relay_output, started)
+            tg.start_soon(self._connected, stream, started)
+
+    async def _relay_output(self, started: launch.Launched) -> None:
+        """A pre-installed plugin's output into criproxy's log, line by line."""
+        name = f"{started.plugin.index}-{started.plugin.name}"
+        with open(started.output, "rb", buffering=0, closefd=True) as raw:  # noqa: ASYNC230
+            reader = io.BufferedReader(raw)
+            while line := await anyio.to_thread.run_sync(reader.readline, abandon_on_cancel=True):
+                log.info(
+                    "NRI plugin output", plugin=name, output=line.decode(errors="replace").rstrip()
+                )
+
+    async def _connected(
+        self, stream: SocketStream, started: launch.Launched | None = None
+    ) -> None:
         m = mux.Mux(stream)
-        plugin = Plugin(m, ttrpc.Client(m.open(mux.PLUGIN_SERVICE_CONN)))
+        plugin = Plugin(m, ttrpc.Client(m.open(mux.PLUGIN_SERVICE_CONN)), started)
         server = ttrpc.Server(
             m.open(mux.RUNTIME_SERVICE_CONN),
             {
@@ -179,19 +221,24 @@ class Nri:
                 (RUNTIME_SERVICE, "UpdateContainers"): self._update_containers,
             },
         )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(m.run)
-            tg.start_soon(plugin.client.run)
-            tg.start_soon(server.run)
-            try:
-                await self._start(plugin)
-            except Exception as err:
-                log.warning("NRI plugin not started", plugin=plugin.qualified, error=str(err))
-                await m.aclose()
-                return
-            await m.done.wait()
-            tg.cancel_scope.cancel()
-        self._drop(plugin, "its connection closed")
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(m.run)
+                tg.start_soon(plugin.client.run)
+                tg.start_soon(server.run)
+                try:
+                    await self._start(plugin)
+                except Exception as err:
+                    log.warning("NRI plugin not started", plugin=plugin.qualified, error=str(err))
+                    await m.aclose()
+                    return
+                await m.done.wait()
+                tg.cancel_scope.cancel()
+            self._drop(plugin, "its connection closed")
+        finally:
+            if started is not None:  # a plugin criproxy started goes with its connection
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(launch.stop, started)
 
     async def _register(self, plugin: Plugin, payload: bytes) -> bytes:
         request = nri.RegisterPluginRequest.FromString(payload)
@@ -223,6 +270,7 @@ class Nri:
             PLUGIN_SERVICE,
             "Configure",
             nri.ConfigureRequest(
+                config=plugin.launched.plugin.config if plugin.launched else "",
                 runtime_name="criproxy",
                 runtime_version=self.runtime_version,
                 registration_timeout=int(self.config.plugin_registration_timeout * 1000),
@@ -236,6 +284,8 @@ class Nri:
         if events & ~VALID_EVENTS:
             raise RuntimeError(f"invalid plugin events: {events:#x}")
         plugin.events = events
+        if self.recovered is not None:
+            await self.recovered()
         async with self.barrier.sync(), self._events:
             pods, containers = self._snapshot()
             answer = await plugin.client.call(

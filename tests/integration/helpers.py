@@ -142,7 +142,11 @@ class Criproxy:
         merged: dict[str, object] = {
             "cni": {"conf_dir": str(self.cni_dir), "bin_dirs": CNI_BIN_DIRS},
             "metrics": {},
-            "nri": {"socket_path": str(self.base / "nri.sock")},  # never the host's
+            "nri": {  # never the host's
+                "socket_path": str(self.base / "nri.sock"),
+                "plugin_path": str(self.base / "nri-plugins"),
+                "plugin_config_path": str(self.base / "nri-conf"),
+            },
         }
         merged.update(self.config)
         path = self.base / "criproxy.toml"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy._generated.nri import api_pb2 as nri
 from tests.integration.containers_env import ContainerEnv
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import pid_alive, wait_until
 from tests.support.nri_plugin import TestPlugin, refuse
 
 
@@ -52,7 +53,9 @@ def _connected(env: ContainerEnv) -> list[str]:
     live: list[str] = []
     for record in env.pods.proxy.log_records():
         plugin = str(record.get("plugin", ""))
-        if record.get("event") == "NRI plugin connected and synchronised":
+        if record.get("event") == "NRI socket listening":  # a new criproxy process
+            live = []
+        elif record.get("event") == "NRI plugin connected and synchronised":
             live.append(plugin)
         elif record.get("event") == "NRI plugin dropped" and plugin in live:
             live.remove(plugin)
@@ -474,3 +477,67 @@ def test_update_pod_sandbox_resources_goes_through_the_plugins(
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     ctr_env.pods.stop(pod_id)
     ctr_env.pods.remove(pod_id)
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_pre_installed_plugin_is_started_again_and_synchronised_after_a_kill(
+    ctr_env: ContainerEnv,
+) -> None:
+    """A plugin in plugin_path, started by criproxy with its configuration; after kill -9
+    the old one goes with its connection and the new criproxy's is synchronised with every
+    pod and container, as they were."""
+    proxy = ctr_env.pods.proxy
+    record = proxy.base / "pre-installed.jsonl"
+    installed = proxy.base / "nri-plugins" / "05-recorder"
+    installed.parent.mkdir(exist_ok=True)
+    (proxy.base / "nri-conf").mkdir(exist_ok=True)
+    (proxy.base / "nri-conf" / "recorder.conf").write_text(f"{record}\n")
+    repo = Path(__file__).resolve().parents[2]
+    installed.write_text(
+        f"#!/bin/sh\ncd {repo} && exec {sys.executable} -m tests.support.nri_plugin\n"
+    )
+    installed.chmod(0o755)
+    try:
+        proxy.stop()
+        proxy.start()
+        wait_until(lambda: "05-recorder" in _connected(ctr_env), 30, what="the plugin")
+        first = _records(record)[0]
+        assert first["event"] == "Synchronize"
+
+        pod_id, config = ctr_env.pod("nri-pre-installed")
+        container = ctr_env.run(pod_id, config, "c", args=["sleep 1000"])
+        seen = {(r["event"], r.get("container")) for r in _records(record)}
+        assert ("StartContainer", container) in seen
+
+        proxy.kill()
+        wait_until(lambda: not pid_alive(int(first["pid"])), 10, what="the old plugin to exit")
+        proxy.start()
+        wait_until(
+            lambda: len([r for r in _records(record) if r["event"] == "Synchronize"]) == 2,
+            30,
+            what="the new plugin's synchronisation",
+        )
+        synced = [r for r in _records(record) if r["event"] == "Synchronize"][-1]
+        assert synced["pid"] != first["pid"], "a new plugin process"
+        assert pod_id in synced["pods"]  # type: ignore[operator]
+        assert container in synced["containers"]  # type: ignore[operator]
+        assert ctr_env.status(container).status.state == api_pb2.CONTAINER_RUNNING
+
+        ctr_env.stop(container, timeout=1)
+        wait_until(
+            lambda: ("StopContainer", container)
+            in {(r["event"], r.get("container")) for r in _records(record)},
+            10,
+            what="the new plugin to see the stop",
+        )
+        ctr_env.pods.stop(pod_id)
+        ctr_env.pods.remove(pod_id)
+    finally:
+        installed.unlink()
+        proxy.stop()
+        proxy.start()

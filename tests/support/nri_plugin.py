@@ -5,6 +5,9 @@ answers with what the test asks (adjustments, errors, delays)."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import grpc
 
 from criproxy._generated.nri import api_pb2 as nri
@@ -65,6 +69,8 @@ class TestPlugin:
     closed: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _stop: Callable[[], None] | None = None
+    config: str = ""
+    """What the runtime's Configure gave (for a pre-installed one: where to record)."""
     _client: ttrpc.Client | None = None
     _token: Any = None
 
@@ -105,8 +111,11 @@ class TestPlugin:
     def events_of(self, subject: str) -> list[str]:
         return [s.event for s in self.seen if subject in (s.pod, s.container)]
 
-    async def _run(self) -> None:
-        stream = await anyio.connect_unix(str(self.socket))
+    async def _run(self, conn: socket.socket | None = None) -> None:
+        if conn is not None:  # pre-installed: handed its connection by the runtime
+            stream: Any = await anyio.abc.UNIXSocketStream.from_socket(conn)
+        else:
+            stream = await anyio.connect_unix(str(self.socket))
         m = mux.Mux(stream)
         methods = {(SERVICE, name): self._handler(name) for name in _REQUESTS}
         methods[SERVICE, "Configure"] = self._configure
@@ -137,13 +146,28 @@ class TestPlugin:
             tg.cancel_scope.cancel()
 
     async def _configure(self, payload: bytes) -> bytes:
+        self.config = nri.ConfigureRequest.FromString(payload).config
         return nri.ConfigureResponse(events=self.events).SerializeToString()
 
     async def _synchronize(self, payload: bytes) -> bytes:
         self.synced = nri.SynchronizeRequest.FromString(payload)
+        self._record(
+            {
+                "event": "Synchronize",
+                "pods": [p.id for p in self.synced.pods],
+                "containers": [c.id for c in self.synced.containers],
+            }
+        )
         await anyio.sleep(self.delay.get("Synchronize", 0))
         self.synchronized.set()
         return nri.SynchronizeResponse().SerializeToString()
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        """A pre-installed plugin's record of what it got, in the file its config names."""
+        if self.config:
+            entry["pid"] = os.getpid()
+            with open(self.config.strip(), "a") as out:
+                out.write(json.dumps(entry) + "\n")
 
     def _handler(self, name: str) -> Callable[[bytes], Any]:
         request_type, response_type = _REQUESTS[name]
@@ -154,6 +178,7 @@ class TestPlugin:
             has_container = "container" in request_type.DESCRIPTOR.fields_by_name
             container = request.container.id if has_container else ""
             self.seen.append(Seen(name, pod, container, time.monotonic(), request))
+            self._record({"event": name, "pod": pod, "container": container})
             await anyio.sleep(self.delay.get(name, 0))
             answer = self.answers.get(name)
             response = answer(request) if answer is not None else response_type()
@@ -169,3 +194,15 @@ def refuse(message: str) -> Callable[[Any], Any]:
         raise ttrpc.TtrpcError(grpc.StatusCode.UNKNOWN, message)
 
     return answer
+
+
+def main() -> None:
+    """Run as a pre-installed plugin: the runtime started this process with its end of the
+    connection as fd $NRI_PLUGIN_SOCKET; what it gets goes to the file its config names."""
+    conn = socket.socket(fileno=int(os.environ["NRI_PLUGIN_SOCKET"]))
+    plugin = TestPlugin(Path(), os.environ["NRI_PLUGIN_NAME"], os.environ["NRI_PLUGIN_IDX"])
+    anyio.run(plugin._run, conn)
+
+
+if __name__ == "__main__":
+    main()
