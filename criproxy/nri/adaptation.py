@@ -325,7 +325,7 @@ class Nri:
         method: str,
         request: Message,
         reply: type[R],
-        on_answer: Callable[[str, R], None] | None = None,
+        on_answer: Callable[[Plugin, R], None] | None = None,
     ) -> None:
         """The event to every subscribed plugin in order; `on_answer(plugin, answer)` right
         after each (it may change `request` for the next plugin, or raise PluginError). A
@@ -352,7 +352,7 @@ class Nri:
                         continue
                     raise PluginError(plugin.qualified, method, err.message) from None
                 if on_answer is not None:
-                    on_answer(plugin.qualified, answer)
+                    on_answer(plugin, answer)
 
     async def run_pod_sandbox(self, pod: nri.PodSandbox) -> None:
         await self._each(
@@ -386,17 +386,19 @@ class Nri:
         merged = nri.ContainerAdjustment()
         owners: Owners = {}
         request = nri.CreateContainerRequest(pod=pod, container=container)
+        answered: list[Plugin] = []
 
-        def adjusted(plugin: str, answer: nri.CreateContainerResponse) -> None:
+        def adjusted(plugin: Plugin, answer: nri.CreateContainerResponse) -> None:
+            answered.append(plugin)
             if answer.update or answer.evict:
                 raise PluginError(
-                    plugin,
+                    plugin.qualified,
                     "CreateContainer",
                     "asked to update or evict other containers while one is created, which "
                     "criproxy does not do; use UpdateContainers",
                 )
             if answer.HasField("adjust"):
-                merge(merged, request.container, answer.adjust, plugin, owners)
+                merge(merged, request.container, answer.adjust, plugin.qualified, owners)
 
         await self._each(
             nri.CREATE_CONTAINER,
@@ -405,7 +407,43 @@ class Nri:
             nri.CreateContainerResponse,
             adjusted,
         )
+        await self._validate(pod, container, merged, owners, answered)
         return merged
+
+    async def _validate(
+        self,
+        pod: nri.PodSandbox,
+        container: nri.Container,
+        merged: nri.ContainerAdjustment,
+        owners: Owners,
+        answered: list[Plugin],
+    ) -> None:
+        """The merged adjustment to the validating plugins: any of them may reject it."""
+        if not any(p.wants(nri.VALIDATE_CONTAINER_ADJUSTMENT) for p in self.plugins):
+            return
+        request = nri.ValidateContainerAdjustmentRequest(
+            pod=pod,
+            container=container,
+            adjust=merged,
+            owners=owning_plugins(container.id, owners),
+            plugins=[nri.PluginInstance(name=p.name, index=p.index) for p in answered],
+        )
+
+        def judged(plugin: Plugin, answer: nri.ValidateContainerAdjustmentResponse) -> None:
+            if answer.reject:
+                raise PluginError(
+                    plugin.qualified,
+                    "ValidateContainerAdjustment",
+                    f"rejected the adjustment: {answer.reason or 'no reason given'}",
+                )
+
+        await self._each(
+            nri.VALIDATE_CONTAINER_ADJUSTMENT,
+            "ValidateContainerAdjustment",
+            request,
+            nri.ValidateContainerAdjustmentResponse,
+            judged,
+        )
 
     async def update_container(
         self, pod: nri.PodSandbox, container: nri.Container, resources: nri.LinuxResources
@@ -417,7 +455,8 @@ class Nri:
         request.linux_resources.CopyFrom(resources)
         others: list[nri.ContainerUpdate] = []
 
-        def updated(plugin: str, answer: nri.UpdateContainerResponse) -> None:
+        def updated(plugin_: Plugin, answer: nri.UpdateContainerResponse) -> None:
+            plugin = plugin_.qualified
             if answer.evict:
                 raise PluginError(plugin, "UpdateContainer", "asked to evict containers")
             for update in answer.update:
@@ -598,6 +637,61 @@ def _claim(
             f"plugins {plugin!r} and {owner.lstrip('-')!r} both tried to set {kind} {key}".rstrip(),
         )
     owners[kind, key] = plugin
+
+
+_SIMPLE = {
+    ("Args", ""): nri.Args,
+    ("OomScoreAdj", ""): nri.OomScoreAdj,
+    **{
+        ("Memory", name): field
+        for name, field in (
+            ("limit", nri.MemLimit),
+            ("reservation", nri.MemReservation),
+            ("swap", nri.MemSwapLimit),
+            ("kernel", nri.MemKernelLimit),
+            ("kernel_tcp", nri.MemTCPLimit),
+            ("swappiness", nri.MemSwappiness),
+            ("disable_oom_killer", nri.MemDisableOomKiller),
+        )
+    },
+    **{
+        ("Cpu", name): field
+        for name, field in (
+            ("shares", nri.CPUShares),
+            ("quota", nri.CPUQuota),
+            ("period", nri.CPUPeriod),
+            ("realtime_runtime", nri.CPURealtimeRuntime),
+            ("realtime_period", nri.CPURealtimePeriod),
+            ("cpus", nri.CPUSetCPUs),
+            ("mems", nri.CPUSetMems),
+        )
+    },
+    ("Pids", "limit"): nri.PidsLimit,
+}
+_COMPOUND = {
+    "Annotations": nri.Annotations,
+    "Mounts": nri.Mounts,
+    "Devices": nri.Devices,
+    "Env": nri.Env,
+    "Rlimits": nri.Rlimits,
+    "HugepageLimits": nri.HugepageLimits,
+    "Unified": nri.CgroupsUnified,
+    "Sysctl": nri.Sysctl,
+    "Namespaces": nri.Namespace,
+}
+
+
+def owning_plugins(container_id: str, owners: Owners) -> nri.OwningPlugins:
+    """criproxy's record of who set what, as NRI's message (validators read it)."""
+    fields = nri.FieldOwners()
+    for (kind, key), plugin in owners.items():
+        if (kind, key) in _SIMPLE:
+            fields.simple[_SIMPLE[kind, key]] = plugin
+        elif kind in _COMPOUND:
+            fields.compound[_COMPOUND[kind]].owners[key] = plugin
+    out = nri.OwningPlugins()
+    out.owners[container_id].CopyFrom(fields)
+    return out
 
 
 def _clear(owners: Owners, kind: str, key: str, plugin: str) -> None:

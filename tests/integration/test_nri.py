@@ -62,6 +62,12 @@ def _connected(env: ContainerEnv) -> list[str]:
     return live
 
 
+def _remove_pod(env: ContainerEnv, pod_id: str) -> None:
+    """Stop the pod (its containers with it) and remove it."""
+    env.pods.stop(pod_id)
+    env.pods.remove(pod_id)
+
+
 def _spec(env: ContainerEnv, container_id: str) -> dict[str, object]:
     info = env.pods.ctr("containers", "info", container_id).stdout
     return json.loads(info)["Spec"]  # type: ignore[no-any-return]
@@ -90,11 +96,11 @@ def test_a_plugin_is_synchronised_with_what_exists_and_sees_each_event_in_order(
     container = ctr_env.run(pod_id, config, "worker", args=["sleep 1000"])
     ctr_env.stop(container, timeout=1)
     ctr_env.remove(container)
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
     assert plugin.events_of(container) == [
         "CreateContainer",
+        "ValidateContainerAdjustment",  # subscribed to every event: a validator too
         "PostCreateContainer",
         "StartContainer",
         "PostStartContainer",
@@ -115,8 +121,7 @@ def test_a_plugin_is_synchronised_with_what_exists_and_sees_each_event_in_order(
     assert started.container.state == nri.CONTAINER_RUNNING
     assert old not in {s.container for s in plugin.seen}, "the old container had no event"
     ctr_env.stop(old, timeout=1)
-    ctr_env.pods.stop(old_pod)
-    ctr_env.pods.remove(old_pod)
+    _remove_pod(ctr_env, old_pod)
 
 
 def test_a_refused_run_pod_sandbox_fails_the_call_leaves_nothing_and_a_retry_works(
@@ -138,8 +143,7 @@ def test_a_refused_run_pod_sandbox_fails_the_call_leaves_nothing_and_a_retry_wor
     plugin.answers.clear()
     pod_id, _ = ctr_env.pod("nri-vetoed")
     assert ctr_env.pods.status(pod_id).status.state == api_pb2.SANDBOX_READY
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def _all_containers(env: ContainerEnv) -> list[api_pb2.Container]:
@@ -188,9 +192,7 @@ def test_create_container_adjustments_reach_the_container_in_index_order(
     annotations = _spec(ctr_env, container)["annotations"]
     assert annotations["example.com/first"] == "yes"  # type: ignore[index]
     assert annotations["example.com/second"] == "yes"  # type: ignore[index]
-    ctr_env.stop(container, timeout=1)
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def test_two_plugins_setting_the_same_thing_fail_the_create_and_leave_no_container(
@@ -219,8 +221,53 @@ def test_two_plugins_setting_the_same_thing_fail_the_create_and_leave_no_contain
         plugin.answers.clear()
     container = ctr_env.create(pod_id, config, "contested", args=["sleep 1000"])
     assert ctr_env.status(container).status.metadata.name == "contested"
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
+
+
+def test_a_validating_plugin_sees_the_merged_adjustment_and_its_owners_and_may_reject(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    def setter(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+        adjust = _env_adjustment(
+            ("FORBIDDEN", "1") if "bad" in request.container.name else ("OK", "1")
+        )
+        return nri.CreateContainerResponse(adjust=adjust)
+
+    def judge(
+        request: nri.ValidateContainerAdjustmentRequest,
+    ) -> nri.ValidateContainerAdjustmentResponse:
+        keys = {kv.key for kv in request.adjust.env}
+        return nri.ValidateContainerAdjustmentResponse(
+            reject="FORBIDDEN" in keys, reason="FORBIDDEN is not allowed here"
+        )
+
+    plugins.start("setter", "10", answers={"CreateContainer": setter})
+    validator = plugins.start(
+        "validator",
+        "90",
+        events=1 << (nri.VALIDATE_CONTAINER_ADJUSTMENT - 1),
+        answers={"ValidateContainerAdjustment": judge},
+    )
+    pod_id, config = ctr_env.pod("nri-validate")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        ctr_env.create(pod_id, config, "bad", args=["sleep 1000"])
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "90-validator" in caught.value.details()
+    assert "FORBIDDEN is not allowed here" in caught.value.details()
+    assert not [c for c in _all_containers(ctr_env) if c.pod_sandbox_id == pod_id]
+
+    good = ctr_env.create(pod_id, config, "good", args=["sleep 1000"])
+    judged = [s.message for s in validator.seen if s.event == "ValidateContainerAdjustment"]
+    assert [s.event for s in validator.seen] == ["ValidateContainerAdjustment"] * 2, "only that"
+    owners = judged[1].owners.owners[good].compound[nri.Env].owners
+    assert owners["OK"] == "10-setter"
+    assert [(p.name, p.index) for p in judged[1].plugins] == [("setter", "10")]
+    _remove_pod(ctr_env, pod_id)
+
+
+def _env_adjustment(*pairs: tuple[str, str]) -> nri.ContainerAdjustment:
+    return nri.ContainerAdjustment(env=[nri.KeyValue(key=k, value=v) for k, v in pairs])
 
 
 def test_an_adjustment_criproxy_cannot_apply_is_refused_not_dropped(
@@ -237,8 +284,7 @@ def test_an_adjustment_criproxy_cannot_apply_is_refused_not_dropped(
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "CDI devices" in caught.value.details()
     assert not [c for c in _all_containers(ctr_env) if c.pod_sandbox_id == pod_id]
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def test_a_plugin_past_its_deadline_is_dropped_and_the_call_goes_on(
@@ -253,8 +299,7 @@ def test_a_plugin_past_its_deadline_is_dropped_and_the_call_goes_on(
     assert took < 20, f"the call waited {took:.1f}s for a plugin with a 2s deadline"
     assert slow.closed.wait(10), "criproxy closed the late plugin's connection"
     assert "10-slow" not in _connected(ctr_env)
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
     assert [s.event for s in slow.seen] == ["RunPodSandbox"], "a dropped plugin gets nothing"
 
 
@@ -267,9 +312,7 @@ def test_a_plugin_that_goes_away_is_dropped_and_calls_go_on(
     pod_id, config = ctr_env.pod("nri-after-leaving")
     container = ctr_env.run(pod_id, config, "c", args=["sleep 1000"])
     assert ctr_env.status(container).status.state == api_pb2.CONTAINER_RUNNING
-    ctr_env.stop(container, timeout=1)
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def test_a_plugin_joining_while_containers_are_made_loses_none(
@@ -303,8 +346,7 @@ def test_a_plugin_joining_while_containers_are_made_loses_none(
     assert as_events, "creations went on during its synchronisation and reached it as events"
     assert not in_snapshot & as_events, "a container is in the snapshot or an event, not both"
     assert set(made) <= in_snapshot | as_events, "every container made reached the plugin"
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def test_linux_adjustments_reach_the_container_and_its_status(
@@ -349,9 +391,7 @@ def test_linux_adjustments_reach_the_container_and_its_status(
     assert cgroup == [str(limit).encode(), b"77", b"1"]
     status = ctr_env.status(container).status
     assert status.resources.linux.memory_limit_in_bytes == limit
-    ctr_env.stop(container, timeout=1)
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 MiB = 1024 * 1024
@@ -406,9 +446,7 @@ def test_update_container_resources_goes_through_the_plugins(
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not today" in caught.value.details()
     assert _cgroup(ctr_env, container)[0] == str(64 * MiB).encode(), "a veto changes nothing"
-    ctr_env.stop(container, timeout=1)
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def test_a_plugin_updates_and_evicts_containers_of_its_own_accord(
@@ -440,9 +478,7 @@ def test_a_plugin_updates_and_evicts_containers_of_its_own_accord(
     plugin.update_containers([], [nri.ContainerEviction(container_id=victim, reason="test")])
     assert ctr_env.wait_exited(victim).state == api_pb2.CONTAINER_EXITED
     assert ctr_env.status(container).status.state == api_pb2.CONTAINER_RUNNING
-    ctr_env.stop(container, timeout=1)
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def test_update_pod_sandbox_resources_goes_through_the_plugins(
@@ -475,8 +511,7 @@ def test_update_pod_sandbox_resources_goes_through_the_plugins(
             timeout=30,
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    ctr_env.pods.stop(pod_id)
-    ctr_env.pods.remove(pod_id)
+    _remove_pod(ctr_env, pod_id)
 
 
 def _records(path: Path) -> list[dict[str, object]]:
@@ -530,13 +565,14 @@ def test_a_pre_installed_plugin_is_started_again_and_synchronised_after_a_kill(
 
         ctr_env.stop(container, timeout=1)
         wait_until(
-            lambda: ("StopContainer", container)
-            in {(r["event"], r.get("container")) for r in _records(record)},
+            lambda: (
+                ("StopContainer", container)
+                in {(r["event"], r.get("container")) for r in _records(record)}
+            ),
             10,
             what="the new plugin to see the stop",
         )
-        ctr_env.pods.stop(pod_id)
-        ctr_env.pods.remove(pod_id)
+        _remove_pod(ctr_env, pod_id)
     finally:
         installed.unlink()
         proxy.stop()

@@ -38,6 +38,10 @@ _REQUESTS: dict[str, tuple[type[Any], type[Any]]] = {
     "UpdatePodSandbox": (nri.UpdatePodSandboxRequest, nri.UpdatePodSandboxResponse),
     "PostUpdatePodSandbox": (nri.PostUpdatePodSandboxRequest, nri.PostUpdatePodSandboxResponse),
     "StopContainer": (nri.StopContainerRequest, nri.StopContainerResponse),
+    "ValidateContainerAdjustment": (
+        nri.ValidateContainerAdjustmentRequest,
+        nri.ValidateContainerAdjustmentResponse,
+    ),
     "RemoveContainer": (nri.RemoveContainerRequest, nri.RemoveContainerResponse),
 }
 
