@@ -138,6 +138,10 @@ class Config:
     image_pull_progress_timeout: float = 300.0
     """Seconds without pull progress before a pull is cancelled; 0 disables the limit."""
     max_concurrent_downloads: int = 3
+    enable_cdi: bool = True
+    """CDI devices are injected (containerd 2.x's default); off, a request naming one fails."""
+    cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+    """Where CDI spec files are read, in rising priority."""
     discard_unpacked_layers: bool = True
     """Layers go only into their snapshots, not also into containerd's content store.
 
@@ -412,6 +416,8 @@ _TOP: Mapping[str, Parser] = {
     "image_pull_progress_timeout": _duration,
     "max_concurrent_downloads": _int_range(1, 64),
     "discard_unpacked_layers": _bool,
+    "enable_cdi": _bool,
+    "cdi_spec_dirs": _dir_list,
     "cgroup_driver": _cgroup_driver,
     "default_runtime_name": _nonempty,
     "shutdown_grace_period": _duration,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from criproxy import cdi
 from criproxy._generated.nri import api_pb2 as nri_api
 from criproxy.containerd import ContainerRecord
 from criproxy.containers import image_volumes, restore, rootfs, signing
@@ -37,6 +38,7 @@ from criproxy.sandbox.model import KIND_LABEL, SANDBOX_ID_LABEL
 from criproxy.steps import UndoStack, both
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from criproxy.config import RuntimeHandler
@@ -183,6 +185,7 @@ async def _create(
                 mounts, built = await both(
                     prepare(), anyio.to_thread.run_sync(functools.partial(build, mounts=()))
                 )
+            await inject_cdi(deps, config.cdi_devices, built.spec)
             config = await _nri_adjust(deps, current, container_id, config, built.spec)
             if config.resources is not None:
                 config = dataclasses.replace(
@@ -309,6 +312,20 @@ def _checkpoint_image(deps: ContainerDeps, checkpoint: restore.Checkpoint, what:
     )
 
 
+async def inject_cdi(deps: ContainerDeps, names: Sequence[str], spec: dict[str, Any]) -> None:
+    """CDI devices into the spec; one that cannot be injected fails the create."""
+    if not names:
+        return
+    if not deps.config.enable_cdi:
+        raise FailedPrecondition(
+            f"CDI devices {', '.join(names)} requested, but CDI is off (enable_cdi = false)"
+        )
+    try:
+        await anyio.to_thread.run_sync(cdi.inject, spec, names, deps.config.cdi_spec_dirs)
+    except cdi.CdiError as err:
+        raise FailedPrecondition(f"cannot inject CDI devices: {err}") from None
+
+
 async def _nri_adjust(
     deps: ContainerDeps,
     sandbox: Sandbox,
@@ -336,6 +353,7 @@ async def _nri_adjust(
     except PluginError as err:
         raise nri_hooks.vetoed(err) from None
     apply_adjustment(spec, adjust)
+    await inject_cdi(deps, [d.name for d in adjust.CDI_devices], spec)
     linux = adjust.linux
     if not (linux.HasField("resources") or linux.HasField("oom_score_adj")):
         return config

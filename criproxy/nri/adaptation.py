@@ -672,6 +672,7 @@ _COMPOUND = {
     "Annotations": nri.Annotations,
     "Mounts": nri.Mounts,
     "Devices": nri.Devices,
+    "CdiDevices": nri.CdiDevices,
     "Env": nri.Env,
     "Rlimits": nri.Rlimits,
     "HugepageLimits": nri.HugepageLimits,
@@ -711,9 +712,7 @@ def merge(
     """One plugin's adjustment into `merged` and into `container` (what the next plugin
     sees). Only what criproxy applies to a spec is accepted; anything else is refused,
     never silently dropped."""
-    unsupported = ["CDI devices"] if adjust.CDI_devices else []
-    if adjust.HasField("linux"):
-        unsupported += linux.refused(adjust.linux)
+    unsupported = linux.refused(adjust.linux) if adjust.HasField("linux") else []
     if unsupported:
         raise PluginError(
             plugin,
@@ -721,6 +720,9 @@ def merge(
             f"adjusts {', '.join(unsupported)}, which criproxy does not apply",
         )
     _merge_annotations(merged, container, adjust, plugin, owners)
+    for device in adjust.CDI_devices:
+        _claim(owners, "CdiDevices", device.name, plugin)
+        merged.CDI_devices.append(device)
     _merge_mounts(merged, container, adjust, plugin, owners)
     _merge_env(merged, container, adjust, plugin, owners)
     if adjust.args:

@@ -202,6 +202,8 @@ class ContainerConfig:
     envs: tuple[tuple[str, str], ...] = ()
     mounts: tuple[MountConfig, ...] = ()
     devices: tuple[DeviceConfig, ...] = ()
+    cdi_devices: tuple[str, ...] = ()
+    """CDI devices (`vendor.com/class=name`): the request's and its `cdi.k8s.io/` annotations'."""
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     log_path: str = ""

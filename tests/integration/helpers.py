@@ -142,6 +142,7 @@ class Criproxy:
         merged: dict[str, object] = {
             "cni": {"conf_dir": str(self.cni_dir), "bin_dirs": CNI_BIN_DIRS},
             "metrics": {},
+            "cdi_spec_dirs": [str(self.base / "cdi")],  # never the host's
             "nri": {  # never the host's
                 "socket_path": str(self.base / "nri.sock"),
                 "plugin_path": str(self.base / "nri-plugins"),

@@ -273,17 +273,61 @@ def _env_adjustment(*pairs: tuple[str, str]) -> nri.ContainerAdjustment:
 def test_an_adjustment_criproxy_cannot_apply_is_refused_not_dropped(
     ctr_env: ContainerEnv, plugins: Plugins
 ) -> None:
-    def cdi(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
-        adjust = nri.ContainerAdjustment(CDI_devices=[nri.CDIDevice(name="vendor.com/gpu=0")])
+    def seccomp(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+        policy = nri.LinuxSeccomp(default_action="SCMP_ACT_ALLOW")
+        adjust = nri.ContainerAdjustment(linux=nri.LinuxContainerAdjustment(seccomp_policy=policy))
         return nri.CreateContainerResponse(adjust=adjust)
 
-    plugins.start("devices", answers={"CreateContainer": cdi})
+    plugins.start("loosener", answers={"CreateContainer": seccomp})
+    pod_id, config = ctr_env.pod("nri-seccomp")
+    with pytest.raises(grpc.RpcError) as caught:
+        ctr_env.create(pod_id, config, "c", args=["sleep 1000"])
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "a seccomp profile" in caught.value.details()
+    assert not [c for c in _all_containers(ctr_env) if c.pod_sandbox_id == pod_id]
+    _remove_pod(ctr_env, pod_id)
+
+
+def test_a_plugins_cdi_devices_are_injected_and_an_unknown_one_fails_the_create(
+    ctr_env: ContainerEnv, plugins: Plugins
+) -> None:
+    spec_dir = ctr_env.pods.proxy.base / "cdi"
+    spec_dir.mkdir(exist_ok=True)
+    (spec_dir / "nri-test.json").write_text(
+        json.dumps(
+            {
+                "cdiVersion": "0.6.0",
+                "kind": "nri.example/dev",
+                "devices": [
+                    {
+                        "name": "null",
+                        "containerEdits": {
+                            "env": ["NRI_CDI=yes"],
+                            "deviceNodes": [{"path": "/dev/nri-cdi-null", "hostPath": "/dev/null"}],
+                        },
+                    }
+                ],
+            }
+        )
+    )
+
+    def devices(request: nri.CreateContainerRequest) -> nri.CreateContainerResponse:
+        name = "nri.example/dev=null" if request.container.name == "ok" else "nri.example/dev=gone"
+        return nri.CreateContainerResponse(
+            adjust=nri.ContainerAdjustment(CDI_devices=[nri.CDIDevice(name=name)])
+        )
+
+    plugins.start("devices", answers={"CreateContainer": devices})
     pod_id, config = ctr_env.pod("nri-cdi")
     with pytest.raises(grpc.RpcError) as caught:
-        ctr_env.create(pod_id, config, "gpu", args=["sleep 1000"])
+        ctr_env.create(pod_id, config, "missing", args=["sleep 1000"])
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "CDI devices" in caught.value.details()
+    assert "nri.example/dev=gone" in caught.value.details()
     assert not [c for c in _all_containers(ctr_env) if c.pod_sandbox_id == pod_id]
+
+    container = ctr_env.run(pod_id, config, "ok", args=["sleep 1000"])
+    out = ctr_env.exec(container, "sh", "-c", "echo x > /dev/nri-cdi-null && echo $NRI_CDI")
+    assert out.stdout == b"yes\n", out.stderr
     _remove_pod(ctr_env, pod_id)
 
 

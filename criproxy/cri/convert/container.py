@@ -11,6 +11,7 @@ import json
 import posixpath
 from typing import TYPE_CHECKING
 
+from criproxy import cdi
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containers.model import REASON_COMPLETED, REASON_ERROR
 from criproxy.cri.convert.resources import linux_resources_view
@@ -241,6 +242,13 @@ def container_config(config: api_pb2.ContainerConfig) -> ContainerConfig:
         if set(perms) - set("rwm"):
             raise InvalidArgument(f"config.devices[{i}].permissions {perms!r} is not of r, w, m")
         devices.append(DeviceConfig(d.container_path, d.host_path, perms))
+    cdi_devices = [d.name for d in config.CDI_devices]
+    cdi_devices += cdi.annotated_devices(config.annotations)
+    for name in cdi_devices:
+        try:
+            cdi.parse_name(name)
+        except cdi.CdiError as err:
+            raise InvalidArgument(f"config.CDI_devices: {err}") from None
     linux = config.linux
     return ContainerConfig(
         name=config.metadata.name,
@@ -252,6 +260,7 @@ def container_config(config: api_pb2.ContainerConfig) -> ContainerConfig:
         envs=tuple(envs),
         mounts=tuple(_mount(i, m) for i, m in enumerate(config.mounts)),
         devices=tuple(devices),
+        cdi_devices=tuple(dict.fromkeys(cdi_devices)),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
         log_path=config.log_path,
