@@ -79,7 +79,14 @@ def test_hooks_accumulate_and_rlimits_conflict_by_type() -> None:
             ),
             "block I/O class",
         ),
-        (nri.ContainerAdjustment(CDI_devices=[nri.CDIDevice(name="v.com/gpu=0")]), "CDI devices"),
+        (
+            nri.ContainerAdjustment(
+                linux=nri.LinuxContainerAdjustment(
+                    seccomp_policy=nri.LinuxSeccomp(default_action="SCMP_ACT_ALLOW")
+                )
+            ),
+            "a seccomp profile",
+        ),
         (
             nri.ContainerAdjustment(linux=nri.LinuxContainerAdjustment(cgroups_path="/x")),
             "a cgroup path",
