@@ -192,3 +192,13 @@ def test_the_linux_adjustment_in_a_spec() -> None:
     assert linux["sysctl"] == {"net.ipv4.ip_forward": "1"}
     assert linux["namespaces"] == [{"type": "ipc"}]
     assert spec["process"]["oomScoreAdj"] == 10
+
+
+def test_cdi_devices_are_merged_and_owned_by_name() -> None:
+    def gpu(name: str) -> nri.ContainerAdjustment:
+        return nri.ContainerAdjustment(CDI_devices=[nri.CDIDevice(name=name)])
+
+    merged, _ = _run(("10-a", gpu("v.com/gpu=0")), ("20-b", gpu("v.com/gpu=1")))
+    assert [d.name for d in merged.CDI_devices] == ["v.com/gpu=0", "v.com/gpu=1"]
+    with pytest.raises(PluginError, match=r"CdiDevices v\.com/gpu=0"):
+        _run(("10-a", gpu("v.com/gpu=0")), ("20-b", gpu("v.com/gpu=0")))
