@@ -75,8 +75,10 @@ class X509KeyPair:
 
 @dataclass(frozen=True)
 class MetricsSection:
-    address: str = ""
-    """`host:port` of the Prometheus endpoint; empty keeps it off."""
+    address: str = "127.0.0.1:9190"
+    """`host:port` of `/metrics` and `/healthz`; empty keeps them off. On by default, on
+    loopback: an operator (or a node-local agent) has them without configuring anything,
+    and nothing listens beyond the node unless asked (the names of pods are in them)."""
 
 
 @dataclass(frozen=True)
@@ -326,8 +328,8 @@ def _host_port(key: str, value: object) -> str:
     text = _str(key, value)
     if text:
         host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise _bad(key, value, "'host:port' with a port from 1 to 65535, or ''")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise _bad(key, value, "'host:port' with a port from 0 (any free) to 65535, or ''")
     return text
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
 import signal
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -15,7 +17,7 @@ import anyio.abc
 import grpc.aio
 import structlog
 
-from criproxy import __version__
+from criproxy import __version__, metrics
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
@@ -85,6 +87,41 @@ def _bind(server: grpc.aio.Server, path: Path) -> None:
         os.umask(old)
 
 
+LOOP_LAG_INTERVAL = 0.25
+HEALTH_INTERVAL = 5.0
+
+
+async def _measure_loop_lag() -> None:
+    """How late the event loop wakes a timer: time it spent on other work meanwhile."""
+    while True:
+        before = time.monotonic()
+        await anyio.sleep(LOOP_LAG_INTERVAL)
+        metrics.LOOP_LAG.observe(max(0.0, time.monotonic() - before - LOOP_LAG_INTERVAL))
+
+
+class _Health:
+    """containerd's answer to a Version call every few seconds, for /healthz and
+    `criproxy_containerd_up` (read from the endpoint's thread)."""
+
+    def __init__(self) -> None:
+        self.ok = False
+        self.why = "containerd not checked yet"
+
+    async def watch(self, containerd: Containerd) -> None:
+        while True:
+            try:
+                await containerd.version(timeout=2.0)
+            except CriproxyError as err:
+                self.ok, self.why = False, f"containerd does not answer: {err.message}"
+            else:
+                self.ok, self.why = True, "ok"
+            metrics.CONTAINERD_UP.set(1 if self.ok else 0)
+            await anyio.sleep(HEALTH_INTERVAL)
+
+    def report(self) -> tuple[bool, str]:
+        return self.ok, self.why
+
+
 @dataclasses.dataclass(frozen=True)
 class _Domain:
     """The domain services, wired to one containerd."""
@@ -121,6 +158,14 @@ class _Domain:
             ),
         )
         sandboxes.deps.nri.recovered = gate.wait
+        metrics.STATE.pods_by_state = lambda: collections.Counter(
+            p.state for p in sandboxes.store.index.values()
+        )
+        metrics.STATE.containers_by_state = lambda: collections.Counter(
+            c.state for c in containers.store.index.values()
+        )
+        metrics.STATE.pod_loop_jobs = sandboxes.deps.loops.queued
+        metrics.STATE.nri_plugins = lambda: len(sandboxes.deps.nri.plugins)
         sandboxes.deps.nri.updater = containers.update_plugin_limits
         sandboxes.deps.nri.evictor = lambda container_id, reason: containers.stop(container_id, 0)
         streams = StreamServer(
@@ -142,6 +187,7 @@ class _Domain:
         )
 
     async def start_background(self, tg: TaskGroup) -> None:
+        tg.start_soon(_measure_loop_lag)
         tg.start_soon(self.sandboxes.run)
         tg.start_soon(self.containers.run)
         tg.start_soon(self.usage.run)
@@ -258,22 +304,28 @@ async def serve(config: Config) -> None:
                 await server.start()
                 stack.callback(_remove, config.listen)
                 os.chmod(config.listen, SOCKET_MODE)
+                metrics_address = None
                 if config.metrics.address:
-                    endpoint = MetricsEndpoint(config.metrics.address)
+                    health = _Health()
+                    tg.start_soon(health.watch, containerd)
+                    endpoint = MetricsEndpoint(config.metrics.address, health.report)
                     try:
                         endpoint.start()
-                    except OSError as err:
-                        await server.stop(None)
-                        raise StartError(
-                            f"cannot serve metrics on {config.metrics.address}: {err}"
-                        ) from None
-                    stack.callback(endpoint.stop)
+                    except OSError as err:  # CRI goes on: the kubelet needs it more
+                        log.error(
+                            "cannot serve metrics",
+                            address=config.metrics.address,
+                            error=err.strerror or str(err),
+                        )
+                    else:
+                        stack.callback(endpoint.stop)
+                        metrics_address = endpoint.address
                 log.info(
                     "serving",
                     listen=str(config.listen),
                     containerd=address,
                     managed=managed is not None,
-                    metrics=config.metrics.address or None,
+                    metrics=metrics_address,
                 )
                 async for signum in signals:
                     log.info("shutting down", signal=signal.Signals(signum).name)

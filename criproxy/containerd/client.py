@@ -8,11 +8,13 @@ noticed within about a second rather than grpc's default of up to two minutes.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 import grpc.aio
 
+from criproxy import metrics
 from criproxy.containerd.errors import from_rpc_error
 
 if TYPE_CHECKING:
@@ -79,6 +81,12 @@ async def _cancellable(call: Awaitable[_Resp]) -> _Resp:
         raise
 
 
+def _name(method: object) -> str:
+    """The full rpc name of a grpc.aio multicallable (`/pkg.Service/Method`)."""
+    name = getattr(method, "_method", b"")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 class Channel:
     """A grpc.aio channel to one containerd socket with the namespace header on every call."""
 
@@ -115,10 +123,14 @@ class Channel:
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> _Resp:
         """Call one unary rpc; a failure raises the project's error type for its code."""
+        started = time.monotonic()
         try:
-            return await _cancellable(method(request, timeout=timeout, metadata=self._metadata))
+            answer = await _cancellable(method(request, timeout=timeout, metadata=self._metadata))
         except grpc.aio.AioRpcError as err:
+            metrics.observe_containerd(_name(method), time.monotonic() - started, err.code().name)
             raise from_rpc_error(err.code(), err.details(), operation) from None
+        metrics.observe_containerd(_name(method), time.monotonic() - started, None)
+        return answer
 
     async def stream(
         self,
@@ -133,6 +145,7 @@ class Channel:
             async for item in method(request, timeout=timeout, metadata=self._metadata):
                 yield item
         except grpc.aio.AioRpcError as err:
+            metrics.observe_containerd(_name(method), None, err.code().name)
             raise from_rpc_error(err.code(), err.details(), operation) from None
 
     async def close(self) -> None:

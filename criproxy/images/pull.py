@@ -20,8 +20,10 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
+from criproxy import metrics
 from criproxy.containerd.images import ImageRecord
 from criproxy.errors import (
+    CriproxyError,
     DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
@@ -131,6 +133,7 @@ class Progress:
 
     def add(self, digest: str, count: int) -> None:
         self.done[digest] = self.done.get(digest, 0) + count
+        metrics.PULL_BYTES.inc(count)
         self.touch()
 
     def stalled_for(self) -> float:
@@ -184,7 +187,25 @@ class Puller:
         """Blobs fetched from a registry so far (tests check sharing with it)."""
 
     async def pull(self, ref: Reference, repo: Repository, *, pinned: bool = False) -> PullResult:
-        return await self._pulls.do(str(ref), lambda: self._pull(ref, repo, pinned))
+        return await self._pulls.do(str(ref), lambda: self._measured(ref, repo, pinned))
+
+    async def _measured(self, ref: Reference, repo: Repository, pinned: bool) -> PullResult:
+        """One pull (shared by its callers), counted in flight and timed by outcome."""
+        started, outcome = time.monotonic(), "Cancelled"
+        metrics.PULLS_IN_FLIGHT.inc()
+        try:
+            result = await self._pull(ref, repo, pinned)
+            outcome = "OK"
+            return result
+        except CriproxyError as err:
+            outcome = type(err).__name__
+            raise
+        except Exception:
+            outcome = "Internal"
+            raise
+        finally:
+            metrics.PULLS_IN_FLIGHT.dec()
+            metrics.PULL_DURATION.labels(outcome).observe(time.monotonic() - started)
 
     async def _pull(self, ref: Reference, repo: Repository, pinned: bool) -> PullResult:
         started = time.monotonic()

@@ -17,6 +17,7 @@ import io
 import re
 import socket
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +27,7 @@ import anyio.abc
 import grpc
 import structlog
 
+from criproxy import metrics
 from criproxy._generated.nri import api_pb2 as nri
 from criproxy.nri import launch, linux, mux, ttrpc
 
@@ -333,26 +335,44 @@ class Nri:
         error fails the event (PluginError)."""
         if not self.plugins:
             return
-        async with self._events:
-            for plugin in list(self.plugins):
-                if not plugin.wants(event):
-                    continue
-                try:
-                    answer = await plugin.client.call(
-                        PLUGIN_SERVICE, method, request, reply, self.config.plugin_request_timeout
-                    )
-                except ttrpc.Closed as err:
-                    self._drop(plugin, str(err))
-                    await plugin.mux.aclose()
-                    continue
-                except ttrpc.TtrpcError as err:
-                    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        self._drop(plugin, f"no answer to {method} in time")
-                        await plugin.mux.aclose()
-                        continue
-                    raise PluginError(plugin.qualified, method, err.message) from None
-                if on_answer is not None:
-                    on_answer(plugin, answer)
+        started = time.monotonic()
+        try:
+            async with self._events:
+                for plugin in list(self.plugins):
+                    if plugin.wants(event):
+                        await self._one(plugin, method, request, reply, on_answer)
+        except PluginError:
+            metrics.NRI_FAILURES.labels(method, "refused").inc()
+            raise
+        finally:
+            metrics.NRI_LATENCY.labels(method).observe(time.monotonic() - started)
+
+    async def _one(
+        self,
+        plugin: Plugin,
+        method: str,
+        request: Message,
+        reply: type[R],
+        on_answer: Callable[[Plugin, R], None] | None,
+    ) -> None:
+        try:
+            answer = await plugin.client.call(
+                PLUGIN_SERVICE, method, request, reply, self.config.plugin_request_timeout
+            )
+        except ttrpc.Closed as err:
+            metrics.NRI_FAILURES.labels(method, "disconnected").inc()
+            self._drop(plugin, str(err))
+            await plugin.mux.aclose()
+            return
+        except ttrpc.TtrpcError as err:
+            if err.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise PluginError(plugin.qualified, method, err.message) from None
+            metrics.NRI_FAILURES.labels(method, "timeout").inc()
+            self._drop(plugin, f"no answer to {method} in time")
+            await plugin.mux.aclose()
+            return
+        if on_answer is not None:
+            on_answer(plugin, answer)
 
     async def run_pod_sandbox(self, pod: nri.PodSandbox) -> None:
         await self._each(

@@ -67,6 +67,9 @@ class PodLoop:
         """Queue `job` without waiting (containerd events)."""
         self._send.send_nowait(_Work(job, posted=True))
 
+    def queued(self) -> int:
+        return self._send.statistics().current_buffer_used
+
     def close(self) -> None:
         self._send.close()
 
@@ -114,6 +117,10 @@ class PodLoops:
         """Queue `job` in the pod's loop without waiting (containerd events, reconciles)."""
         if self._known(sandbox_id):
             self.loop(sandbox_id).post(job)
+
+    def queued(self) -> int:
+        """Jobs waiting in every pod's loop (the metrics' queue depth)."""
+        return sum(loop.queued() for loop in self._loops.values())
 
     def get(self, sandbox_id: str) -> PodLoop | None:
         return self._loops.get(sandbox_id)

@@ -24,6 +24,7 @@ import h11
 import structlog
 from anyio.streams.tls import TLSStream
 
+from criproxy import metrics
 from criproxy.containers.streams import (
     AttachRequest,
     ExecRequest,
@@ -266,6 +267,18 @@ class StreamServer:
     ) -> None:
         """A session beside its connection's readers: it ends when the client goes (a
         reader returns), when nothing moved for the idle timeout, or on its own."""
+        metrics.STREAM_SESSIONS_STARTED.labels(kind).inc()
+        with metrics.STREAM_SESSIONS.labels(kind).track_inprogress():
+            await self._run_session(kind, readers, session, last_activity, close)
+
+    async def _run_session(
+        self,
+        kind: str,
+        readers: Sequence[Callable[[], Awaitable[None]]],
+        session: Callable[[], Awaitable[None]],
+        last_activity: Callable[[], float],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
         async with anyio.create_task_group() as tg:
 
             async def read(reader: Callable[[], Awaitable[None]]) -> None:

@@ -141,7 +141,7 @@ class Criproxy:
         self.cni_dir.mkdir(parents=True, exist_ok=True)
         merged: dict[str, object] = {
             "cni": {"conf_dir": str(self.cni_dir), "bin_dirs": CNI_BIN_DIRS},
-            "metrics": {},
+            "metrics": {"address": ""},  # not the default port: tests run several at once
             "cdi_spec_dirs": [str(self.base / "cdi")],  # never the host's
             "nri": {  # never the host's
                 "socket_path": str(self.base / "nri.sock"),

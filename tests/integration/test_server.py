@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -294,30 +295,69 @@ def test_one_log_line_per_call_with_method_duration_and_code(criproxy: Criproxy)
     assert "Version" not in by_method  # the node's log at info is its changes
 
 
+def _metrics_address(proxy: Criproxy) -> str:
+    """The endpoint's bound address, from criproxy's `serving` log line."""
+    (serving,) = [r for r in proxy.log_records() if r.get("event") == "serving"][-1:]
+    return str(serving["metrics"])
+
+
 def test_metrics_endpoint_counts_calls_by_code(
     short_tmp: Path, shared_containerd: ContainerdProcess
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     proxy = Criproxy(
         short_tmp / "cpx",
         containerd=shared_containerd.socket,
-        config={"metrics": {"address": f"127.0.0.1:{port}"}},
+        config={"metrics": {"address": "127.0.0.1:0"}},
     )
     proxy.start()
     try:
         proxy.runtime.Version(api_pb2.VersionRequest())
         with pytest.raises(grpc.RpcError):
             proxy.runtime.RestorePod(api_pb2.RestorePodRequest())
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        address = _metrics_address(proxy)
+        body = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read()
         text = body.decode()
         assert 'criproxy_cri_requests_total{code="OK",method="Version"}' in text
         refused = 'code="INVALID_ARGUMENT",method="RestorePod"'
         assert f"criproxy_cri_requests_total{{{refused}}}" in text
         assert 'criproxy_cri_request_duration_seconds_count{method="Version"}' in text
+        assert (
+            'criproxy_containerd_request_duration_seconds_count{method="Version",service="Version"}'
+            in text
+        )
+        assert "criproxy_process_resident_memory_bytes " in text
+        assert 'criproxy_pod_sandboxes{state="ready"} 0.0' in text
     finally:
         proxy.stop()
+
+
+def test_healthz_follows_containerd(short_tmp: Path, containerd: ContainerdProcess) -> None:
+    proxy = Criproxy(
+        short_tmp / "cpx",
+        containerd=containerd.socket,
+        config={"metrics": {"address": "127.0.0.1:0"}},
+    )
+    proxy.start()
+    try:
+        url = f"http://{_metrics_address(proxy)}"
+        wait_until(lambda: _get(f"{url}/healthz") == (200, "ok\n"), 15, what="healthz ok")
+        assert "criproxy_containerd_up 1.0" in _get(f"{url}/metrics")[1]
+        containerd.stop()
+        wait_until(lambda: _get(f"{url}/healthz")[0] == 503, 20, what="healthz to fail")
+        assert "containerd does not answer" in _get(f"{url}/healthz")[1]
+        assert "criproxy_containerd_up 0.0" in _get(f"{url}/metrics")[1]
+        containerd.start()
+        wait_until(lambda: _get(f"{url}/healthz")[0] == 200, 20, what="healthz back")
+    finally:
+        proxy.stop()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
 
 
 @pytest.mark.parametrize(

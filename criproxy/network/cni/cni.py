@@ -10,6 +10,7 @@ needed for that and is left out.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import structlog
 
+from criproxy import metrics
 from criproxy.errors import CriproxyError, DeadlineExceeded, FailedPrecondition, Internal
 from criproxy.network.cni.config import (
     LOOPBACK,
@@ -42,7 +44,7 @@ from criproxy.network.cni.result import (
 from criproxy.network.netns import is_netns
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from structlog.typing import FilteringBoundLogger
 
@@ -226,6 +228,21 @@ class Cni:
                     failures.append(err)
 
     async def setup(self, request: CniRequest) -> CniResult:
+        """ADD (see `_setup`), timed for the metrics."""
+        with _measured("ADD"):
+            return await self._setup(request)
+
+    async def teardown(self, request: CniRequest, prev_result: Mapping[str, Any] | None) -> None:
+        """DEL (see `_teardown`), timed for the metrics."""
+        with _measured("DEL"):
+            await self._teardown(request, prev_result)
+
+    async def check(self, request: CniRequest, prev_result: Mapping[str, Any] | None) -> None:
+        """CHECK (see `_check`), timed for the metrics."""
+        with _measured("CHECK"):
+            await self._check(request, prev_result)
+
+    async def _setup(self, request: CniRequest) -> CniResult:
         """ADD the pod to loopback and to the node's network; return the pod network's result.
 
         Both networks run concurrently, as go-cni's `Setup` does. On any failure, timeout or
@@ -318,7 +335,7 @@ class Cni:
         if scope.cancelled_caught:
             pod.log.warning("cni del after failed add timed out", timeout=self.timeout)
 
-    async def teardown(self, request: CniRequest, prev_result: Mapping[str, Any] | None) -> None:
+    async def _teardown(self, request: CniRequest, prev_result: Mapping[str, Any] | None) -> None:
         """DEL the pod from the node's network (reverse order) and from loopback.
 
         A netns that is gone (missing or unmounted pin) becomes CNI_NETNS="", as containerd
@@ -354,7 +371,7 @@ class Cni:
             raise Internal("; ".join(f.message for f in failures))
         bound.info("pod network torn down", ms=round((time.monotonic() - started) * 1000, 1))
 
-    async def check(self, request: CniRequest, prev_result: Mapping[str, Any] | None) -> None:
+    async def _check(self, request: CniRequest, prev_result: Mapping[str, Any] | None) -> None:
         """CHECK the pod's network (CNI >= 0.4.0, unless the config sets disableCheck)."""
         request.validate()
         network = await self._load()
@@ -367,3 +384,15 @@ class Cni:
                 await self._exec(network, plugin, "CHECK", call, prev)
         if scope.cancelled_caught:
             raise DeadlineExceeded(f"CNI CHECK did not finish within {self.timeout:g}s")
+
+
+@contextlib.contextmanager
+def _measured(operation: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    except Exception:
+        metrics.CNI_FAILURES.labels(operation).inc()
+        raise
+    finally:
+        metrics.CNI_LATENCY.labels(operation).observe(time.monotonic() - started)
