@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
         failures: list[BaseException] = []
         try:
-            anyio.run(serve, config)
+            anyio.run(serve, config, lambda: _load(args))
         except* StartError as group:
             failures.extend(group.exceptions)
         for failure in failures:

@@ -129,6 +129,10 @@ def _default_runtimes() -> Mapping[str, RuntimeHandler]:
     )
 
 
+RELOADABLE = ("registry", "runtimes", "default_runtime_name", "log_level")
+"""The keys SIGHUP reloads: registry hosts and credentials, runtime handlers, log level."""
+
+
 @dataclass(frozen=True)
 class Config:
     root: Path = Path("/var/lib/criproxy")
@@ -173,6 +177,26 @@ class Config:
     def managed(self) -> bool:
         """True when criproxy starts and owns its containerd."""
         return not self.containerd.address
+
+    def reload_from(self, new: Config) -> list[str]:
+        """Take `new`'s reloadable keys (SIGHUP) in place; the keys that changed.
+
+        Every service holds this one object and reads these keys at each use, so swapping
+        them (each an immutable value, swapped between two awaits of the event loop) gives
+        calls in flight the old values and later calls the new ones. The object is frozen
+        against everything else."""
+        changed = [key for key in RELOADABLE if getattr(self, key) != getattr(new, key)]
+        for key in changed:
+            object.__setattr__(self, key, getattr(new, key))
+        return changed
+
+    def differences_from(self, new: Config) -> list[str]:
+        """The keys that differ in `new` but take a restart."""
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in RELOADABLE and getattr(self, f.name) != getattr(new, f.name)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain JSON-able data, secrets redacted."""

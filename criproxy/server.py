@@ -17,8 +17,9 @@ import anyio.abc
 import grpc.aio
 import structlog
 
-from criproxy import __version__, metrics
+from criproxy import __version__, logs, metrics
 from criproxy._generated.cri.runtime.v1 import api_pb2
+from criproxy.config import ConfigError
 from criproxy.containerd import Containerd
 from criproxy.containerd.managed import ManagedContainerd, ManagedPaths
 from criproxy.containers.service import ContainerService
@@ -37,6 +38,7 @@ from criproxy.store import ContainerStore, RecoveredGate, SandboxStore
 from criproxy.streaming.server import StreamServer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from anyio.abc import TaskGroup
@@ -85,6 +87,50 @@ def _bind(server: grpc.aio.Server, path: Path) -> None:
         server.add_insecure_port(f"unix://{path}")
     finally:
         os.umask(old)
+
+
+def _start_metrics(
+    config: Config, containerd: Containerd, tg: TaskGroup, stack: contextlib.AsyncExitStack
+) -> str | None:
+    """The metrics endpoint and its containerd health check; its bound address."""
+    if not config.metrics.address:
+        return None
+    health = _Health()
+    tg.start_soon(health.watch, containerd)
+    endpoint = MetricsEndpoint(config.metrics.address, health.report)
+    try:
+        endpoint.start()
+    except OSError as err:  # CRI goes on: the kubelet needs it more
+        log.error(
+            "cannot serve metrics",
+            address=config.metrics.address,
+            error=err.strerror or str(err),
+        )
+        return None
+    stack.callback(endpoint.stop)
+    return endpoint.address
+
+
+def _reload(config: Config, reread: Callable[[], Config] | None, domain: _Domain) -> None:
+    """SIGHUP: registry hosts and credentials, runtime handlers and the log level from the
+    file again. Calls in flight go on with what they started with (a pull keeps its
+    registry client and credentials); the next calls see the new values. A file that does
+    not load changes nothing. Everything else needs a restart, and the log says which."""
+    if reread is None:
+        return
+    try:
+        new = reread()
+    except ConfigError as err:
+        log.error("configuration not reloaded", error=str(err))
+        return
+    changed = config.reload_from(new)
+    domain.images.reload(config)
+    logs.configure(config.log_level)
+    log.info(
+        "configuration reloaded",
+        changed=changed,
+        needs_restart=config.differences_from(new) or None,
+    )
 
 
 LOOP_LAG_INTERVAL = 0.25
@@ -262,8 +308,9 @@ async def _start_managed(
     return managed
 
 
-async def serve(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully.
+async def serve(config: Config, reread: Callable[[], Config] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully; on SIGHUP, `reread` the
+    configuration and apply what can change while serving (see `_reload`).
 
     Calls in flight get `shutdown_grace_period` to finish. The managed containerd is stopped
     last; its shims, and so the pods, keep running.
@@ -272,7 +319,7 @@ async def serve(config: Config) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o711)
     prepare_socket(config.listen)
 
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with contextlib.AsyncExitStack() as stack:
             address = config.containerd.address
             if config.managed:
@@ -304,22 +351,7 @@ async def serve(config: Config) -> None:
                 await server.start()
                 stack.callback(_remove, config.listen)
                 os.chmod(config.listen, SOCKET_MODE)
-                metrics_address = None
-                if config.metrics.address:
-                    health = _Health()
-                    tg.start_soon(health.watch, containerd)
-                    endpoint = MetricsEndpoint(config.metrics.address, health.report)
-                    try:
-                        endpoint.start()
-                    except OSError as err:  # CRI goes on: the kubelet needs it more
-                        log.error(
-                            "cannot serve metrics",
-                            address=config.metrics.address,
-                            error=err.strerror or str(err),
-                        )
-                    else:
-                        stack.callback(endpoint.stop)
-                        metrics_address = endpoint.address
+                metrics_address = _start_metrics(config, containerd, tg, stack)
                 log.info(
                     "serving",
                     listen=str(config.listen),
@@ -328,6 +360,9 @@ async def serve(config: Config) -> None:
                     metrics=metrics_address,
                 )
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        _reload(config, reread, domain)
+                        continue
                     log.info("shutting down", signal=signal.Signals(signum).name)
                     break
                 await server.stop(config.shutdown_grace_period)

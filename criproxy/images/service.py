@@ -9,7 +9,7 @@ import structlog
 from criproxy.containerd.events import ImageEvent
 from criproxy.errors import CriproxyError, NotFound, unwrap
 from criproxy.images import labels, reference
-from criproxy.images.auth import Credentials
+from criproxy.images.auth import Credentials, TokenCache
 from criproxy.images.fsinfo import FilesystemUsage, ImageFilesystem
 from criproxy.images.hosts import HostsConfig
 from criproxy.images.manifest import (
@@ -63,6 +63,13 @@ class ImageService:
             discard_unpacked_layers=config.discard_unpacked_layers,
         )
         self.filesystem = ImageFilesystem(containerd, config.containerd.snapshotter)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: the hosts directory and credentials again; tokens of old credentials go.
+        A pull in flight keeps the repository (and credentials) it started with."""
+        self.registry.hosts = HostsConfig(config.registry.config_path)
+        self.registry.credentials = _config_credentials(config)
+        self.registry.tokens = TokenCache()
 
     async def close(self) -> None:
         await self.registry.close()

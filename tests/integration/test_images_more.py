@@ -301,3 +301,68 @@ def test_kubelet_style_pull_of_a_private_image_through_a_mirror(
     )
     err = image_env.pull_error(ref, auth=elsewhere)
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_sighup_reloads_credentials_handlers_and_log_level_while_a_pull_goes_on(
+    own_env: ImageEnv,
+    registry_http: Registry,
+    registry_basic_auth: Registry,
+    repo_name: str,
+) -> None:
+    import signal
+
+    held = busybox_image(extra_layers=[random_layer(1024 * 1024, seed="reload")])
+    registry_http.push(repo_name, held, "v1")
+    private = busybox_image(extra_layers=[file_layer({"/private": b"1"})])
+    registry_basic_auth.push(repo_name, private, "v1")
+    private_ref = registry_basic_auth.reference(repo_name, "v1")
+    proxy = FaultProxy(registry_http.port, mode="hold", after_bytes=64 * 1024).start()
+    cpx = own_env.proxy
+    try:
+        cpx.start()
+        own_env.write_hosts(registry_http.host, f'server = "http://{proxy.host}"\n')
+        own_env.trust(registry_basic_auth)
+        assert own_env.pull_error(private_ref).code() == grpc.StatusCode.UNAUTHENTICATED
+        pulled: list[str] = []
+        pulling = threading.Thread(
+            target=lambda: pulled.append(own_env.pull(registry_http.reference(repo_name, "v1")))
+        )
+        pulling.start()
+        assert proxy.held.wait(30), "the pull reached the registry"
+
+        auth = {"username": registry_basic_auth.username, "password": registry_basic_auth.password}
+        cpx.config["log_level"] = "debug"
+        cpx.config["registry"] = {
+            **cpx.config["registry"],  # type: ignore[dict-item]
+            "configs": {registry_basic_auth.host: {"auth": auth}},
+        }
+        cpx.config["runtimes"] = {"reloaded": {"options": {"BinaryName": "runc"}}}
+        cpx.config["max_concurrent_downloads"] = 5  # needs a restart: said, not applied
+        cpx.write_config()
+        cpx.signal(signal.SIGHUP)
+        wait_until(lambda: _events(cpx, "configuration reloaded"), 10, what="the reload")
+        (reloaded,) = _events(cpx, "configuration reloaded")
+        assert set(reloaded["changed"]) == {"registry", "runtimes", "log_level"}  # type: ignore[arg-type]
+        assert reloaded["needs_restart"] == ["max_concurrent_downloads"]
+
+        proxy.release()
+        pulling.join(120)
+        assert pulled == [held.id], "the pull in flight finished"
+        assert own_env.pull(private_ref) == private.id, "the config's credentials now"
+        status = cpx.runtime.Status(api_pb2.StatusRequest(), timeout=10)
+        assert "reloaded" in {h.name for h in status.runtime_handlers}
+        cpx.runtime.Version(api_pb2.VersionRequest())
+        debug = [r for r in cpx.log_records() if r.get("level") == "debug"]
+        assert any(r.get("method") == "Version" for r in debug), "polling calls at debug now"
+
+        (cpx.base / "criproxy.toml").write_text("log_level = 'loud'\n")
+        cpx.signal(signal.SIGHUP)
+        wait_until(lambda: _events(cpx, "configuration not reloaded"), 10, what="a refusal")
+        assert "log_level" in str(_events(cpx, "configuration not reloaded")[0]["error"])
+        assert cpx.runtime.Version(api_pb2.VersionRequest()).runtime_name == "criproxy"
+    finally:
+        proxy.stop()
+
+
+def _events(proxy: Criproxy, name: str) -> list[dict[str, object]]:
+    return [r for r in proxy.log_records() if r.get("event") == name]

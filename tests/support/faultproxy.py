@@ -12,9 +12,9 @@ import asyncio
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-Mode = Literal["pass", "stall", "cut_once"]
+Mode = Literal["pass", "stall", "cut_once", "hold"]
 _REQUEST = re.compile(rb"^(GET|HEAD) (\S+) HTTP/1\.[01]\r\n((?:.*?\r\n)*?)\r\n", re.S | re.M)
 _RANGE = re.compile(rb"^range:\s*(.+?)\r$", re.I | re.M)
 _RANGE_LINE = re.compile(rb"^range:[^\r\n]*\r\n", re.I | re.M)
@@ -37,6 +37,9 @@ class FaultProxy:
     requests: list[SeenRequest] = field(default_factory=list)
     port: int = 0
     cuts: int = 0
+    held: threading.Event = field(default_factory=threading.Event)
+    """hold: set once a download is held (after `after_bytes`), until `release`."""
+    _release: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _server: asyncio.base_events.Server | None = None
@@ -51,6 +54,7 @@ class FaultProxy:
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
+            self._release = asyncio.Event()
             self._server = loop.run_until_complete(
                 asyncio.start_server(self._handle, "127.0.0.1", 0)
             )
@@ -63,6 +67,11 @@ class FaultProxy:
         self._thread.start()
         ready.wait(10)
         return self
+
+    def release(self) -> None:
+        """hold: let held downloads go on (and later ones pass)."""
+        assert self._loop is not None and self._release is not None
+        self._loop.call_soon_threadsafe(self._release.set)
 
     def stop(self) -> None:
         if self._loop is None:
@@ -83,13 +92,41 @@ class FaultProxy:
             self._thread.join(10)
         self._loop = None
 
+    async def _misbehave(
+        self,
+        data: bytes,
+        state: dict[str, Any],
+        writer: asyncio.StreamWriter,
+        up_writer: asyncio.StreamWriter,
+    ) -> bool:
+        """A blob download's next chunk past `after_bytes`: held, stalled or cut. False
+        when the connection is done."""
+        room = self.after_bytes - state["sent"]
+        if self.mode == "hold" and (room <= 0 or len(data) > room):
+            assert self._release is not None
+            self.held.set()
+            await self._release.wait()
+            state["blob"] = False  # the rest of this download passes
+        elif room <= 0 or len(data) > room:
+            writer.write(data[: max(room, 0)])
+            await writer.drain()
+            if self.mode == "stall":
+                await asyncio.sleep(3600)
+            self.cuts += 1
+            self.mode = "pass"  # cut_once: only the first download breaks
+            writer.transport.abort()
+            up_writer.close()
+            return False
+        state["sent"] += len(data)
+        return True
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             writer.close()
             return
-        state = {"blob": False, "sent": 0}
+        state: dict[str, Any] = {"blob": False, "sent": 0}
         buffer = b""
 
         async def client_to_upstream() -> None:
@@ -117,19 +154,9 @@ class FaultProxy:
 
         async def upstream_to_client() -> None:
             while data := await up_reader.read(16384):
-                if state["blob"] and self.mode != "pass":
-                    room = self.after_bytes - state["sent"]
-                    if room <= 0 or len(data) > room:
-                        writer.write(data[: max(room, 0)])
-                        await writer.drain()
-                        if self.mode == "stall":
-                            await asyncio.sleep(3600)
-                        self.cuts += 1
-                        self.mode = "pass"  # cut_once: only the first download breaks
-                        writer.transport.abort()
-                        up_writer.close()
-                        return
-                    state["sent"] += len(data)
+                meddle = state["blob"] and self.mode != "pass"
+                if meddle and not await self._misbehave(data, state, writer, up_writer):
+                    return
                 writer.write(data)
                 await writer.drain()
             writer.close()
