@@ -82,6 +82,19 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class TracingSection:
+    """OpenTelemetry: spans over OTLP/gRPC when `endpoint` is set, none otherwise."""
+
+    endpoint: str = ""
+    """`host:port` of an OTLP/gRPC collector (e.g. an OpenTelemetry Collector's 4317)."""
+    insecure: bool = True
+    """Plain gRPC, as to a collector on the node; false: TLS with the system's CAs."""
+    sampling_ratio: float = 1.0
+    """Traces started here that are kept (a caller's sampling decision is followed)."""
+    service_name: str = "criproxy"
+
+
+@dataclass(frozen=True)
 class CheckpointSection:
     criu_path: str = ""
     """The CRIU binary runc runs for checkpoints and restores; empty: the first `criu`
@@ -169,6 +182,7 @@ class Config:
     stream_idle_timeout: float = 4 * 3600.0
     """A streaming connection with no data either way for this long is closed."""
     metrics: MetricsSection = MetricsSection()
+    tracing: TracingSection = TracingSection()
     checkpoint: CheckpointSection = CheckpointSection()
     nri: NriSection = NriSection()
     runtimes: Mapping[str, RuntimeHandler] = field(default_factory=_default_runtimes)
@@ -282,6 +296,12 @@ def _abs_str(key: str, value: object) -> str:
 
 def _abs_or_empty(key: str, value: object) -> str:
     return "" if value == "" else _abs_str(key, value)
+
+
+def _ratio(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _bad(key, value, "a number from 0 to 1")
+    return float(value)
 
 
 def _bool(key: str, value: object) -> bool:
@@ -468,6 +488,15 @@ _TOP: Mapping[str, Parser] = {
     ),
     "stream_idle_timeout": _positive_duration,
     "metrics": _sub(MetricsSection, {"address": _host_port}),
+    "tracing": _sub(
+        TracingSection,
+        {
+            "endpoint": _str,
+            "insecure": _bool,
+            "sampling_ratio": _ratio,
+            "service_name": _str,
+        },
+    ),
     "checkpoint": _sub(CheckpointSection, {"criu_path": _abs_or_empty, "key_path": _abs_or_empty}),
     "nri": _sub(
         NriSection,

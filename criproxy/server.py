@@ -17,7 +17,7 @@ import anyio.abc
 import grpc.aio
 import structlog
 
-from criproxy import __version__, logs, metrics
+from criproxy import __version__, logs, metrics, tracing
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from criproxy.config import ConfigError
 from criproxy.containerd import Containerd
@@ -318,6 +318,14 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     for directory in (config.root, config.state):
         directory.mkdir(parents=True, exist_ok=True, mode=0o711)
     prepare_socket(config.listen)
+    tracing.configure(config.tracing)
+    try:
+        await _serve(config, reread)
+    finally:
+        tracing.shutdown()  # what is buffered goes out
+
+
+async def _serve(config: Config, reread: Callable[[], Config] | None) -> None:
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with contextlib.AsyncExitStack() as stack:

@@ -19,6 +19,7 @@ import anyio
 import httpx
 import structlog
 
+from criproxy import tracing
 from criproxy.containerd.types import Descriptor
 from criproxy.errors import CriproxyError, DataLoss, NotFound, Unauthenticated, Unavailable
 from criproxy.images.auth import (
@@ -222,10 +223,15 @@ class Repository:
                     method, self._url(host, scheme, kind, obj), headers=all_headers
                 )
                 try:
-                    if blocking_client is not None:
-                        response = await _blocking_send(blocking_client, request)
-                    else:
-                        response = await client.send(request, stream=True)
+                    with tracing.client_span(
+                        f"registry {method} {kind}", host=host.host, url=str(request.url)
+                    ) as span:
+                        if blocking_client is not None:
+                            response = await _blocking_send(blocking_client, request)
+                        else:
+                            response = await client.send(request, stream=True)
+                        if span is not None:
+                            span.set_attribute("http.response.status_code", response.status_code)
                 except httpx.ConnectError as err:
                     if scheme == "https" and len(schemes) > 1 and _tls_refused(err):
                         continue

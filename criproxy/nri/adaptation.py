@@ -27,7 +27,7 @@ import anyio.abc
 import grpc
 import structlog
 
-from criproxy import metrics
+from criproxy import metrics, tracing
 from criproxy._generated.nri import api_pb2 as nri
 from criproxy.nri import launch, linux, mux, ttrpc
 
@@ -356,9 +356,10 @@ class Nri:
         on_answer: Callable[[Plugin, R], None] | None,
     ) -> None:
         try:
-            answer = await plugin.client.call(
-                PLUGIN_SERVICE, method, request, reply, self.config.plugin_request_timeout
-            )
+            with tracing.client_span(f"nri {method}", plugin=plugin.qualified):
+                answer = await plugin.client.call(
+                    PLUGIN_SERVICE, method, request, reply, self.config.plugin_request_timeout
+                )
         except ttrpc.Closed as err:
             metrics.NRI_FAILURES.labels(method, "disconnected").inc()
             self._drop(plugin, str(err))

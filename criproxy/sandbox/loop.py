@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from criproxy import tracing
 from criproxy.errors import NotFound
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ class _Work:
     job: Job
     done: anyio.Event = field(default_factory=anyio.Event)
     posted: bool = False
+    trace: Any = None
+    """The caller's trace context (tracing on): the job's spans are the call's children."""
     result: Any = None
     error: BaseException | None = None
 
@@ -45,7 +48,8 @@ class PodLoop:
         async with self._receive:
             async for work in self._receive:
                 try:
-                    work.result = await work.job()
+                    with tracing.attached(work.trace):
+                        work.result = await work.job()
                 except Exception as err:  # handed to the caller, or logged for events
                     work.error = err
                 finally:
@@ -55,7 +59,7 @@ class PodLoop:
 
     async def call(self, job: Job) -> Any:
         """Run `job` in the loop and return its result (or raise its error)."""
-        work = _Work(job)
+        work = _Work(job, trace=tracing.current())
         self._send.send_nowait(work)
         # The job runs in the loop's task: a caller that goes away does not abandon it.
         await work.done.wait()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import structlog
 
-from criproxy import metrics
+from criproxy import metrics, tracing
 from criproxy.errors import CriproxyError, DeadlineExceeded, FailedPrecondition, Internal
 from criproxy.network.cni.config import (
     LOOPBACK,
@@ -142,7 +142,10 @@ class Cni:
         started = time.monotonic()
         for attempt in range(_ETXTBSY_RETRIES + 1):
             try:
-                returncode, stdout, stderr = await self._plugins.exec(path, stdin, env)
+                with tracing.client_span(f"cni {command} {kind}", network=network.name) as span:
+                    returncode, stdout, stderr = await self._plugins.exec(path, stdin, env)
+                    if returncode != 0:
+                        tracing.failed(span, f"exit status {returncode}")
                 break
             except OSError as err:
                 if err.errno == errno.ETXTBSY and attempt < _ETXTBSY_RETRIES:
