@@ -115,6 +115,15 @@ def failed(span: Any, error: BaseException | str) -> None:
     span.set_status(Status(StatusCode.ERROR, str(error)))
 
 
+def carrier() -> tuple[tuple[str, str], ...]:
+    """The current trace context as gRPC metadata (`traceparent`), for the next hop."""
+    from opentelemetry.propagate import inject
+
+    headers: dict[str, str] = {}
+    inject(headers)
+    return tuple(headers.items())
+
+
 def current() -> Context | None:
     """The trace context to carry to another task (None when tracing is off)."""
     if _state.tracer is None:

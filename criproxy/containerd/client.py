@@ -123,33 +123,10 @@ class Channel:
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> _Resp:
         """Call one unary rpc; a failure raises the project's error type for its code."""
-        started = time.monotonic()
-        if tracing.enabled():
-            return await self._traced(method, request, operation, timeout)
-        try:
-            answer = await _cancellable(method(request, timeout=timeout, metadata=self._metadata))
-        except grpc.aio.AioRpcError as err:
-            metrics.observe_containerd(_name(method), time.monotonic() - started, err.code().name)
-            raise from_rpc_error(err.code(), err.details(), operation) from None
-        metrics.observe_containerd(_name(method), time.monotonic() - started, None)
-        return answer
-
-    async def _traced(
-        self,
-        method: UnaryMethod[_Req, _Resp],
-        request: _Req,
-        operation: str,
-        timeout: float | None,
-    ) -> _Resp:
-        """`unary` in a client span, whose context goes to containerd (`traceparent`)."""
-        from opentelemetry.propagate import inject
-
         name = _name(method)
         started = time.monotonic()
         with tracing.client_span(name.lstrip("/"), **{"rpc.system": "grpc"}) as span:
-            carrier: dict[str, str] = {}
-            inject(carrier)
-            metadata = self._metadata + tuple(carrier.items())
+            metadata = self._metadata if span is None else self._metadata + tracing.carrier()
             try:
                 answer = await _cancellable(method(request, timeout=timeout, metadata=metadata))
             except grpc.aio.AioRpcError as err:

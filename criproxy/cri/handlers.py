@@ -101,44 +101,10 @@ def _decode(request_cls: type[Message], raw: bytes) -> Message:
         raise errors.InvalidArgument(f"cannot decode the request as {name}: {err}") from None
 
 
-async def _traced(
-    raw: bytes,
-    context: Context,
-    *,
-    method: str,
-    quiet: bool,
-    request_cls: type[Message],
-    inner: UnaryBehavior,
-) -> Any:
-    """A unary call in a server span (the kubelet's trace continued when it sent one)."""
-    metadata = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
-    with tracing.server_span(method, metadata) as span:
-        call = _Call(method, quiet=quiet)
-        try:
-            return await inner(_decode(request_cls, raw), context)
-        except grpc.aio.AbortError:
-            call.aborted(context)
-            raise
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            await call.fail(context, exc)
-        finally:
-            call.finish()
-            span.set_attribute("rpc.grpc.status_code", call.code.value[0])
-            if call.code is not grpc.StatusCode.OK:
-                tracing.failed(span, call.error or call.code.name)
-
-
 def _unary(method: str, request_cls: type[Message], inner: UnaryBehavior) -> UnaryBehavior:
     quiet = _reads_only(method)
 
-    async def behavior(raw: bytes, context: Context) -> Any:
-        if tracing.enabled():
-            return await _traced(
-                raw, context, method=method, quiet=quiet, request_cls=request_cls, inner=inner
-            )
+    async def answer(raw: bytes, context: Context, span: Any = None) -> Any:
         call = _Call(method, quiet=quiet)
         try:
             return await inner(_decode(request_cls, raw), context)
@@ -152,6 +118,18 @@ def _unary(method: str, request_cls: type[Message], inner: UnaryBehavior) -> Una
             await call.fail(context, exc)
         finally:
             call.finish()
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", call.code.value[0])
+                if call.code is not grpc.StatusCode.OK:
+                    tracing.failed(span, call.error or call.code.name)
+
+    async def behavior(raw: bytes, context: Context) -> Any:
+        if not tracing.enabled():
+            return await answer(raw, context)
+        # in a server span, continuing the kubelet's trace when it sent one
+        metadata = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
+        with tracing.server_span(method, metadata) as span:
+            return await answer(raw, context, span)
 
     return behavior
 
