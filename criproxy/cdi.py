@@ -70,7 +70,7 @@ def inject(spec: dict[str, Any], names: Sequence[str], spec_dirs: Sequence[str])
     """Resolve `names` through the spec files and apply their edits to `spec`. Blocking."""
     if not names:
         return
-    registry = _load(spec_dirs)
+    registry, broken = _load(spec_dirs)
     resolved: list[tuple[_Spec, Mapping[str, Any]]] = []
     missing: list[str] = []
     for name in dict.fromkeys(names):
@@ -81,22 +81,31 @@ def inject(spec: dict[str, Any], names: Sequence[str], spec_dirs: Sequence[str])
         else:
             resolved.append(found)
     if missing:
+        skipped = f" (spec files skipped: {'; '.join(broken)})" if broken else ""
         raise CdiError(
             f"unresolvable CDI devices {', '.join(missing)}: no spec in "
-            f"{', '.join(spec_dirs)} describes them"
+            f"{', '.join(spec_dirs)} describes them{skipped}"
         )
     seen_specs: list[_Spec] = []
-    for owner, entry in resolved:
-        _apply(spec, entry.get("containerEdits") or {}, owner.path)
+    edits = [(owner, entry.get("containerEdits") or {}) for owner, entry in resolved]
+    for owner, _ in resolved:
         if owner not in seen_specs:
             seen_specs.append(owner)
-    for owner in seen_specs:
-        _apply(spec, owner.edits, owner.path)
+    edits += [(owner, owner.edits) for owner in seen_specs]
+    for owner, edit in edits:
+        try:
+            _apply(spec, edit, owner.path)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CdiError(f"CDI spec {owner.path} has malformed edits: {err!r}") from None
 
 
-def _load(spec_dirs: Sequence[str]) -> dict[str, dict[str, tuple[_Spec, Mapping[str, Any]]]]:
-    """kind -> device -> (its spec, its entry); later directories win."""
+def _load(
+    spec_dirs: Sequence[str],
+) -> tuple[dict[str, dict[str, tuple[_Spec, Mapping[str, Any]]]], list[str]]:
+    """kind -> device -> (its spec, its entry), later directories winning; and the files
+    skipped as unreadable or malformed (one bad file does not take every device down)."""
     registry: dict[str, dict[str, tuple[_Spec, Mapping[str, Any]]]] = {}
+    broken: list[str] = []
     for directory in spec_dirs:
         this_dir: dict[tuple[str, str], Path] = {}
         try:
@@ -106,7 +115,11 @@ def _load(spec_dirs: Sequence[str]) -> dict[str, dict[str, tuple[_Spec, Mapping[
         for path in files:
             if path.suffix not in (".json", ".yaml", ".yml"):
                 continue
-            kind, spec = _read(path)
+            try:
+                kind, spec = _read(path)
+            except CdiError as err:
+                broken.append(str(err))
+                continue
             for name, device in spec.devices.items():
                 if (kind, name) in this_dir:
                     raise CdiError(
@@ -115,7 +128,7 @@ def _load(spec_dirs: Sequence[str]) -> dict[str, dict[str, tuple[_Spec, Mapping[
                     )
                 this_dir[kind, name] = path
                 registry.setdefault(kind, {})[name] = (spec, device)
-    return registry
+    return registry, broken
 
 
 def _read(path: Path) -> tuple[str, _Spec]:

@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from criproxy.server import StartError, serve
 
+        # A reload asked before the server listens for it must not end the process. (The
+        # server's own handler replaces this before it starts any process, so nothing it
+        # starts inherits an ignored SIGHUP.)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         failures: list[BaseException] = []
         try:
             anyio.run(serve, config, lambda: _load(args))

@@ -113,6 +113,10 @@ class Node:
         self._pod_cidr = cidr
         log.info("pod CIDR updated", pod_cidr=cidr)
 
+    def forget_handler_features(self) -> None:
+        """Probe handlers again on next use (SIGHUP may have changed their binaries)."""
+        self._features.clear()
+
     async def handler_features(self, name: str) -> HandlerFeatures:
         """Probed once per handler (the binaries do not change under a running criproxy)."""
         found = self._features.get(name)

@@ -125,6 +125,7 @@ def _reload(config: Config, reread: Callable[[], Config] | None, domain: _Domain
         return
     changed = config.reload_from(new)
     domain.images.reload(config)
+    domain.node.forget_handler_features()  # a handler's binary may have changed
     logs.configure(config.log_level)
     log.info(
         "configuration reloaded",

@@ -38,6 +38,9 @@ async def update_resources(
         sandbox = deps.pods.store.get(container.sandbox_id)
         spec = deps.store.specs.get(container.id)
         requested = merge_resources(container.config.resources, resources)
+        if resources.memory_limit_in_bytes and not resources.memory_swap_limit_in_bytes:
+            # swap follows a new memory limit (see _apply): not the old swap
+            requested = dataclasses.replace(requested, memory_swap_limit_in_bytes=0)
         try:
             extra, others = await nri.update_container(
                 nri_hooks.pod(sandbox),

@@ -393,6 +393,7 @@ class _PullJob:
                     f"with digest {_digest(body)}"
                 )
         self.puller.downloads += 1
+        metrics.PULL_BYTES.inc(len(body))
         return body
 
     async def _store_small(

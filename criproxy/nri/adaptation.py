@@ -13,7 +13,7 @@ it as an event: no container is lost to a late plugin.
 from __future__ import annotations
 
 import contextlib
-import io
+import os
 import re
 import socket
 import stat
@@ -182,12 +182,14 @@ class Nri:
 
     async def _launch_installed(self, tg: TaskGroup) -> None:
         try:
-            installed = await anyio.to_thread.run_sync(
+            installed, refused = await anyio.to_thread.run_sync(
                 launch.discover, self.config.plugin_path, self.config.plugin_config_path
             )
-        except (OSError, ValueError) as err:
+        except OSError as err:
             log.error("NRI pre-installed plugins not started", error=str(err))
             return
+        for problem in refused:
+            log.error("NRI pre-installed plugin not started", error=problem)
         for plugin in installed:
             try:
                 started = await anyio.to_thread.run_sync(launch.launch, plugin)
@@ -204,12 +206,25 @@ class Nri:
     async def _relay_output(self, started: launch.Launched) -> None:
         """A pre-installed plugin's output into criproxy's log, line by line."""
         name = f"{started.plugin.index}-{started.plugin.name}"
-        with open(started.output, "rb", buffering=0, closefd=True) as raw:  # noqa: ASYNC230
-            reader = io.BufferedReader(raw)
-            while line := await anyio.to_thread.run_sync(reader.readline, abandon_on_cancel=True):
-                log.info(
-                    "NRI plugin output", plugin=name, output=line.decode(errors="replace").rstrip()
-                )
+        fd, pending = started.output, b""
+        os.set_blocking(fd, False)  # read when the loop says readable: no thread held
+        try:
+            while True:
+                await anyio.wait_readable(fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop() if chunk else b""
+                for line in filter(None, lines):
+                    text = line.decode(errors="replace").rstrip()
+                    log.info("NRI plugin output", plugin=name, output=text)
+                if not chunk:
+                    return
+        finally:
+            anyio.notify_closing(fd)
+            os.close(fd)
 
     async def _connected(
         self, stream: SocketStream, started: launch.Launched | None = None
@@ -410,7 +425,6 @@ class Nri:
         answered: list[Plugin] = []
 
         def adjusted(plugin: Plugin, answer: nri.CreateContainerResponse) -> None:
-            answered.append(plugin)
             if answer.update or answer.evict:
                 raise PluginError(
                     plugin.qualified,
@@ -418,8 +432,9 @@ class Nri:
                     "asked to update or evict other containers while one is created, which "
                     "criproxy does not do; use UpdateContainers",
                 )
-            if answer.HasField("adjust"):
+            if answer.HasField("adjust") and answer.adjust.ListFields():
                 merge(merged, request.container, answer.adjust, plugin.qualified, owners)
+                answered.append(plugin)  # the validators' list: the plugins that adjusted
 
         await self._each(
             nri.CREATE_CONTAINER,

@@ -39,14 +39,16 @@ class Launched:
     """The read end of the plugin's stdout and stderr."""
 
 
-def discover(plugin_path: str, config_path: str) -> list[Installed]:
-    """The executables in `plugin_path` and their configurations, by index. Blocking."""
+def discover(plugin_path: str, config_path: str) -> tuple[list[Installed], list[str]]:
+    """The executables in `plugin_path` and their configurations, by index, and what was
+    refused (one misnamed file does not keep the others from starting). Blocking."""
     directory = Path(plugin_path)
     try:
         entries = sorted(directory.iterdir())
     except FileNotFoundError:
-        return []
-    found = []
+        return [], []
+    found: list[Installed] = []
+    refused: list[str] = []
     for entry in entries:
         try:
             mode = entry.stat().st_mode
@@ -56,12 +58,11 @@ def discover(plugin_path: str, config_path: str) -> list[Installed]:
             continue
         match = _NAME.match(entry.name)
         if match is None:
-            raise ValueError(
-                f"{entry}: a pre-installed NRI plugin is named NN-name (two digits, a dash)"
-            )
+            refused.append(f"{entry}: a pre-installed NRI plugin is named NN-name (two digits)")
+            continue
         index, name = match.groups()
         found.append(Installed(index, name, entry, _config(Path(config_path), index, name)))
-    return sorted(found, key=lambda p: (p.index, p.name))
+    return sorted(found, key=lambda p: (p.index, p.name)), refused
 
 
 def _config(directory: Path, index: str, name: str) -> str:

@@ -124,7 +124,8 @@ class PodLoops:
 
     def queued(self) -> int:
         """Jobs waiting in every pod's loop (the metrics' queue depth)."""
-        return sum(loop.queued() for loop in self._loops.values())
+        # read from the metrics endpoint's thread: a copy, as the loop may change the dict
+        return sum(loop.queued() for loop in list(self._loops.values()))
 
     def get(self, sandbox_id: str) -> PodLoop | None:
         return self._loops.get(sandbox_id)

@@ -108,3 +108,23 @@ def test_an_unknown_device_or_name_is_an_error(tmp_path: Path) -> None:
 def test_the_annotations_name_devices() -> None:
     annotations = {"cdi.k8s.io/a": "vendor.example/gpu=0, vendor.example/gpu=1", "other": "x"}
     assert cdi.annotated_devices(annotations) == ["vendor.example/gpu=0", "vendor.example/gpu=1"]
+
+
+def test_a_broken_spec_file_is_skipped_and_named_and_malformed_edits_are_an_error(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "etc", "vendor.json", VENDOR)
+    (tmp_path / "etc" / "broken.yaml").write_text("kind: [not, a, kind\n")
+    spec = _spec()
+    cdi.inject(spec, ["vendor.example/gpu=0"], [str(tmp_path / "etc")])
+    assert "GPU=0" in spec["process"]["env"], "the good spec still serves"
+    with pytest.raises(cdi.CdiError, match=r"broken\.yaml"):
+        cdi.inject(_spec(), ["other.example/x=1"], [str(tmp_path / "etc")])
+
+    bad = {
+        "kind": "bad.example/dev",
+        "devices": [{"name": "m", "containerEdits": {"mounts": [{}]}}],
+    }
+    _write(tmp_path / "bad", "bad.json", bad)
+    with pytest.raises(cdi.CdiError, match="malformed edits"):
+        cdi.inject(_spec(), ["bad.example/dev=m"], [str(tmp_path / "bad")])

@@ -69,4 +69,3 @@ def test_the_cluster_points_kubeadm_at_criproxy_on_every_node() -> None:
     dockerfile = (KIND / "Dockerfile").read_text()
     for node in cluster["nodes"]:
         assert node["image"] in dockerfile, "the image the Dockerfile's build line tags"
-
