@@ -23,6 +23,10 @@ def from_rpc_error(
     """Translate one failed containerd call; `operation` names what criproxy was doing."""
     cls = _BY_CODE.get(code, errors.Internal)
     detail = details or code.name.lower()
+    if code is grpc.StatusCode.UNKNOWN and "context deadline exceeded" in detail:
+        # The call's deadline, reached inside containerd first: a shim's ttrpc error carries
+        # Go's context.DeadlineExceeded as text, and containerd passes it on as UNKNOWN.
+        cls = errors.DeadlineExceeded
     if cls is errors.Unavailable:
         return cls(f"containerd is unavailable ({operation}): {detail}")
     return cls(f"containerd {operation}: {detail}")

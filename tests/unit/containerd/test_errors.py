@@ -59,3 +59,15 @@ def test_subclass_maps_like_its_base() -> None:
         pass
 
     assert status_code(PodNotFound("x")) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_deadline_reached_inside_containerd_is_deadline_exceeded() -> None:
+    """A shim's ttrpc error carries Go's context.DeadlineExceeded as text: UNKNOWN on the wire."""
+    from criproxy import errors
+
+    err = from_rpc_error(
+        grpc.StatusCode.UNKNOWN, "context deadline exceeded: unknown", "checkpoint task x"
+    )
+    assert isinstance(err, errors.DeadlineExceeded)
+    other = from_rpc_error(grpc.StatusCode.UNKNOWN, "runc failed: exit status 1", "start task x")
+    assert isinstance(other, errors.Internal)
