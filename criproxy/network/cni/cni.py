@@ -83,8 +83,10 @@ class _Call:
 class Cni:
     """Runs the node's CNI config (plus loopback) for pods; keeps nothing of a pod between calls.
 
-    The config is reloaded on every call, so a changed conf dir applies to the next pod, as
-    with containerd's config watcher.
+    The config applies anew to every call, so a changed conf dir applies to the next pod, as
+    with containerd's config watcher: it is read again whenever the directory or the chosen
+    file has changed (their modification times and size), and the plugin binaries are
+    looked for each time.
     """
 
     def __init__(self, conf_dir: str, bin_dirs: tuple[str, ...], timeout: float = 60.0) -> None:
@@ -92,6 +94,7 @@ class Cni:
         self.bin_dirs = bin_dirs
         self.timeout = timeout
         self._plugins = PluginRunner()
+        self._cached: tuple[tuple[int, int, int], Network, Path] | None = None
 
     async def run(self) -> None:
         """Owns the thread that reaps plugin processes; runs until cancelled (shutdown), then
@@ -100,13 +103,41 @@ class Cni:
         await self._plugins.run()
 
     async def _load(self) -> Network:
+        cached = self._unchanged()
+        if cached is not None:
+            return cached
         try:
-            config = await anyio.to_thread.run_sync(
-                load_network_config, self.conf_dir, self.bin_dirs
-            )
-            return network_of(config)
+            network, path, stamp = await anyio.to_thread.run_sync(self._read)
         except NetworkNotReady as err:
             raise FailedPrecondition(f"network not ready: {err}") from None
+        self._cached = (stamp, network, path)
+        return network
+
+    def _read(self) -> tuple[Network, Path, tuple[int, int, int]]:
+        """The config and its stamp, taken before reading (a change while reading shows
+        at the next call). Blocking."""
+        before = os.stat(self.conf_dir).st_mtime_ns if os.path.isdir(self.conf_dir) else 0
+        config = load_network_config(self.conf_dir, self.bin_dirs)
+        st = config.path.stat()
+        return network_of(config), config.path, (before, st.st_mtime_ns, st.st_size)
+
+    def _unchanged(self) -> Network | None:
+        """The cached network while neither the directory nor its file changed and its
+        plugins are still installed (a few stat calls: no thread hop, no parsing)."""
+        if self._cached is None:
+            return None
+        stamp, network, path = self._cached
+        try:
+            st = path.stat()
+            now = (os.stat(self.conf_dir).st_mtime_ns, st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+        if now != stamp:
+            return None
+        for plugin in network.plugins:
+            if not any(os.access(os.path.join(d, plugin["type"]), os.X_OK) for d in self.bin_dirs):
+                return None
+        return network
 
     def _find(self, kind: str) -> str:
         for directory in self.bin_dirs:

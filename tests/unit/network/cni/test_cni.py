@@ -341,3 +341,34 @@ async def test_a_running_cni_owns_its_reaper_thread_and_ends_it(fake_cni: FakeCn
         tg.cancel_scope.cancel()
     assert reapers() == []
     assert order(fake_cni.calls_of("DEL")) == ["alpha"]
+
+
+async def test_the_config_is_read_again_only_when_it_changed(
+    fake_cni: FakeCni, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import criproxy.network.cni.cni as cni_module
+
+    reads: list[str] = []
+    real = cni_module.load_network_config
+
+    def counting(conf_dir: str, bin_dirs: tuple[str, ...]) -> Any:
+        reads.append(conf_dir)
+        return real(conf_dir, bin_dirs)
+
+    monkeypatch.setattr(cni_module, "load_network_config", counting)
+    cni = make_cni(fake_cni)
+    fake_cni.write_conflist([{"type": "alpha"}])
+    await cni.setup(request())
+    await cni.teardown(request(), None)
+    assert len(reads) == 1, "an unchanged config is not parsed again"
+
+    (fake_cni.conf_dir / "05-first.conflist").write_text(
+        json.dumps({"cniVersion": "1.0.0", "name": "newer", "plugins": [{"type": "beta"}]})
+    )
+    fake_cni.reset()
+    await cni.setup(request())
+    assert order(fake_cni.calls_of("ADD", "newer")) == ["beta"], "a new first file applies"
+
+    os.chmod(fake_cni.bin_dir / "beta", 0o644)  # its plugin gone: the network is not ready
+    with pytest.raises(FailedPrecondition, match="beta"):
+        await cni.setup(request())
