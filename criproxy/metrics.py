@@ -101,7 +101,7 @@ NRI_FAILURES = prometheus_client.Counter(
 )
 LOOP_LAG = prometheus_client.Histogram(
     "criproxy_event_loop_lag_seconds",
-    "How late criproxy's event loop woke a 250 ms timer: time it spent on other work.",
+    "How late criproxy's event loop woke a 1 s timer: time it spent on other work.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 for _kind in ("exec", "attach", "portforward"):

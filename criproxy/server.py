@@ -134,7 +134,7 @@ def _reload(config: Config, reread: Callable[[], Config] | None, domain: _Domain
     )
 
 
-LOOP_LAG_INTERVAL = 0.25
+LOOP_LAG_INTERVAL = 1.0
 HEALTH_INTERVAL = 5.0
 
 

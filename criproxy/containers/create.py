@@ -102,13 +102,14 @@ async def create(deps: ContainerDeps, sandbox_id: str, config: ContainerConfig) 
         raise
     log.info("container created", container=container.id, sandbox=sandbox.id, name=config.name)
     deps.publish("created", container)
-    try:
-        await deps.pods.nri.post_create_container(
-            nri_hooks.pod(sandbox),
-            nri_hooks.container(container, deps.store.specs.get(container.id)),
-        )
-    except PluginError as err:
-        nri_hooks.logged("PostCreateContainer", err, container=container.id)
+    if deps.pods.nri.plugins:
+        try:
+            await deps.pods.nri.post_create_container(
+                nri_hooks.pod(sandbox),
+                nri_hooks.container(container, deps.store.specs.get(container.id)),
+            )
+        except PluginError as err:
+            nri_hooks.logged("PostCreateContainer", err, container=container.id)
     return container.id
 
 

@@ -68,7 +68,7 @@ async def _remove(deps: ContainerDeps, container_id: str) -> None:
 
 async def _notify_removed(deps: ContainerDeps, container: Container) -> None:
     sandbox = deps.pods.store.index.get(container.sandbox_id)
-    if sandbox is None:
+    if sandbox is None or not deps.pods.nri.plugins:
         return
     spec = deps.store.specs.get(container.id)
     try:

@@ -52,7 +52,8 @@ async def _remove(deps: PodDeps, sandbox_id: str) -> None:
     await containerd.snapshots.remove(deps.config.containerd.snapshotter, sandbox_id)
     await anyio.to_thread.run_sync(remove_files, deps, sandbox_id)
     try:
-        await deps.nri.remove_pod_sandbox(nri_hooks.pod(sandbox))
+        if deps.nri.plugins:
+            await deps.nri.remove_pod_sandbox(nri_hooks.pod(sandbox))
     except PluginError as err:
         nri_hooks.logged("RemovePodSandbox", err, sandbox=sandbox_id)
     deps.store.remove(sandbox_id)

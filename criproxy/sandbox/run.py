@@ -246,7 +246,8 @@ async def _finish(deps: PodDeps, sandbox: Sandbox, result: CniResult | None, pid
     )
     # NRI's plugins see the pod before anyone else: it is listed only once they agree.
     try:
-        await deps.nri.run_pod_sandbox(nri_hooks.pod(ready))
+        if deps.nri.plugins:  # (the message is not built for nobody)
+            await deps.nri.run_pod_sandbox(nri_hooks.pod(ready))
     except PluginError as err:
         raise nri_hooks.vetoed(err) from None
     await deps.persist(ready)

@@ -40,7 +40,8 @@ async def stop_in_loop(deps: PodDeps, sandbox_id: str) -> None:
     if sandbox.state == "notready" and torn_down and sandbox.pid == 0:
         return  # already stopped and torn down
     try:  # its containers are stopped by now; the sandbox is still there to read
-        await deps.nri.stop_pod_sandbox(nri_hooks.pod(sandbox))
+        if deps.nri.plugins:
+            await deps.nri.stop_pod_sandbox(nri_hooks.pod(sandbox))
     except PluginError as err:
         nri_hooks.logged("StopPodSandbox", err, sandbox=sandbox_id)
 
