@@ -218,19 +218,25 @@ def run(args: argparse.Namespace, base: Path) -> tuple[dict[str, object], bool]:
     }, clean
 
 
+ROWS = (
+    ("start_s", "start, s"),
+    ("start_cpu_s", "start, runtime CPU-s"),
+    ("start_machine_cpu_s", "start, machine CPU-s"),
+    ("teardown_s", "teardown, s"),
+    ("teardown_cpu_s", "teardown, runtime CPU-s"),
+    ("teardown_machine_cpu_s", "teardown, machine CPU-s"),
+)
+
+
 def _report(
-    title: str, versions: dict[str, str], samples: dict[str, list[dict[str, float]]]
+    title: str,
+    versions: dict[str, str],
+    samples: dict[str, list[dict[str, float]]],
+    rows: Sequence[tuple[str, str]] = ROWS,
 ) -> list[str]:
     """The phases' table (runtime and machine CPU beside the times), then the floor."""
     lines = ["", title, f"{'':<22}{'criproxy':>22}{'containerd':>22}{'ratio':>8}"]
-    for key, label in (
-        ("start_s", "start, s"),
-        ("start_cpu_s", "start, runtime CPU-s"),
-        ("start_machine_cpu_s", "start, machine CPU-s"),
-        ("teardown_s", "teardown, s"),
-        ("teardown_cpu_s", "teardown, runtime CPU-s"),
-        ("teardown_machine_cpu_s", "teardown, machine CPU-s"),
-    ):
+    for key, label in rows:
         cells = []
         medians = []
         for name in ("criproxy", "containerd"):

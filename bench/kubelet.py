@@ -13,6 +13,12 @@ from the manifests going to no container running and no sandbox ready (the kubel
 garbage collection removes them later, outside the timing), both seen by polling the
 runtime's CRI every 100 ms. Runs alternate between the runtimes.
 
+The teardown is also split where the kubelet's log (at -v=2) says it began killing the
+last pod's container: a pod worker waits for a PLEG relist newer than its last sync before
+it kills anything (the kubelet's pod_workers.go: "this adds ~1s of latency on all
+transitions from sync to terminating"), so the kills come in waves a relist apart, and
+what follows the last one is the runtime's own part.
+
     .venv/bin/python -m bench.kubelet --kubelet PATH [--pods 30] [--runs 5] [--json FILE]
 
 Needs root, unshare (util-linux), and the integration tests' requirements.
@@ -24,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -36,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.burst import _report
+from bench.burst import ROWS, _report
 from bench.containers import SCRIPT, _image
 from bench.pods import CALL_TIMEOUT, _busy_cpu_s, _leak_checks, _own_cpu_s, _preflight, _start
 from bench.pull import BenchError, check_hosts_used, cpu_seconds, run_bench
@@ -63,6 +70,9 @@ HOST_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"))
 """What a kubelet makes whatever its root dir: removed after if the run made them."""
 POLL = 0.1
 PHASE_TIMEOUT = 300.0
+KILLING = "Killing container with a grace period"
+"""The kubelet's line (-v=2) as a pod worker starts stopping a container."""
+_KLOG_TIME = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6})")
 
 
 @dataclass
@@ -216,6 +226,22 @@ def ready_pods(rt: Runtime) -> int:
     return sum(1 for p in pods if _ours(p.labels))
 
 
+def kill_times(log: Path, since: float) -> list[float]:
+    """When the kubelet began killing each container, as epoch seconds, from `since` on
+    (klog stamps local time without a year)."""
+    year = datetime.fromtimestamp(since).year
+    times = []
+    for line in log.read_text(errors="replace").splitlines():
+        match = _KLOG_TIME.match(line)
+        if match is None or KILLING not in line:
+            continue
+        month, day, hour, minute, second, micro = (int(g) for g in match.groups())
+        stamp = datetime(year, month, day, hour, minute, second, micro).timestamp()  # local
+        if stamp >= since:
+            times.append(stamp)
+    return times
+
+
 def _until(done: Callable[[], bool], what: str, kubelet: Kubelet) -> None:
     deadline = time.monotonic() + PHASE_TIMEOUT
     while not done():
@@ -247,11 +273,17 @@ def burst(
         up, cpu1, busy1 = time.perf_counter() - t0, _own_cpu_s(rt.pids), _busy_cpu_s()
         each = [cpu_seconds((pid,)) - c for pid, c in zip(rt.pids, each0, strict=True)]
         kubelet_cpu = cpu_seconds(pids[-1:])
-        t1 = time.perf_counter()
+        t1, removed = time.perf_counter(), time.time()
         for path in kubelet.manifests.iterdir():
             path.unlink()
         _until(lambda: running(rt) == 0 and ready_pods(rt) == 0, "every pod stopped", kubelet)
         down, cpu2, busy2 = time.perf_counter() - t1, _own_cpu_s(rt.pids), _busy_cpu_s()
+        kills = kill_times(kubelet.log, removed)
+        if len(kills) < pods:
+            raise BenchError(
+                f"the kubelet's log has {len(kills)} of {pods} kills (needs --kubelet-v >= 2)"
+            )
+        last_kill = max(kills) - removed
         each2 = [cpu_seconds((pid,)) - c for pid, c in zip(rt.pids, each0, strict=True)]
         kubelet_cpu2 = cpu_seconds(pids[-1:])
     finally:
@@ -260,6 +292,8 @@ def burst(
     return {
         "start_s": up,
         "teardown_s": down,
+        "teardown_last_kill_s": last_kill,
+        "teardown_after_last_kill_s": down - last_kill,
         "start_cpu_s": cpu1 - cpu0,
         "teardown_cpu_s": cpu2 - cpu1,
         "start_cpu_own_process_s": each[0],
@@ -336,7 +370,12 @@ def run(args: argparse.Namespace, base: Path) -> tuple[dict[str, object], bool]:
         f"({kubelet_version}), then their manifests removed; {args.runs} runs each, "
         "alternating; medians (min-max)"
     )
-    print("\n".join(_report(title, versions, samples)))
+    rows = (
+        *ROWS,
+        ("teardown_last_kill_s", "kubelet's last kill, s"),
+        ("teardown_after_last_kill_s", "after it, s"),
+    )
+    print("\n".join(_report(title, versions, samples, rows)))
     clean = all(c.ok for cs in checks.values() for c in cs)
     return {
         "benchmark": "kubelet",
@@ -362,10 +401,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="runs per runtime")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
-    parser.add_argument("--kubelet-v", type=int, default=1, help="the kubelet's log level")
+    parser.add_argument(
+        "--kubelet-v", type=int, default=2, help="the kubelet's log level (>= 2: its kills)"
+    )
     args = parser.parse_args(argv)
     if args.pods < 1 or args.runs < 1:
         parser.error("--pods and --runs must be >= 1")
+    if args.kubelet_v < 2:
+        parser.error("--kubelet-v must be >= 2 (the teardown's split reads the kubelet's kills)")
     if not os.access(args.kubelet, os.X_OK) or shutil.which("unshare") is None:
         parser.error(f"needs an executable --kubelet ({args.kubelet}) and unshare")
     args.kubelet = args.kubelet.resolve()
