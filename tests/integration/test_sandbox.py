@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.pods_env import SUBNET, PodEnv, pod_config
+
+if TYPE_CHECKING:
+    from tests.integration.helpers import Criproxy
 
 
 def test_run_gives_a_ready_pod_with_an_ip_and_its_files(pod_env: PodEnv) -> None:
@@ -373,6 +378,128 @@ def test_unpullable_pause_image_fails_cleanly(
         assert pod_env.ctr("containers", "ls", "-q").stdout == before
         netns_dir = proxy.state / "netns"
         assert not netns_dir.exists() or not os.listdir(netns_dir)
+    finally:
+        proxy.stop()
+
+
+SLOW_DEL = """#!/usr/bin/env python3
+import json, os, sys, time
+conf = json.load(sys.stdin)
+command = os.environ.get("CNI_COMMAND")
+if command == "ADD":
+    json.dump(conf["prevResult"], sys.stdout)
+elif command == "DEL":
+    open(conf["marker"], "w").close()
+    time.sleep(conf["seconds"])
+    try:
+        os.unlink(conf["marker"])
+    except FileNotFoundError:  # a DEL run again after a kill -9 shares it
+        pass
+elif command == "VERSION":
+    json.dump({"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}, sys.stdout)
+"""
+
+
+def _slow_del_proxy(short_tmp: Path, pod_env: PodEnv) -> tuple[Criproxy, Path]:
+    """A criproxy on pod_env's containerd and network whose chain ends with a plugin that
+    takes 4 s over DEL (a marker file exists meanwhile)."""
+    from tests.integration.helpers import CNI_BIN_DIRS, Criproxy
+    from tests.integration.pods_env import write_pod_network
+
+    bin_dir = short_tmp / "cni-bin"
+    bin_dir.mkdir()
+    (bin_dir / "slowdel").write_text(SLOW_DEL)
+    (bin_dir / "slowdel").chmod(0o755)
+    marker = short_tmp / "deleting"
+    proxy = Criproxy(short_tmp / "cpx", containerd=pod_env.containerd.socket)
+    proxy.config = {
+        **pod_env.proxy.config,
+        "cni": {"conf_dir": str(proxy.cni_dir), "bin_dirs": [str(bin_dir), *CNI_BIN_DIRS]},
+    }
+    write_pod_network(
+        proxy.cni_dir,
+        pod_env.cni_data,
+        extra=[{"type": "slowdel", "marker": str(marker), "seconds": 4}],
+    )
+    return proxy, marker
+
+
+def _stopping(proxy: Criproxy, marker: Path, pod_id: str) -> threading.Thread:
+    """StopPodSandbox in a thread, once the pod is NOTREADY while its CNI DEL runs."""
+
+    def stop() -> None:
+        with contextlib.suppress(grpc.RpcError):  # a kill -9 may cut it short
+            proxy.runtime.StopPodSandbox(
+                api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60
+            )
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while not (marker.exists() and _pod_state(proxy, pod_id) == api_pb2.SANDBOX_NOTREADY):
+        assert time.monotonic() < deadline, "not NOTREADY while CNI DEL ran"
+        time.sleep(0.05)
+    return stopper
+
+
+def _pod_state(proxy: Criproxy, pod_id: str) -> int:
+    request = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+    return proxy.runtime.PodSandboxStatus(request).status.state  # type: ignore[no-any-return]
+
+
+def test_a_stopping_pod_is_notready_once_its_pause_exits_while_its_network_goes(
+    short_tmp: Path, pod_env: PodEnv
+) -> None:
+    proxy, marker = _slow_del_proxy(short_tmp, pod_env)
+    proxy.start()
+    try:
+        pod_id = proxy.runtime.RunPodSandbox(
+            api_pb2.RunPodSandboxRequest(config=pod_config("slow-del")), timeout=60
+        ).pod_sandbox_id
+        verbose = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+        pid = json.loads(proxy.runtime.PodSandboxStatus(verbose).info["info"])["pid"]
+        stopper = _stopping(proxy, marker, pod_id)
+        assert marker.exists() and stopper.is_alive()  # the network is still going
+        assert not Path(f"/proc/{pid}").exists()  # and the pause process is gone
+        ready = api_pb2.PodSandboxFilter(
+            state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)
+        )
+        listed = proxy.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(filter=ready)).items
+        assert pod_id not in [p.id for p in listed]
+        stopper.join(30)
+        assert not stopper.is_alive() and not marker.exists()
+        assert _pod_state(proxy, pod_id) == api_pb2.SANDBOX_NOTREADY
+        assert not (proxy.state / "netns" / pod_id).exists()
+        proxy.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    finally:
+        proxy.stop()
+
+
+def test_killed_while_a_pods_network_goes_the_pod_stays_notready_and_its_ip_is_released(
+    short_tmp: Path, pod_env: PodEnv
+) -> None:
+    proxy, marker = _slow_del_proxy(short_tmp, pod_env)
+    proxy.start()
+    try:
+        pod_id = proxy.runtime.RunPodSandbox(
+            api_pb2.RunPodSandboxRequest(config=pod_config("slow-del-9")), timeout=60
+        ).pod_sandbox_id
+        request = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+        ip = proxy.runtime.PodSandboxStatus(request).status.network.ip
+        assert ip in pod_env.allocations()
+        stopper = _stopping(proxy, marker, pod_id)
+        proxy.signal(signal.SIGKILL)
+        assert proxy.proc is not None
+        proxy.proc.wait(10)
+        stopper.join(30)
+        proxy.start()
+        assert _pod_state(proxy, pod_id) == api_pb2.SANDBOX_NOTREADY
+        # the removal runs CNI DEL again: the IP the killed DEL may not have released goes
+        proxy.runtime.RemovePodSandbox(
+            api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60
+        )
+        assert ip not in pod_env.allocations()
+        assert not (proxy.state / "netns" / pod_id).exists()
     finally:
         proxy.stop()
 
