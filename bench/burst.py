@@ -233,6 +233,7 @@ def _report(
     versions: dict[str, str],
     samples: dict[str, list[dict[str, float]]],
     rows: Sequence[tuple[str, str]] = ROWS,
+    phases: Sequence[str] = ("start", "teardown"),
 ) -> list[str]:
     """The phases' table (runtime and machine CPU beside the times), then the floor."""
     lines = ["", title, f"{'':<22}{'criproxy':>22}{'containerd':>22}{'ratio':>8}"]
@@ -245,20 +246,20 @@ def _report(
             medians.append(med)
             cells.append(f"{med:.2f} ({min(values):.2f}-{max(values):.2f})")
         lines.append(f"{label:<22}{cells[0]:>22}{cells[1]:>22}{medians[0] / medians[1]:>8.2f}")
-    lines += _floor(samples)
+    lines += _floor(samples, phases)
     for name, version in versions.items():
         lines.append(f"{name}: {version}")
     return lines
 
 
-def _floor(samples: dict[str, list[dict[str, float]]]) -> list[str]:
+def _floor(samples: dict[str, list[dict[str, float]]], phases: Sequence[str]) -> list[str]:
     """What each phase could take at best if the runtime's own process (criproxy, or
     containerd with its CRI plugin) cost no CPU: the CPU of everything else (criproxy's
     containerd, shims, runc, CNI plugins, pause and workload processes, the kernel, this
     client) spread over every core, as a ratio of containerd's median time."""
     cores = os.cpu_count() or 1
     lines = [f"if the runtime's own process cost no CPU ({cores} cores; ratio to containerd):"]
-    for phase in ("start", "teardown"):
+    for phase in phases:
         wall = statistics.median(s[f"{phase}_s"] for s in samples["containerd"])
         cells = []
         for name in ("criproxy", "containerd"):

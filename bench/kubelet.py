@@ -17,7 +17,8 @@ The teardown is also split where the kubelet's log (at -v=2) says it began killi
 last pod's container: a pod worker waits for a PLEG relist newer than its last sync before
 it kills anything (the kubelet's pod_workers.go: "this adds ~1s of latency on all
 transitions from sync to terminating"), so the kills come in waves a relist apart, and
-what follows the last one is the runtime's own part.
+what follows the last one is the runtime's own part: its time, and the floor its machine
+CPU sets (as for the phases), are reported apart.
 
     .venv/bin/python -m bench.kubelet --kubelet PATH [--pods 30] [--runs 5] [--json FILE]
 
@@ -242,14 +243,27 @@ def kill_times(log: Path, since: float) -> list[float]:
     return times
 
 
-def _until(done: Callable[[], bool], what: str, kubelet: Kubelet) -> None:
+def _until(
+    done: Callable[[], bool],
+    what: str,
+    kubelet: Kubelet,
+    polled: Callable[[], None] | None = None,
+) -> None:
     deadline = time.monotonic() + PHASE_TIMEOUT
     while not done():
+        if polled is not None:
+            polled()
         if time.monotonic() > deadline:
             raise BenchError(f"{what} not reached in {PHASE_TIMEOUT:g} s:\n{_tail(kubelet.log)}")
         if kubelet.proc is not None and kubelet.proc.poll() is not None:
             raise BenchError(f"the kubelet exited during the run:\n{_tail(kubelet.log)}")
         time.sleep(POLL)
+
+
+def _at(samples: list[tuple[float, float, float]], when: float) -> tuple[float, float]:
+    """The machine's and the runtime's own CPU seconds at the last poll before `when`."""
+    before = [s for s in samples if s[0] <= when] or samples[:1]
+    return before[-1][1], before[-1][2]
 
 
 def burst(
@@ -274,9 +288,15 @@ def burst(
         each = [cpu_seconds((pid,)) - c for pid, c in zip(rt.pids, each0, strict=True)]
         kubelet_cpu = cpu_seconds(pids[-1:])
         t1, removed = time.perf_counter(), time.time()
+        polls: list[tuple[float, float, float]] = [(removed, busy1, each[0])]
         for path in kubelet.manifests.iterdir():
             path.unlink()
-        _until(lambda: running(rt) == 0 and ready_pods(rt) == 0, "every pod stopped", kubelet)
+        _until(
+            lambda: running(rt) == 0 and ready_pods(rt) == 0,
+            "every pod stopped",
+            kubelet,
+            lambda: polls.append((time.time(), _busy_cpu_s(), cpu_seconds(rt.pids[:1]) - each0[0])),
+        )
         down, cpu2, busy2 = time.perf_counter() - t1, _own_cpu_s(rt.pids), _busy_cpu_s()
         kills = kill_times(kubelet.log, removed)
         if len(kills) < pods:
@@ -284,6 +304,7 @@ def burst(
                 f"the kubelet's log has {len(kills)} of {pods} kills (needs --kubelet-v >= 2)"
             )
         last_kill = max(kills) - removed
+        busy_at_kill, own_at_kill = _at(polls, max(kills))
         each2 = [cpu_seconds((pid,)) - c for pid, c in zip(rt.pids, each0, strict=True)]
         kubelet_cpu2 = cpu_seconds(pids[-1:])
     finally:
@@ -293,7 +314,9 @@ def burst(
         "start_s": up,
         "teardown_s": down,
         "teardown_last_kill_s": last_kill,
-        "teardown_after_last_kill_s": down - last_kill,
+        "after_last_kill_s": down - last_kill,
+        "after_last_kill_machine_cpu_s": busy2 - busy_at_kill,
+        "after_last_kill_cpu_own_process_s": each2[0] - own_at_kill,
         "start_cpu_s": cpu1 - cpu0,
         "teardown_cpu_s": cpu2 - cpu1,
         "start_cpu_own_process_s": each[0],
@@ -373,9 +396,10 @@ def run(args: argparse.Namespace, base: Path) -> tuple[dict[str, object], bool]:
     rows = (
         *ROWS,
         ("teardown_last_kill_s", "kubelet's last kill, s"),
-        ("teardown_after_last_kill_s", "after it, s"),
+        ("after_last_kill_s", "after the last kill, s"),
     )
-    print("\n".join(_report(title, versions, samples, rows)))
+    phases = ("start", "teardown", "after_last_kill")
+    print("\n".join(_report(title, versions, samples, rows, phases)))
     clean = all(c.ok for cs in checks.values() for c in cs)
     return {
         "benchmark": "kubelet",
