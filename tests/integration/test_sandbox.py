@@ -19,6 +19,8 @@ from criproxy._generated.cri.runtime.v1 import api_pb2
 from tests.integration.pods_env import SUBNET, PodEnv, pod_config
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from tests.integration.helpers import Criproxy
 
 
@@ -400,9 +402,12 @@ elif command == "VERSION":
 """
 
 
-def _slow_del_proxy(short_tmp: Path, pod_env: PodEnv) -> tuple[Criproxy, Path]:
-    """A criproxy on pod_env's containerd and network whose chain ends with a plugin that
-    takes 4 s over DEL (a marker file exists meanwhile)."""
+@contextlib.contextmanager
+def _slow_del_pod(
+    short_tmp: Path, pod_env: PodEnv, name: str
+) -> Iterator[tuple[Criproxy, Path, str]]:
+    """A pod of a criproxy on pod_env's containerd and network whose chain ends with a
+    plugin that takes 4 s over DEL (a marker file exists meanwhile)."""
     from tests.integration.helpers import CNI_BIN_DIRS, Criproxy
     from tests.integration.pods_env import write_pod_network
 
@@ -421,7 +426,14 @@ def _slow_del_proxy(short_tmp: Path, pod_env: PodEnv) -> tuple[Criproxy, Path]:
         pod_env.cni_data,
         extra=[{"type": "slowdel", "marker": str(marker), "seconds": 4}],
     )
-    return proxy, marker
+    proxy.start()
+    try:
+        pod_id = proxy.runtime.RunPodSandbox(
+            api_pb2.RunPodSandboxRequest(config=pod_config(name)), timeout=60
+        ).pod_sandbox_id
+        yield proxy, marker, pod_id
+    finally:
+        proxy.stop()
 
 
 def _stopping(proxy: Criproxy, marker: Path, pod_id: str) -> threading.Thread:
@@ -450,12 +462,7 @@ def _pod_state(proxy: Criproxy, pod_id: str) -> int:
 def test_a_stopping_pod_is_notready_once_its_pause_exits_while_its_network_goes(
     short_tmp: Path, pod_env: PodEnv
 ) -> None:
-    proxy, marker = _slow_del_proxy(short_tmp, pod_env)
-    proxy.start()
-    try:
-        pod_id = proxy.runtime.RunPodSandbox(
-            api_pb2.RunPodSandboxRequest(config=pod_config("slow-del")), timeout=60
-        ).pod_sandbox_id
+    with _slow_del_pod(short_tmp, pod_env, "slow-del") as (proxy, marker, pod_id):
         verbose = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
         pid = json.loads(proxy.runtime.PodSandboxStatus(verbose).info["info"])["pid"]
         stopper = _stopping(proxy, marker, pod_id)
@@ -471,19 +478,12 @@ def test_a_stopping_pod_is_notready_once_its_pause_exits_while_its_network_goes(
         assert _pod_state(proxy, pod_id) == api_pb2.SANDBOX_NOTREADY
         assert not (proxy.state / "netns" / pod_id).exists()
         proxy.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-    finally:
-        proxy.stop()
 
 
 def test_killed_while_a_pods_network_goes_the_pod_stays_notready_and_its_ip_is_released(
     short_tmp: Path, pod_env: PodEnv
 ) -> None:
-    proxy, marker = _slow_del_proxy(short_tmp, pod_env)
-    proxy.start()
-    try:
-        pod_id = proxy.runtime.RunPodSandbox(
-            api_pb2.RunPodSandboxRequest(config=pod_config("slow-del-9")), timeout=60
-        ).pod_sandbox_id
+    with _slow_del_pod(short_tmp, pod_env, "slow-del-9") as (proxy, marker, pod_id):
         request = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
         ip = proxy.runtime.PodSandboxStatus(request).status.network.ip
         assert ip in pod_env.allocations()
@@ -500,8 +500,6 @@ def test_killed_while_a_pods_network_goes_the_pod_stays_notready_and_its_ip_is_r
         )
         assert ip not in pod_env.allocations()
         assert not (proxy.state / "netns" / pod_id).exists()
-    finally:
-        proxy.stop()
 
 
 def test_update_pod_sandbox_resources_is_recorded_and_survives_a_restart(pod_env: PodEnv) -> None:
