@@ -341,6 +341,9 @@ def test_many_lifecycles_leak_nothing(pod_env: PodEnv) -> None:
             pod_env.mounts_under(pod_env.proxy.state, pod_env.proxy.root),
         )
 
+    warm = pod_env.run(pod_config("cycle-warm"))  # the shared set-up lease exists from here
+    pod_env.stop(warm)
+    pod_env.remove(warm)
     before = snapshot()
     for i in range(200):
         pod_id = pod_env.run(pod_config(f"cycle-{i}"))
