@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
+import anyio
 import structlog
 
 from criproxy.containerd.events import ImageEvent
@@ -119,10 +121,19 @@ class ImageService:
         if image is None:
             return
         names = list(image.references)
-        for i, name in enumerate(names):
-            # The last delete waits for containerd's GC, so that the space is really freed.
-            await self._containerd.images.delete(name, sync=i == len(names) - 1)
+        if not names:
+            return
+        *others, last = names
+
+        async def delete(name: str, *, sync: bool) -> None:
+            await self._containerd.images.delete(name, sync=sync)
             self.store.remove_reference(name)
+
+        async with anyio.create_task_group() as tg:  # the other names at once
+            for name in others:
+                tg.start_soon(functools.partial(delete, name, sync=False))
+        # The last delete waits for containerd's GC, so that the space is really freed.
+        await delete(last, sync=True)
         log.info("removed image", id=image.id, references=names)
 
     # --- the index, kept current ------------------------------------------------------
