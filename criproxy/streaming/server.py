@@ -269,37 +269,27 @@ class StreamServer:
         reader returns), when nothing moved for the idle timeout, or on its own."""
         metrics.STREAM_SESSIONS_STARTED.labels(kind).inc()
         with metrics.STREAM_SESSIONS.labels(kind).track_inprogress():
-            await self._run_session(kind, readers, session, last_activity, close)
+            async with anyio.create_task_group() as tg:
 
-    async def _run_session(
-        self,
-        kind: str,
-        readers: Sequence[Callable[[], Awaitable[None]]],
-        session: Callable[[], Awaitable[None]],
-        last_activity: Callable[[], float],
-        close: Callable[[], Awaitable[None]],
-    ) -> None:
-        async with anyio.create_task_group() as tg:
+                async def read(reader: Callable[[], Awaitable[None]]) -> None:
+                    await reader()
+                    tg.cancel_scope.cancel()  # the client went away: so does its session
 
-            async def read(reader: Callable[[], Awaitable[None]]) -> None:
-                await reader()
-                tg.cancel_scope.cancel()  # the client went away: so does its session
+                async def idle() -> None:
+                    await watch_idle(last_activity, self._idle_timeout)
+                    log.info("streaming connection idle too long; closing", kind=kind)
+                    tg.cancel_scope.cancel()
 
-            async def idle() -> None:
-                await watch_idle(last_activity, self._idle_timeout)
-                log.info("streaming connection idle too long; closing", kind=kind)
-                tg.cancel_scope.cancel()
-
-            for reader in readers:
-                tg.start_soon(read, reader)
-            tg.start_soon(idle)
-            try:
-                await session()
-            finally:
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    with anyio.move_on_after(websocket.CLOSE_TIMEOUT):
-                        await close()
-                tg.cancel_scope.cancel()
+                for reader in readers:
+                    tg.start_soon(read, reader)
+                tg.start_soon(idle)
+                try:
+                    await session()
+                finally:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        with anyio.move_on_after(websocket.CLOSE_TIMEOUT):
+                            await close()
+                    tg.cancel_scope.cancel()
 
     async def _spdy_session(self, request: object, spdy: SpdyConnection, protocol: str) -> None:
         if isinstance(request, PortForwardRequest):
